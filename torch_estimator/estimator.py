@@ -176,7 +176,8 @@ class Estimator:
         self._scaler = torch.amp.GradScaler(self._device.type, enabled=config.precision == "fp16")
         self._global_step = 0
         self._synced: tuple[str, int, int] | None = None  # identity of the checkpoint equal to memory
-        self._pending: ckpt.Checkpoint | None = None  # RNG and input state for the next train()
+        self._pending_rng: ckpt.Checkpoint | None = None  # RNG state of a restore, for the next train()
+        self._input_state: dict[str, Any] | None = None  # where the training input stopped
         self._warm_started = False
         self._checkpoints: ckpt.CheckpointManager | None = None
         self._fn_kwargs = {mode: self._static_kwargs(mode) for mode in ModeKeys.ALL}
@@ -353,7 +354,8 @@ class Estimator:
                 path, model=self._model, optimizer=self._optimizer,
                 lr_scheduler=self._lr_scheduler, grad_scaler=self._scaler,
             )
-            self._global_step, self._synced, self._pending = checkpoint.global_step, identity, checkpoint
+            self._global_step, self._synced, self._pending_rng = checkpoint.global_step, identity, checkpoint
+            self._input_state = checkpoint.state.get("input")
             logger.info("Restoring parameters from %s", path)
         return path
 
@@ -363,23 +365,26 @@ class Estimator:
                 self.model_dir, self._config.keep_checkpoint_max, self._config.keep_checkpoint_every_n_hours
             )
         self._check_finite()
-        state = source.state_dict() if callable(getattr(source, "state_dict", None)) else None
-        if state is not None and getattr(source, "fingerprint", None) is not None:
-            state = {**state, "fingerprint": source.fingerprint}
         path = self._checkpoints.save(
             global_step, model=self._model, optimizer=self._optimizer, lr_scheduler=self._lr_scheduler,
-            grad_scaler=self._scaler, input_state=state,
+            grad_scaler=self._scaler, input_state=self._capture_input(source),
         )
         self._synced = self._identity(path)
         return path
 
-    def _resume_input(self, source: Any) -> None:
-        """Apply the pending checkpoint's RNG state, and its input position when the input is the same."""
-        pending, self._pending = self._pending, None
-        if pending is None:
-            return
-        ckpt.apply_rng_state(pending)
-        saved = pending.state.get("input")
+    @staticmethod
+    def _capture_input(source: Any) -> dict[str, Any] | None:
+        if not callable(getattr(source, "state_dict", None)):
+            return None
+        return {**source.state_dict(), "fingerprint": getattr(source, "fingerprint", None)}
+
+    def _resume(self, source: Any) -> None:
+        """Continue where training stopped: the restored RNG state, and the input position when the input
+        is recognisably the same (its fingerprint matches); otherwise the input starts fresh."""
+        if self._pending_rng is not None:
+            ckpt.apply_rng_state(self._pending_rng)
+            self._pending_rng = None
+        saved = self._input_state
         if saved is None or not callable(getattr(source, "load_state_dict", None)):
             return
         fingerprint = getattr(source, "fingerprint", None)
@@ -471,7 +476,7 @@ class Estimator:
             logger.info("Skipping training since max_steps has already saved.")
             return self
         source, batches = self._batches(input_fn, ModeKeys.TRAIN)
-        self._resume_input(source)
+        self._resume(source)
         stop = [StopAtStepHook(num_steps=steps, last_step=max_steps)] if steps or max_steps else []
         hook_list = HookList([*hooks, *stop, *self._default_training_hooks()])
         saver = None
@@ -481,6 +486,7 @@ class Estimator:
                 self._config.save_checkpoints_secs, listeners,
             )
         last_loss = self._train_loop(batches, hook_list, saver, already_saved=path is not None and self._synced is not None)
+        self._input_state = self._capture_input(source)
         if last_loss is None:
             logger.warning("Training with estimator made no steps. Perhaps input is empty or misspecified.")
         else:
@@ -516,9 +522,11 @@ class Estimator:
         if saver is not None and saver.begin(self._global_step, already_saved):
             context.request_stop()
         self._synced, spec = None, None  # from here on, memory runs ahead of disk
-        for features, labels in batches:
-            if context.stop_requested:
+        while not context.stop_requested:
+            batch = next(batches, None)
+            if batch is None:
                 break
+            features, labels = batch
             context.batch_size = batch_size_of(features, labels)
             wanted = hooks.before_run(context)
             spec = self._train_step(to_device(features, self._device), to_device(labels, self._device))

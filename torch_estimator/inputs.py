@@ -211,7 +211,7 @@ class NumpyInput:
         return {"position": self._position, "fingerprint": self.fingerprint}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Resume at ``state['position']``.
+        """Resume at ``state['position']``; a finished input starts a new pass, as TF re-read its input.
 
         Raises:
             ValueError: If the fingerprint differs (a different data set or batching).
@@ -220,7 +220,9 @@ class NumpyInput:
             raise ValueError(
                 f"numpy input state is for {state.get('fingerprint')!r}, not {self.fingerprint!r}."
             )
-        self._position = int(state["position"])
+        position = int(state["position"])
+        finished = self._num_epochs is not None and position >= self._n * self._num_epochs
+        self._position = 0 if finished else position
 
     def _slice(self, epoch: int, start: int, stop: int) -> np.ndarray:
         """Indices ``start:stop`` of the given epoch's order (one permutation per epoch, cached)."""
