@@ -340,7 +340,7 @@ def test_hooks_receive_only_requested_values(make_estimator, data):
             self.seen.append((run_context.global_step, dict(run_values)))
 
     hook = Wants()
-    make_estimator().train(_train_fn(data), steps=4, hooks=[hook])
+    make_estimator(save_summary_steps=None).train(_train_fn(data), steps=4, hooks=[hook])
     assert [step for step, _ in hook.seen] == [1, 2, 3, 4]
     values = hook.seen[0][1]
     assert set(values) == {"loss", "global_step", "classes", "learning_rate"}

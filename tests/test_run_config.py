@@ -166,25 +166,16 @@ def test_boundary_value_is_accepted(field, value):
     assert getattr(RunConfig(**{field: value}), field) == value
 
 
-@pytest.mark.xfail(
-    reason="bug: a non-path model_dir raises os.fspath's generic TypeError, which does not name `model_dir`",
-    strict=True,
-)
 def test_non_path_model_dir_error_names_the_argument():
     with pytest.raises((TypeError, ValueError), match="`model_dir`"):
         RunConfig(model_dir=123)
 
 
-@pytest.mark.xfail(
-    reason="bug: progress_bar is checked with `in (None, True, False)`, so 1 and 0 (== True/False) pass",
-    strict=True,
-)
 def test_progress_bar_int_is_rejected():
     with pytest.raises(ValueError, match="`progress_bar` must be True, False or None; received 1"):
         RunConfig(progress_bar=1)
 
 
-@pytest.mark.xfail(reason="bug: `deterministic` is not validated; any value is stored", strict=True)
 def test_deterministic_non_bool_is_rejected():
     with pytest.raises(ValueError, match="`deterministic` must be True or False"):
         RunConfig(deterministic="yes")

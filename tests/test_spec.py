@@ -338,29 +338,15 @@ def test_hooks_that_are_not_a_list_are_rejected(hooks):
         EstimatorSpec(ModeKeys.TRAIN, loss=LOSS, training_hooks=hooks)
 
 
-@pytest.mark.xfail(
-    reason="bug: a falsy hook value skips normalisation, so None stays None (TF converts hook lists to tuples; "
-    "Estimator.train computes spec.training_hooks + spec.training_chief_hooks)",
-    strict=True,
-)
 def test_none_hooks_become_an_empty_tuple():
     assert EstimatorSpec(ModeKeys.TRAIN, loss=LOSS, training_hooks=None).training_hooks == ()
 
 
-@pytest.mark.xfail(
-    reason="bug: an empty hook list stays a list, so spec.training_hooks + spec.training_chief_hooks in "
-    "Estimator.train raises TypeError (list + tuple)",
-    strict=True,
-)
 def test_empty_hook_list_becomes_a_tuple():
     spec = EstimatorSpec(ModeKeys.TRAIN, loss=LOSS, training_hooks=[])
     assert spec.training_hooks + spec.training_chief_hooks == ()
 
 
-@pytest.mark.xfail(
-    reason="bug: a falsy non-list (an empty dict) skips the hook-list type check and is accepted",
-    strict=True,
-)
 def test_empty_dict_of_hooks_is_rejected():
     with pytest.raises(TypeError, match="`training_hooks` must be a list of hooks"):
         EstimatorSpec(ModeKeys.TRAIN, loss=LOSS, training_hooks={})
@@ -389,6 +375,26 @@ def test_fetches_with_non_tensor_value_is_rejected():
 def test_fetches_with_non_str_key_is_rejected():
     with pytest.raises(TypeError, match="`fetches` keys must be str; received key 1"):
         EstimatorSpec(ModeKeys.TRAIN, loss=LOSS, fetches={1: torch.tensor(0.1)})
+
+
+# ---------------------------------------------------------------------------
+# summaries
+# ---------------------------------------------------------------------------
+
+
+def test_summaries_dict_is_accepted():
+    summaries = {"loss/raw": torch.tensor(0.5), "weights": torch.zeros(3), "lazy": lambda: torch.tensor(1.0)}
+    assert EstimatorSpec(ModeKeys.TRAIN, loss=LOSS, summaries=summaries).summaries is summaries
+
+
+def test_summaries_that_is_not_a_dict_is_rejected():
+    with pytest.raises(TypeError, match="`summaries` must be a dict of str tag to value; received list"):
+        EstimatorSpec(ModeKeys.TRAIN, loss=LOSS, summaries=[torch.tensor(0.5)])
+
+
+def test_summaries_with_non_str_tag_is_rejected():
+    with pytest.raises(TypeError, match="`summaries` must be a dict of str tag to value"):
+        EstimatorSpec(ModeKeys.TRAIN, loss=LOSS, summaries={1: torch.tensor(0.5)})
 
 
 # ---------------------------------------------------------------------------

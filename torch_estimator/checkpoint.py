@@ -571,8 +571,9 @@ class CheckpointSaver:
                 stop = True
         return stop
 
-    def end(self, global_step: int) -> None:
-        if global_step != self._last_step:
+    def end(self, global_step: int, save: bool = True) -> None:
+        """Save the final step unless it is saved already (or ``save`` is False), then end the listeners."""
+        if save and global_step != self._last_step:
             self.save(global_step)
         for listener in self._listeners:
             listener.end(global_step)

@@ -30,6 +30,7 @@ import inspect
 import logging
 import os
 import random
+import sys
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -38,13 +39,17 @@ import numpy as np
 import torch
 
 from . import checkpoint as ckpt
+from . import summary
 from .hooks import (
     HookList,
     LoggingTensorHook,
     NanLossDuringTrainingError,
+    NanTensorHook,
+    ProgressBarHook,
     RunContext,
     StepCounterHook,
     StopAtStepHook,
+    SummarySaverHook,
     check_hooks,
 )
 from .inputs import InputContext, batch_size_of, call_input_fn, iterate_batches, to_device
@@ -364,7 +369,8 @@ class Estimator:
             self._checkpoints = ckpt.CheckpointManager(
                 self.model_dir, self._config.keep_checkpoint_max, self._config.keep_checkpoint_every_n_hours
             )
-        self._check_finite()
+        if not bool(self._finite):  # the loop checks first; this guards every write
+            raise NanLossDuringTrainingError("Refusing to save a checkpoint of non-finite weights.")
         path = self._checkpoints.save(
             global_step, model=self._model, optimizer=self._optimizer, lr_scheduler=self._lr_scheduler,
             grad_scaler=self._scaler, input_state=self._capture_input(source),
@@ -428,6 +434,8 @@ class Estimator:
             elif name == "learning_rate" and self._optimizer is not None:
                 rates = [group["lr"] for group in self._optimizer.param_groups]
                 values[name] = _to_host(rates[0]) if len(rates) == 1 else [_to_host(r) for r in rates]
+            elif name == "summaries":
+                values[name] = self._summaries(spec)
             elif spec.fetches and name in spec.fetches:
                 values[name] = _to_host(spec.fetches[name])
             elif name in predictions and predictions[name] is not None:
@@ -436,6 +444,23 @@ class Estimator:
                 available = sorted({"loss", "global_step", "learning_rate", *predictions, *(spec.fetches or {})})
                 raise ValueError(f"A hook requested {name!r}, which this step does not have; available: {available}.")
         return values
+
+    def _summaries(self, spec: EstimatorSpec) -> dict[str, Any]:
+        """Host values of the default summaries (TRAIN: loss and learning rates) and the spec's own."""
+        values: dict[str, Any] = {}
+        if spec.mode == ModeKeys.TRAIN:
+            values["loss"] = _to_host(spec.loss)
+            groups = self._optimizer.param_groups if self._optimizer is not None else []
+            for i, group in enumerate(groups):
+                values["learning_rate" if len(groups) == 1 else f"learning_rate/{i}"] = _to_host(group["lr"])
+        if spec.summaries:
+            values.update(summary.host_summaries(spec.summaries, _to_host))
+        return values
+
+    def _progress_enabled(self) -> bool:
+        if self._config.progress_bar is not None:
+            return self._config.progress_bar
+        return sys.stderr.isatty() or "ipykernel" in sys.modules
 
     # ------------------------------------------------------------------------------------------------
     # Training.
@@ -478,7 +503,11 @@ class Estimator:
         source, batches = self._batches(input_fn, ModeKeys.TRAIN)
         self._resume(source)
         stop = [StopAtStepHook(num_steps=steps, last_step=max_steps)] if steps or max_steps else []
-        hook_list = HookList([*hooks, *stop, *self._default_training_hooks()])
+        total = steps if steps else (max_steps - self._global_step if max_steps else None)
+        defaults = self._default_training_hooks(total)
+        if any(isinstance(h, NanTensorHook) for h in hooks):  # the user's NaN policy replaces the default
+            defaults = [h for h in defaults if not isinstance(h, NanTensorHook)]
+        hook_list = HookList([*hooks, *stop, *defaults])
         saver = None
         if self._config.checkpointing_enabled:
             saver = ckpt.CheckpointSaver(
@@ -506,18 +535,24 @@ class Estimator:
             )
         return listeners
 
-    def _default_training_hooks(self) -> list[Any]:
-        every = self._config.log_step_count_steps
-        if every is None:
-            return []
-        return [LoggingTensorHook({"loss": "loss", "step": "global_step"}, every_n_iter=every), StepCounterHook(every)]
+    def _default_training_hooks(self, total: int | None) -> list[Any]:
+        """TF's defaults from RunConfig: NaN check, loss/step logging, step counter, summaries; a progress bar."""
+        config, hooks = self._config, [NanTensorHook()]
+        if config.log_step_count_steps is not None:
+            hooks.append(LoggingTensorHook({"loss": "loss", "step": "global_step"}, every_n_iter=config.log_step_count_steps))
+            hooks.append(StepCounterHook(config.log_step_count_steps, output_dir=self.model_dir))
+        if config.save_summary_steps:
+            hooks.append(SummarySaverHook(save_steps=config.save_summary_steps, output_dir=self.model_dir))
+        if self._progress_enabled():
+            hooks.append(ProgressBarHook(total, desc="train"))
+        return hooks
 
     def _train_loop(self, batches: Iterator[tuple[Any, Any]], hooks: HookList, saver: Any, already_saved: bool) -> float | None:
         """The step loop: one batch, one step, the hooks, maybe a save; until the input ends or a stop."""
         context = RunContext(ModeKeys.TRAIN, self._global_step, self.model_dir)
         hooks.begin()
         self._model.train()
-        self._start_finite_tracking()
+        self._start_finite_tracking(hooks)
         hooks.after_restore(context)
         if saver is not None and saver.begin(self._global_step, already_saved):
             context.request_stop()
@@ -534,14 +569,20 @@ class Estimator:
                 wanted = self._join_spec_hooks(hooks, spec.training_hooks + spec.training_chief_hooks, context, wanted)
             values = self._fetch(wanted, spec, context.global_step) if wanted else _NO_VALUES
             context.global_step = self._global_step = self._global_step + 1
+            if "loss" in values and not self._finite_or_stop(context):
+                break
             hooks.after_run(context, values)
-            if saver is not None and saver.should_save(self._global_step) and saver.save(self._global_step):
-                context.request_stop()
-        self._check_finite()
+            if saver is not None and saver.should_save(self._global_step) and self._finite_or_stop(context):
+                if saver.save(self._global_step):
+                    context.request_stop()
+        finite = self._finite_or_stop(context)
         if saver is not None:
-            saver.end(self._global_step)
+            saver.end(self._global_step, save=finite)
+        last_loss = None if spec is None else float(_to_host(spec.loss))
+        context.results = {"loss": last_loss, "global_step": self._global_step}
         hooks.end(context)
-        return None if spec is None else float(_to_host(spec.loss))
+        summary.flush_all()
+        return last_loss
 
     def _train_step(self, features: Any, labels: Any) -> EstimatorSpec:
         """Forward through model_fn, then the update: the spec's train_op, or the Estimator's optimizer."""
@@ -583,21 +624,29 @@ class Estimator:
         more = joined.before_run(context)
         return more if wanted is None else wanted | (more or set())
 
-    def _start_finite_tracking(self) -> None:
+    def _start_finite_tracking(self, hooks: HookList) -> None:
         # A device-side "all finite so far" flag and the count of finite steps before the first bad one:
-        # the host looks at them only where it waits anyway (saves, the end), never per step.
+        # the host reads them only where it waits anyway (fetched losses, saves, the end), never per step.
         self._finite = torch.ones((), dtype=torch.bool, device=self._device)
         self._finite_count = torch.zeros((), dtype=torch.int64, device=self._device)
         self._finite_base = self._global_step
+        policies = [h.fail_on_nan_loss for h in hooks.hooks if isinstance(h, NanTensorHook)]
+        self._fail_on_nan = not policies or any(policies)
 
-    def _check_finite(self) -> None:
-        if not bool(self._finite):
-            step = self._finite_base + int(self._finite_count) + 1
-            self._synced = None
+    def _finite_or_stop(self, context: RunContext) -> bool:
+        """True while every loss so far was finite; else raise, or (``NanTensorHook(False)``) log and stop."""
+        if bool(self._finite):
+            return True
+        self._synced = None  # memory holds broken weights: restore from disk next time
+        step = self._finite_base + int(self._finite_count) + 1
+        if self._fail_on_nan:
             raise NanLossDuringTrainingError(
                 f"NaN or infinite loss at global step {step} (the first bad step); training stopped and no "
                 f"checkpoint of the broken weights was written. Lower the learning rate or check the input."
             )
+        logger.error("Model diverged with loss = NaN at global step %d; stopping without saving.", step)
+        context.request_stop()
+        return False
 
     # ------------------------------------------------------------------------------------------------
     # Evaluation and prediction.
@@ -621,39 +670,52 @@ class Estimator:
         _check_positive("steps", steps)
         if name is not None and not isinstance(name, str):
             raise ValueError(f"`name` must be a string or None; received {name!r}.")
-        hook_list = HookList(check_hooks("hooks", hooks))
-        self._prepare(checkpoint_path, ModeKeys.EVAL)
+        hooks = check_hooks("hooks", hooks)
+        used = self._prepare(checkpoint_path, ModeKeys.EVAL)
         _, batches = self._batches(input_fn, ModeKeys.EVAL)
+        if self._progress_enabled():
+            hooks.append(ProgressBarHook(steps, desc="evaluate", unit="batch"))
+        with torch.no_grad(), torch.random.fork_rng(devices=self._rng_devices()):
+            result = self._evaluate_loop(batches, HookList(hooks), steps)
+        logger.info("Saving dict for global step %d: %s", self._global_step,
+                    ", ".join(f"{k} = {v}" for k, v in sorted(result.items())))
+        written = {k: v for k, v in result.items() if k != "global_step"}
+        if used is not None:
+            written["checkpoint_path"] = summary.Text(used)
+        summary.write_summaries(self.eval_dir(name), written, self._global_step)
+        summary.flush_all()
+        return result
+
+    def _evaluate_loop(self, batches: Iterator[tuple[Any, Any]], hooks: HookList, steps: int | None) -> dict[str, Any]:
+        """Accumulate loss and metrics over the batches (no host sync per batch); finalize once."""
         context = RunContext(ModeKeys.EVAL, self._global_step, self.model_dir)
         accumulator, loss_sum, count = MetricAccumulator(), None, 0
-        hook_list.begin()
+        hooks.begin()
         self._model.eval()
-        hook_list.after_restore(context)
-        with torch.no_grad(), torch.random.fork_rng(devices=self._rng_devices()):
-            for features, labels in batches:
-                context.batch_size = batch_size_of(features, labels)
-                wanted = hook_list.before_run(context)
-                spec = self._eval_step(to_device(features, self._device), to_device(labels, self._device))
-                if count == 0:
-                    wanted = self._join_spec_hooks(hook_list, spec.evaluation_hooks, context, wanted)
-                    self._check_metric_names(spec)
-                loss = spec.loss.detach().float()
-                loss_sum = loss if loss_sum is None else loss_sum + loss
-                accumulator.update(spec.eval_metric_ops or {})
-                hook_list.after_run(context, self._fetch(wanted, spec, self._global_step) if wanted else _NO_VALUES)
-                count += 1
-                if steps is not None and count % max(1, steps // 10) == 0:
-                    logger.info("Evaluation [%d/%d]", count, steps)
-                if count == steps or context.stop_requested:
-                    break
+        hooks.after_restore(context)
+        for features, labels in batches:
+            context.batch_size = batch_size_of(features, labels)
+            wanted = hooks.before_run(context)
+            spec = self._eval_step(to_device(features, self._device), to_device(labels, self._device))
+            if count == 0:
+                wanted = self._join_spec_hooks(hooks, spec.evaluation_hooks, context, wanted)
+                self._check_metric_names(spec)
+            loss = spec.loss.detach().float()
+            loss_sum = loss if loss_sum is None else loss_sum + loss
+            accumulator.update(spec.eval_metric_ops or {})
+            hooks.after_run(context, self._fetch(wanted, spec, self._global_step) if wanted else _NO_VALUES)
+            count += 1
+            if steps is not None and count % max(1, steps // 10) == 0:
+                logger.info("Evaluation [%d/%d]", count, steps)
+            if count == steps or context.stop_requested:
+                break
         if count == 0:
             raise ValueError("evaluate: input_fn yielded no batches; give it at least one.")
         result = accumulator.compute()
         result["loss"] = _to_host(loss_sum / count)
         result["global_step"] = np.int64(self._global_step)
-        hook_list.end(context)
-        logger.info("Saving dict for global step %d: %s", self._global_step,
-                    ", ".join(f"{k} = {v}" for k, v in sorted(result.items())))
+        context.results = result
+        hooks.end(context)
         return result
 
     def _eval_step(self, features: Any, labels: Any) -> EstimatorSpec:
@@ -694,6 +756,8 @@ class Estimator:
                 predictions' batch lengths differ.
         """
         hook_list = HookList(check_hooks("hooks", hooks))
+        if self._progress_enabled():
+            hook_list.extend([ProgressBarHook(None, desc="predict", unit="batch")])
         keys = [predict_keys] if isinstance(predict_keys, str) else predict_keys
         self._prepare(checkpoint_path, ModeKeys.PREDICT)
         _, batches = self._batches(input_fn, ModeKeys.PREDICT)
@@ -713,6 +777,7 @@ class Estimator:
             yield from self._split_predictions(spec.predictions, keys, yield_single_examples)
             if context.stop_requested:
                 break
+        context.results = {"global_step": self._global_step}
         hook_list.end(context)
 
     def _predict_step(self, features: Any) -> EstimatorSpec:

@@ -28,6 +28,8 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from . import summary
+
 __all__ = [
     "Hook",
     "HookList",
@@ -38,6 +40,11 @@ __all__ = [
     "LoggingTensorHook",
     "StopAtStepHook",
     "StepCounterHook",
+    "SummarySaverHook",
+    "NanTensorHook",
+    "ProgressBarHook",
+    "ProfilerHook",
+    "FinalOpsHook",
 ]
 
 logger = logging.getLogger("torch_estimator")
@@ -55,13 +62,16 @@ class RunContext:
         global_step: In ``before_run`` the step about to run; in ``after_run`` the step after it.
         model_dir: The Estimator's model directory.
         batch_size: The size of the current batch (set before ``before_run``).
+        results: Set before ``end``: ``{"loss", "global_step"}`` after training, the metrics dict after
+            evaluation, ``{"global_step"}`` after prediction.
     """
 
-    __slots__ = ("mode", "global_step", "model_dir", "batch_size", "_stop_requested")
+    __slots__ = ("mode", "global_step", "model_dir", "batch_size", "results", "_stop_requested")
 
     def __init__(self, mode: str, global_step: int, model_dir: str | None = None) -> None:
         self.mode, self.global_step, self.model_dir = mode, global_step, model_dir
         self.batch_size = 0
+        self.results: dict[str, Any] | None = None  # set before ``end``: final loss, or evaluation metrics
         self._stop_requested = False
 
     def request_stop(self) -> None:
@@ -210,15 +220,24 @@ class SecondOrStepTimer:
         return self._last_step
 
 
-def _check_every_n(name: str, every_n_iter: Any, every_n_secs: Any, at_end: bool = False, allow_none: bool = False) -> None:
-    if every_n_iter is not None and every_n_secs is not None:
-        raise ValueError(f"{name}: give only one of every_n_iter/every_n_steps and every_n_secs.")
-    if every_n_iter is None and every_n_secs is None and not (at_end or allow_none):
-        raise ValueError(f"{name}: give at_end=True and/or exactly one of every_n_iter and every_n_secs.")
-    if every_n_iter is not None and (isinstance(every_n_iter, bool) or not isinstance(every_n_iter, int) or every_n_iter <= 0):
-        raise ValueError(f"{name}: every_n_iter/every_n_steps must be an int > 0; received {every_n_iter!r}.")
-    if every_n_secs is not None and (not isinstance(every_n_secs, (int, float)) or every_n_secs <= 0):
-        raise ValueError(f"{name}: every_n_secs must be > 0; received {every_n_secs!r}.")
+def _check_every_n(
+    owner: str,
+    steps: Any,
+    secs: Any,
+    at_end: bool = False,
+    names: tuple[str, str] = ("every_n_iter", "every_n_secs"),
+) -> None:
+    """Exactly one of a step period and a seconds period (or ``at_end``), each positive."""
+    steps_name, secs_name = names
+    if steps is not None and secs is not None:
+        raise ValueError(f"{owner}: give only one of {steps_name} and {secs_name}; received {steps!r} and {secs!r}.")
+    if steps is None and secs is None and not at_end:
+        also = "at_end=True and/or " if owner == "LoggingTensorHook" else ""
+        raise ValueError(f"{owner}: give {also}exactly one of {steps_name} and {secs_name}.")
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0):
+        raise ValueError(f"{owner}: {steps_name} must be an int > 0; received {steps!r}.")
+    if secs is not None and (isinstance(secs, bool) or not isinstance(secs, (int, float)) or secs <= 0):
+        raise ValueError(f"{owner}: {secs_name} must be a number > 0; received {secs!r}.")
 
 
 class LoggingTensorHook(Hook):
@@ -309,20 +328,19 @@ class StopAtStepHook(Hook):
 
 
 class StepCounterHook(Hook):
-    """Logs ``global_step/sec`` (and ``examples/sec``) every N steps or seconds; the first trigger only starts
-    the clock, as TF's. Values go to ``summary_writer(tag, value, step)`` when one is given."""
+    """Logs ``global_step/sec`` and ``examples/sec`` every N steps or seconds, and writes them to
+    ``output_dir``'s event file when given. The first trigger only starts the clock, as TF's.
 
-    def __init__(
-        self,
-        every_n_steps: int | None = 100,
-        every_n_secs: float | None = None,
-        summary_writer: Callable[[str, float, int], None] | None = None,
-    ) -> None:
+    Raises:
+        ValueError: Unless exactly one of ``every_n_steps``/``every_n_secs`` is given and positive.
+    """
+
+    def __init__(self, every_n_steps: int | None = 100, every_n_secs: float | None = None, output_dir: str | None = None) -> None:
         if every_n_secs is not None and every_n_steps == 100:
             every_n_steps = None
-        _check_every_n("StepCounterHook", every_n_steps, every_n_secs)
+        _check_every_n("StepCounterHook", every_n_steps, every_n_secs, names=("every_n_steps", "every_n_secs"))
         self._timer = SecondOrStepTimer(every_secs=every_n_secs, every_steps=every_n_steps)
-        self._writer = summary_writer
+        self._output_dir = output_dir
         self._examples = 0
 
     def begin(self) -> None:
@@ -340,9 +358,159 @@ class StepCounterHook(Hook):
         examples, self._examples = self._examples, 0
         if elapsed is None or not steps or elapsed <= 0:
             return
-        rate = steps / elapsed
-        logger.info("global_step/sec: %g", rate)
-        logger.info("examples/sec: %g", examples / elapsed)
-        if self._writer is not None:
-            self._writer("global_step/sec", rate, step)
-            self._writer("examples/sec", examples / elapsed, step)
+        rates = {"global_step/sec": steps / elapsed, "examples/sec": examples / elapsed}
+        for tag, rate in rates.items():
+            logger.info("%s: %g", tag, rate)
+        if self._output_dir is not None:
+            summary.write_summaries(self._output_dir, rates, step)
+
+
+class SummarySaverHook(Hook):
+    """Writes the training summaries (``loss``, learning rate(s) and ``EstimatorSpec.summaries``) on the
+    first step and then every N steps or seconds, tagged with the step after the update (TF: 1, 1+N, ...).
+
+    Raises:
+        ValueError: Unless exactly one of ``save_steps``/``save_secs`` is given and positive.
+    """
+
+    def __init__(self, save_steps: int | None = None, save_secs: float | None = None, output_dir: str | None = None) -> None:
+        _check_every_n("SummarySaverHook", save_steps, save_secs, names=("save_steps", "save_secs"))
+        self._timer = SecondOrStepTimer(every_secs=save_secs, every_steps=save_steps)
+        self._output_dir = output_dir
+        self._wanted = False
+
+    def begin(self) -> None:
+        self._timer.reset()
+
+    def before_run(self, run_context: RunContext) -> Sequence[str] | None:
+        self._wanted = self._timer.should_trigger_for_step(run_context.global_step + 1)
+        return ["summaries"] if self._wanted else None
+
+    def after_run(self, run_context: RunContext, run_values: Mapping[str, Any]) -> None:
+        if self._wanted:
+            self._timer.update_last_triggered_step(run_context.global_step)
+            summary.write_summaries(self._output_dir or run_context.model_dir, run_values["summaries"], run_context.global_step)
+
+    def end(self, run_context: RunContext) -> None:
+        summary.flush_all()
+
+
+class NanTensorHook(Hook):
+    """What to do when the loss becomes NaN or infinite: raise :class:`NanLossDuringTrainingError`
+    (``fail_on_nan_loss=True``, TF's default and the Estimator's), or log and stop training.
+
+    The loop keeps a device-side "all finite so far" flag and reads it only where the host waits anyway
+    (steps whose loss is fetched, every save, the end), so this hook adds no synchronisation. Either way
+    no checkpoint of non-finite weights is written.
+    """
+
+    def __init__(self, fail_on_nan_loss: bool = True) -> None:
+        self.fail_on_nan_loss = bool(fail_on_nan_loss)
+
+
+class ProgressBarHook(Hook):
+    """A tqdm progress bar (the notebook widget in notebooks): steps, total when known, rate, and the loss
+    whenever another hook fetched it anyway. Adds no synchronisation."""
+
+    def __init__(self, total: int | None = None, desc: str = "train", unit: str = "step") -> None:
+        self._total, self._desc, self._unit = total, desc, unit
+        self._bar: Any = None
+
+    def begin(self) -> None:
+        from tqdm.auto import tqdm
+
+        self._bar = tqdm(total=self._total, desc=self._desc, unit=self._unit, dynamic_ncols=True)
+
+    def after_run(self, run_context: RunContext, run_values: Mapping[str, Any]) -> None:
+        self._bar.update(1)
+        if "loss" in run_values:
+            self._bar.set_postfix(loss=f"{float(run_values['loss']):.4g}", step=run_context.global_step, refresh=False)
+
+    def end(self, run_context: RunContext) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+class ProfilerHook(Hook):
+    """Profiles one step every N steps or seconds with ``torch.profiler`` and writes a Chrome trace,
+    ``<output_dir>/<host>_<pid>.step<N>.pt.trace.json``, that Perfetto, chrome://tracing and TensorBoard's
+    PyTorch profiler plugin open. As TF's, it does not profile the very first step.
+
+    Raises:
+        ValueError: Unless exactly one of ``save_steps``/``save_secs`` is given and positive.
+    """
+
+    def __init__(
+        self,
+        save_steps: int | None = None,
+        save_secs: float | None = None,
+        output_dir: str = "",
+        show_memory: bool = False,
+        record_shapes: bool = False,
+    ) -> None:
+        _check_every_n("ProfilerHook", save_steps, save_secs, names=("save_steps", "save_secs"))
+        self._timer = SecondOrStepTimer(every_secs=save_secs, every_steps=save_steps)
+        self._output_dir, self._show_memory, self._record_shapes = output_dir, show_memory, record_shapes
+        self._profiler: Any = None
+        self.traces: list[str] = []
+
+    def begin(self) -> None:
+        self._timer.reset()
+
+    def after_restore(self, run_context: RunContext) -> None:
+        self._timer.update_last_triggered_step(run_context.global_step)  # never the first step
+
+    def before_run(self, run_context: RunContext) -> None:
+        if self._timer.should_trigger_for_step(run_context.global_step + 1):
+            import torch
+
+            activities = [torch.profiler.ProfilerActivity.CPU]
+            if torch.cuda.is_available():
+                activities.append(torch.profiler.ProfilerActivity.CUDA)
+            self._profiler = torch.profiler.profile(
+                activities=activities, profile_memory=self._show_memory, record_shapes=self._record_shapes
+            )
+            self._profiler.__enter__()
+        return None
+
+    def after_run(self, run_context: RunContext, run_values: Mapping[str, Any]) -> None:
+        if self._profiler is None:
+            return
+        import os
+        import socket
+
+        self._profiler.__exit__(None, None, None)
+        step = run_context.global_step
+        self._timer.update_last_triggered_step(step)
+        output_dir = self._output_dir or run_context.model_dir or "."
+        os.makedirs(output_dir, exist_ok=True)
+        path = os.path.join(output_dir, f"{socket.gethostname()}_{os.getpid()}.step{step}.pt.trace.json")
+        self._profiler.export_chrome_trace(path)
+        self.traces.append(path)
+        logger.info("Saved a profile of step %d to %s", step, path)
+        self._profiler = None
+
+    def end(self, run_context: RunContext) -> None:
+        if self._profiler is not None:  # the run stopped inside a profiled step
+            self._profiler.__exit__(None, None, None)
+            self._profiler = None
+
+
+class FinalOpsHook(Hook):
+    """Keeps end-of-run values: after ``evaluate``, the metrics (all, or those named); after ``train``,
+    the final loss and global step. Read them from ``final_ops_values``."""
+
+    def __init__(self, names: Sequence[str] | None = None) -> None:
+        self._names = list(names) if names is not None else None
+        self.final_ops_values: dict[str, Any] | None = None
+
+    def end(self, run_context: RunContext) -> None:
+        results = run_context.results or {}
+        if self._names is None:
+            self.final_ops_values = dict(results)
+            return
+        missing = [n for n in self._names if n not in results]
+        if missing:
+            raise ValueError(f"FinalOpsHook: {missing} are not among the final values {sorted(results)}.")
+        self.final_ops_values = {n: results[n] for n in self._names}

@@ -201,9 +201,10 @@ class NumpyInput:
     @property
     def fingerprint(self) -> str:
         """Sizes, batch size, epochs, shuffle and seed: resuming is exact only when these match."""
+        seed = self._seed if self._shuffle else None  # without a shuffle the seed changes nothing
         return (
             f"numpy:n={self._n},batch_size={self._batch_size},num_epochs={self._num_epochs},"
-            f"shuffle={self._shuffle},seed={self._seed}"
+            f"shuffle={self._shuffle},seed={seed}"
         )
 
     def state_dict(self) -> dict[str, Any]:
@@ -259,18 +260,26 @@ class NumpyInput:
         return -(-(self._n * self._num_epochs - self._position) // self._batch_size)
 
 
-def _check_arrays(name: str, data: Any) -> dict[str, np.ndarray] | np.ndarray:
-    if isinstance(data, dict):
-        if not data:
-            raise ValueError(f"numpy_input_fn `{name}` is an empty dict; give at least one array.")
-        return {key: _check_arrays(f"{name}[{key!r}]", value) for key, value in data.items()}  # type: ignore[misc]
+def _check_array(name: str, data: Any, kind: str = "a numpy array") -> np.ndarray:
     if isinstance(data, torch.Tensor):
         data = data.numpy(force=True)
     if not isinstance(data, np.ndarray):
-        raise TypeError(f"numpy_input_fn `{name}` must be a numpy array or a dict of them; received {_describe(data)}.")
+        raise TypeError(f"numpy_input_fn `{name}` must be {kind}; received {_describe(data)}.")
     if data.ndim == 0 or len(data) == 0:
         raise ValueError(f"numpy_input_fn `{name}` must have at least one example; received shape {data.shape}.")
     return data
+
+
+def _check_arrays(name: str, data: Any) -> dict[str, np.ndarray] | np.ndarray:
+    """An array, or a flat dict of arrays (nested dicts are rejected, naming the key)."""
+    if not isinstance(data, dict):
+        if isinstance(data, Mapping):
+            data = dict(data)
+        else:
+            return _check_array(name, data, "a numpy array or a dict of them")
+    if not data:
+        raise ValueError(f"numpy_input_fn `{name}` is an empty dict; give at least one array.")
+    return {key: _check_array(f"{name}[{key!r}]", value) for key, value in data.items()}
 
 
 def _lengths(name: str, data: Any) -> dict[str, int]:

@@ -102,7 +102,11 @@ class RunConfig:
         object.__setattr__(self, "save_checkpoints_steps", steps)
         object.__setattr__(self, "save_checkpoints_secs", secs)
         if self.model_dir is not None:
+            if not isinstance(self.model_dir, (str, os.PathLike)):
+                raise ValueError(f"RunConfig `model_dir` must be a path (str or os.PathLike) or None; received {self.model_dir!r}.")
             model_dir = os.fspath(self.model_dir)
+            if isinstance(model_dir, bytes):
+                model_dir = os.fsdecode(model_dir)
             if not model_dir:
                 raise ValueError("RunConfig `model_dir` must be a non-empty path or None; received ''.")
             object.__setattr__(self, "model_dir", model_dir)
@@ -124,7 +128,9 @@ class RunConfig:
             )
         if self.precision not in _PRECISIONS:
             raise ValueError(f"RunConfig `precision` must be one of {_PRECISIONS}; received {self.precision!r}.")
-        if self.progress_bar not in (None, True, False):
+        if not isinstance(self.deterministic, bool):
+            raise ValueError(f"RunConfig `deterministic` must be True or False; received {self.deterministic!r}.")
+        if self.progress_bar is not None and not isinstance(self.progress_bar, bool):
             raise ValueError(f"RunConfig `progress_bar` must be True, False or None; received {self.progress_bar!r}.")
 
     @property

@@ -99,6 +99,9 @@ class EstimatorSpec:
         evaluation_hooks: Hooks run in EVAL.
         prediction_hooks: Hooks run in PREDICT.
         fetches: Extra named tensors that hooks may request by name (``LoggingTensorHook`` and friends).
+        summaries: TensorBoard summaries, tag to value: a scalar tensor, any other tensor (a histogram),
+            ``torch_estimator.summary.Image``/``Text``, or a zero-argument callable returning one, called
+            only on the steps that write summaries.
 
     Hooks named in a spec begin right after the first ``model_fn`` call of a run, in time for that
     step's ``after_run``.
@@ -119,6 +122,7 @@ class EstimatorSpec:
     evaluation_hooks: Sequence[Any] = ()
     prediction_hooks: Sequence[Any] = ()
     fetches: Mapping[str, torch.Tensor] | None = None
+    summaries: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         mode = self.mode
@@ -164,9 +168,14 @@ class EstimatorSpec:
             )
         if self.fetches is not None:
             _check_tensor_map("fetches", self.fetches, allow_tensor=False)
+        if self.summaries is not None:
+            if not isinstance(self.summaries, Mapping) or not all(isinstance(k, str) for k in self.summaries):
+                raise TypeError(
+                    f"EstimatorSpec `summaries` must be a dict of str tag to value; received {_describe(self.summaries)}."
+                )
         for field in _HOOK_FIELDS:
             value = getattr(self, field)
-            if value:
+            if value != ():
                 object.__setattr__(self, field, _check_hooks(field, value))
 
     @staticmethod

@@ -1,0 +1,233 @@
+"""Hooks driven by the Estimator: call order per mode, TF's cadences, summaries read back, NaN, profiler."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import torch_estimator as te
+from torch_estimator import checkpoint as ckpt
+from torch_estimator import summary
+from torch_estimator.inputs import numpy_input_fn
+
+from .conftest import TinyNet, classifier_fn
+
+
+def _train_fn(data, **kwargs):
+    kwargs.setdefault("batch_size", 10)
+    kwargs.setdefault("num_epochs", None)
+    return numpy_input_fn({"x": data[0]}, data[1], shuffle=True, seed=1, **kwargs)
+
+
+def _eval_fn(data):
+    return numpy_input_fn({"x": data[0]}, data[1], batch_size=25, shuffle=False)
+
+
+class Calls(te.Hook):
+    def __init__(self):
+        self.calls = []
+
+    def begin(self):
+        self.calls.append("begin")
+
+    def after_restore(self, run_context):
+        self.calls.append(("after_restore", run_context.global_step))
+
+    def before_run(self, run_context):
+        self.calls.append(("before_run", run_context.global_step))
+
+    def after_run(self, run_context, run_values):
+        self.calls.append(("after_run", run_context.global_step))
+
+    def end(self, run_context):
+        self.calls.append(("end", run_context.global_step))
+
+
+def test_call_order_in_train(make_estimator, data):
+    hook = Calls()
+    make_estimator().train(_train_fn(data), steps=2, hooks=[hook])
+    assert hook.calls == ["begin", ("after_restore", 0), ("before_run", 0), ("after_run", 1),
+                          ("before_run", 1), ("after_run", 2), ("end", 2)]
+
+
+def test_call_order_in_evaluate_and_predict(make_estimator, data):
+    est = make_estimator()
+    hook = Calls()
+    est.evaluate(_eval_fn(data), hooks=[hook])
+    assert hook.calls[:2] == ["begin", ("after_restore", 0)]
+    assert hook.calls.count(("before_run", 0)) == 4 and hook.calls.count(("after_run", 0)) == 4
+    assert hook.calls[-1] == ("end", 0)
+    hook = Calls()
+    list(est.predict(numpy_input_fn({"x": data[0][:10]}, batch_size=4, shuffle=False), hooks=[hook]))
+    assert hook.calls.count(("after_run", 0)) == 3 and hook.calls[-1] == ("end", 0)
+
+
+def test_spec_hooks_run_in_each_mode(tmp_path, data):
+    hooks = {mode: Calls() for mode in te.ModeKeys.ALL}
+
+    def model_fn(features, labels, mode, model):
+        spec = classifier_fn(features, labels, mode, model)
+        field = {"train": "training_hooks", "eval": "evaluation_hooks", "infer": "prediction_hooks"}[mode]
+        return spec.replace(**{field: [hooks[mode]]})
+
+    est = te.Estimator(model_fn, model_dir=str(tmp_path), model=TinyNet(), optimizer=lambda p: torch.optim.SGD(p, lr=0.1),
+                       config=te.RunConfig(device="cpu", log_step_count_steps=None))
+    est.train(_train_fn(data), steps=3)
+    est.evaluate(_eval_fn(data))
+    list(est.predict(numpy_input_fn({"x": data[0][:8]}, batch_size=4, shuffle=False)))
+    assert hooks["train"].calls.count("begin") == 1 and sum(1 for c in hooks["train"].calls if c[0] == "after_run") == 3
+    assert sum(1 for c in hooks["eval"].calls if c[0] == "after_run") == 4
+    assert sum(1 for c in hooks["infer"].calls if c[0] == "after_run") == 2
+
+
+def test_logging_hook_on_predictions_like_the_tutorial(make_estimator, data, caplog):
+    hook = te.LoggingTensorHook(tensors={"probabilities": "probabilities"}, every_n_iter=2)
+    with caplog.at_level(logging.INFO, logger="torch_estimator"):
+        make_estimator().train(_train_fn(data), steps=4, hooks=[hook])
+    assert caplog.text.count("probabilities = [[") == 2
+
+
+def test_final_ops_hook_sees_evaluation_metrics(make_estimator, data):
+    hook = te.FinalOpsHook(["accuracy"])
+    result = make_estimator().evaluate(_eval_fn(data), hooks=[hook])
+    assert hook.final_ops_values == {"accuracy": result["accuracy"]}
+    with pytest.raises(ValueError, match="'nope'.* are not among the final values"):
+        make_estimator().evaluate(_eval_fn(data), hooks=[te.FinalOpsHook(["nope"])])
+
+
+def test_final_ops_hook_after_training(make_estimator, data):
+    hook = te.FinalOpsHook()
+    make_estimator().train(_train_fn(data), steps=3, hooks=[hook])
+    assert hook.final_ops_values["global_step"] == 3 and np.isfinite(hook.final_ops_values["loss"])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Summaries.
+
+
+def test_training_summaries_at_tf_steps(make_estimator, data):
+    est = make_estimator(save_summary_steps=5, log_step_count_steps=10, save_checkpoints_steps=100)
+    est.train(_train_fn(data), steps=21)
+    scalars = summary.read_scalars(est.model_dir)
+    loss_steps = [step for step, tags in scalars.items() if "loss" in tags]
+    assert loss_steps == [1, 6, 11, 16, 21]
+    assert all("learning_rate" in scalars[s] for s in loss_steps) and scalars[1]["learning_rate"] == pytest.approx(0.1)
+    # TF's [run]: the first trigger (step 1) only starts the clock; values at 11 and 21.
+    assert [step for step, tags in scalars.items() if "global_step/sec" in tags] == [11, 21]
+    assert "examples/sec" in scalars[11]
+
+
+def test_model_fn_summaries_are_written_only_on_summary_steps(tmp_path, data):
+    evaluated = []
+
+    def model_fn(features, labels, mode, model):
+        spec = classifier_fn(features, labels, mode, model)
+        return spec.replace(summaries={
+            "weights": model.out.weight,
+            "lazy_norm": lambda: evaluated.append(1) or model.out.weight.norm(),
+            "image": summary.Image(torch.zeros(1, 4, 4)),
+        })
+
+    est = te.Estimator(model_fn, model_dir=str(tmp_path), model=TinyNet(), optimizer=lambda p: torch.optim.SGD(p, lr=0.1),
+                       config=te.RunConfig(device="cpu", save_summary_steps=4, log_step_count_steps=None))
+    est.train(_train_fn(data), steps=9)
+    assert len(evaluated) == 3  # steps 1, 5, 9
+    assert sorted(summary.read_scalars(str(tmp_path))) == [1, 5, 9]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path), size_guidance={"histograms": 0, "images": 0}).Reload()
+    assert [e.step for e in events.Histograms("weights")] == [1, 5, 9]
+    assert [e.step for e in events.Images("image")] == [1, 5, 9]
+
+
+def test_summaries_can_be_turned_off(make_estimator, data):
+    est = make_estimator(save_summary_steps=None, log_step_count_steps=None)
+    est.train(_train_fn(data), steps=3)
+    assert not [f for f in os.listdir(est.model_dir) if f.startswith("events.out.tfevents")]
+
+
+def test_evaluation_results_go_to_the_eval_dir(make_estimator, data):
+    est = make_estimator(save_checkpoints_steps=10)
+    est.train(_train_fn(data), steps=10)
+    result = est.evaluate(_eval_fn(data))
+    est.evaluate(_eval_fn(data), name="validation")
+    scalars = summary.read_scalars(est.eval_dir())
+    assert scalars == {10: {"accuracy": pytest.approx(float(result["accuracy"])), "loss": pytest.approx(float(result["loss"]))}}
+    assert set(summary.read_scalars(est.eval_dir("validation"))[10]) == {"accuracy", "loss"}
+
+
+def test_bad_summary_value_names_the_tag(tmp_path):
+    with pytest.raises(TypeError, match="Summary 'bad': cannot write a dict"):
+        summary.write_summaries(str(tmp_path), {"bad": {"a": 1}}, 0)
+
+
+def test_spec_summaries_must_be_a_dict():
+    with pytest.raises(TypeError, match="`summaries` must be a dict of str tag to value"):
+        te.EstimatorSpec(te.ModeKeys.EVAL, loss=torch.tensor(1.0), summaries=[1])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# NaN, progress, profiler.
+
+
+def _nan_after(step):
+    def model_fn(features, labels, mode, model):
+        loss = F.cross_entropy(model(features["x"]), labels)
+        model.calls = getattr(model, "calls", 0) + 1
+        return te.EstimatorSpec(mode, loss=loss * float("nan") if model.calls >= step else loss)
+
+    return model_fn
+
+
+def test_nan_hook_can_stop_instead_of_raising(tmp_path, data, caplog):
+    est = te.Estimator(_nan_after(4), model_dir=str(tmp_path), model=TinyNet(), optimizer=lambda p: torch.optim.SGD(p, lr=0.1),
+                       config=te.RunConfig(device="cpu", save_checkpoints_steps=2, log_step_count_steps=None))
+    with caplog.at_level(logging.ERROR, logger="torch_estimator"):
+        est.train(_train_fn(data), steps=20, hooks=[te.NanTensorHook(fail_on_nan_loss=False)])
+    assert "Model diverged with loss = NaN at global step 4" in caplog.text
+    assert [ckpt._step_of(p) for p in ckpt.read_index(str(tmp_path)).paths] == [0, 2]
+
+
+def test_nan_is_caught_on_a_logging_step_before_any_save(tmp_path, data):
+    est = te.Estimator(_nan_after(3), model_dir=str(tmp_path), model=TinyNet(), optimizer=lambda p: torch.optim.SGD(p, lr=0.1),
+                       config=te.RunConfig(device="cpu", save_checkpoints_steps=1000, log_step_count_steps=5))
+    with pytest.raises(te.NanLossDuringTrainingError, match="global step 3"):
+        est.train(_train_fn(data), steps=20)
+    assert [ckpt._step_of(p) for p in ckpt.read_index(str(tmp_path)).paths] == [0]
+
+
+def test_memory_with_nan_weights_is_restored_from_disk(tmp_path, data):
+    est = te.Estimator(_nan_after(4), model_dir=str(tmp_path), model=TinyNet(), optimizer=lambda p: torch.optim.SGD(p, lr=0.1),
+                       config=te.RunConfig(device="cpu", save_checkpoints_steps=2, log_step_count_steps=None))
+    with pytest.raises(te.NanLossDuringTrainingError):
+        est.train(_train_fn(data), steps=20)
+    assert est.evaluate(_eval_fn(data))["global_step"] == 2
+    assert all(torch.isfinite(p).all() for p in est.model.parameters())
+
+
+def test_progress_bar_counts_steps(make_estimator, data, capsys):
+    est = make_estimator(progress_bar=True, log_step_count_steps=5)
+    est.train(_train_fn(data), steps=12)
+    err = capsys.readouterr().err
+    assert "train" in err and "12/12" in err
+
+
+def test_progress_bar_off_when_not_interactive(make_estimator, data, capsys):
+    make_estimator().train(_train_fn(data), steps=3)
+    assert "train" not in capsys.readouterr().err
+
+
+def test_profiler_hook_writes_chrome_traces(make_estimator, data, tmp_path):
+    hook = te.ProfilerHook(save_steps=3, output_dir=str(tmp_path / "profile"))
+    make_estimator().train(_train_fn(data), steps=7, hooks=[hook])
+    steps = [int(p.rsplit(".step", 1)[1].split(".")[0]) for p in hook.traces]
+    assert steps == [3, 6]  # never the first step
+    with open(hook.traces[0], encoding="utf-8") as handle:
+        trace = json.load(handle)
+    assert trace["traceEvents"]
