@@ -199,12 +199,12 @@ def test_dict_y_yields_dict_labels():
 
 
 def test_array_x_becomes_tensor_features_through_iterate_batches():
-    features, labels = next(iterate_batches(numpy_input_fn(TEN.reshape(5, 2), np.arange(5), batch_size=2, shuffle=False)()))
+    features, labels, _ = next(iterate_batches(numpy_input_fn(TEN.reshape(5, 2), np.arange(5), batch_size=2, shuffle=False)()))
     assert isinstance(features, torch.Tensor) and features.tolist() == [[0, 1], [2, 3]]
 
 
 def test_dict_x_becomes_dict_of_tensors_through_iterate_batches():
-    features, _ = next(iterate_batches(numpy_input_fn({"a": TEN}, TEN, batch_size=2, shuffle=False)()))
+    features, _, _ = next(iterate_batches(numpy_input_fn({"a": TEN}, TEN, batch_size=2, shuffle=False)()))
     assert isinstance(features["a"], torch.Tensor)
 
 
@@ -307,7 +307,7 @@ def test_state_dict_carries_the_fingerprint():
 
 def test_fingerprint_names_sizes_batching_and_seed():
     inp = numpy_input_fn(TEN, batch_size=4, num_epochs=3, shuffle=True, seed=5)()
-    assert inp.fingerprint == "numpy:n=10,batch_size=4,num_epochs=3,shuffle=True,seed=5"
+    assert inp.fingerprint == "numpy:n=10,batch_size=4,num_epochs=3,shuffle=True,seed=5,shard=0/1"
 
 
 def test_shuffled_resume_is_exact():
@@ -355,7 +355,7 @@ def test_load_state_with_other_fingerprint_is_rejected():
 
 def test_load_state_with_other_seed_is_rejected():
     state = numpy_input_fn(TEN, shuffle=True, seed=1)().state_dict()
-    with pytest.raises(ValueError, match="numpy input state is for .*seed=1'.*seed=2'"):
+    with pytest.raises(ValueError, match="numpy input state is for .*seed=1,.*seed=2,"):
         numpy_input_fn(TEN, shuffle=True, seed=2)().load_state_dict(state)
 
 
@@ -443,50 +443,51 @@ def test_input_context_defaults_to_one_pipeline():
 
 def test_tuple_items_yield_features_and_labels():
     x, y = torch.zeros(2, 3), torch.ones(2)
-    [(features, labels)] = list(iterate_batches([(x, y)]))
+    [(features, labels, size)] = list(iterate_batches([(x, y)]))
+    assert size == len(x)
     assert features is x and labels is y
 
 
 def test_two_item_list_is_a_features_labels_pair():
     x, y = torch.zeros(2, 3), torch.ones(2)
-    [(features, labels)] = list(iterate_batches([[x, y]]))
+    [(features, labels, _)] = list(iterate_batches([[x, y]]))
     assert features is x and labels is y
 
 
 def test_features_only_item_has_no_labels():
     x = torch.zeros(2, 3)
-    [(features, labels)] = list(iterate_batches([x]))
+    [(features, labels, _)] = list(iterate_batches([x]))
     assert features is x and labels is None
 
 
 def test_dict_item_is_features_only():
-    [(features, labels)] = list(iterate_batches([{"a": torch.zeros(2)}]))
+    [(features, labels, _)] = list(iterate_batches([{"a": torch.zeros(2)}]))
     assert list(features) == ["a"] and labels is None
 
 
 def test_explicit_none_labels_stay_none():
-    [(_, labels)] = list(iterate_batches([(torch.zeros(2), None)]))
+    [(_, labels, _)] = list(iterate_batches([(torch.zeros(2), None)]))
     assert labels is None
 
 
 def test_tuple_of_feature_tensors_is_kept_as_a_tuple():
-    [(features, _)] = list(iterate_batches([((torch.zeros(2), torch.ones(2)), torch.ones(2))]))
+    [(features, _, _)] = list(iterate_batches([((torch.zeros(2), torch.ones(2)), torch.ones(2))]))
     assert isinstance(features, tuple) and len(features) == 2
 
 
 def test_numpy_arrays_are_converted_to_tensors():
-    [(features, labels)] = list(iterate_batches([({"a": np.zeros((2, 3), np.float32)}, np.arange(2))]))
+    [(features, labels, _)] = list(iterate_batches([({"a": np.zeros((2, 3), np.float32)}, np.arange(2))]))
     assert isinstance(features["a"], torch.Tensor) and isinstance(labels, torch.Tensor)
 
 
 def test_numpy_conversion_keeps_the_dtype():
-    [(features, _)] = list(iterate_batches([np.zeros(2, np.float32)]))
+    [(features, _, _)] = list(iterate_batches([np.zeros(2, np.float32)]))
     assert features.dtype == torch.float32
 
 
 def test_non_contiguous_numpy_array_is_converted():
     array = np.arange(12).reshape(3, 4)[:, ::2]
-    [(features, _)] = list(iterate_batches([array]))
+    [(features, _, _)] = list(iterate_batches([array]))
     assert features.tolist() == array.tolist()
 
 
@@ -498,7 +499,7 @@ def test_a_generator_source_is_accepted():
 def test_a_dataloader_source_is_accepted():
     dataset = torch.utils.data.TensorDataset(torch.arange(6.0).reshape(6, 1), torch.arange(6))
     loader = torch.utils.data.DataLoader(dataset, batch_size=4)
-    assert [labels.tolist() for _, labels in iterate_batches(loader)] == [[0, 1, 2, 3], [4, 5]]
+    assert [labels.tolist() for _, labels, _ in iterate_batches(loader)] == [[0, 1, 2, 3], [4, 5]]
 
 
 @pytest.mark.parametrize("length", [1, 3])

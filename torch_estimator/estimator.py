@@ -25,9 +25,11 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import logging
+import math
 import os
 import random
 import sys
@@ -39,7 +41,7 @@ import numpy as np
 import torch
 
 from . import checkpoint as ckpt
-from . import summary
+from . import distribute, summary
 from .hooks import (
     HookList,
     LoggingTensorHook,
@@ -52,7 +54,7 @@ from .hooks import (
     SummarySaverHook,
     check_hooks,
 )
-from .inputs import InputContext, batch_size_of, call_input_fn, iterate_batches, to_device
+from .inputs import InputContext, call_input_fn, iterate_batches, to_device
 from .metrics import MetricAccumulator
 from .run_config import RunConfig
 from .spec import EstimatorSpec, ModeKeys
@@ -62,6 +64,7 @@ __all__ = ["Estimator"]
 logger = logging.getLogger("torch_estimator")
 
 _MODEL_FN_ARGS = ("features", "labels", "mode", "params", "config", "model")
+_EXPORT = "export"  # the model_fn arguments used when tracing an export
 _RESERVED_METRICS = ("loss", "global_step")
 _NO_VALUES: Mapping[str, Any] = {}
 
@@ -86,10 +89,18 @@ def _model_fn_args(model_fn: Callable[..., Any], params: Any) -> frozenset[str]:
     return frozenset(names)
 
 
-def _resolve_device(name: str) -> torch.device:
+def _warnings_only(record: logging.LogRecord) -> bool:
+    """Non-chief processes log warnings and errors only."""
+    return record.levelno >= logging.WARNING
+
+
+def _resolve_device(name: str, local_rank: int | None = None) -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda", torch.cuda.current_device())
+            index = torch.cuda.current_device() if local_rank is None else local_rank % torch.cuda.device_count()
+            if local_rank is not None:
+                torch.cuda.set_device(index)
+            return torch.device("cuda", index)
         if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
@@ -166,15 +177,24 @@ class Estimator:
         self._params = copy.deepcopy(dict(params or {}))
         self._fn_args = _model_fn_args(model_fn, self._params)
         self._model_fn = model_fn
-        self._config = config.replace(model_dir=self._resolve_model_dir(model_dir, config))
+        self._dist = self._resolve_distribution(config)
+        config = self._config = config.replace(
+            model_dir=self._resolve_model_dir(model_dir, config),
+            rank=self._dist.rank, world_size=self._dist.world_size, local_rank=self._dist.local_rank,
+        )
         self._warm_start = self._resolve_warm_start(warm_start_from)
-        self._device = _resolve_device(config.device)
+        self._device = _resolve_device(config.device, self._dist.local_rank if self._dist.is_distributed else None)
+        distribute.ensure_process_group(self._dist, self._device, config.distributed_timeout_secs)
+        if not self._dist.is_chief:
+            logger.addFilter(_warnings_only)
         if config.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True)
         if config.random_seed is not None:
             _seed_everything(config.random_seed)
         self._model = self._build_model(model)
+        self._train_module, self._ddp = self._wrap_for_training()
+        self._eval_module = torch.compile(self._model) if config.compile else self._model
         self._optimizer = self._build_optimizer(optimizer)
         self._lr_scheduler = self._build_lr_scheduler(lr_scheduler)
         self._autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.precision)
@@ -185,7 +205,14 @@ class Estimator:
         self._input_state: dict[str, Any] | None = None  # where the training input stopped
         self._warm_started = False
         self._checkpoints: ckpt.CheckpointManager | None = None
-        self._fn_kwargs = {mode: self._static_kwargs(mode) for mode in ModeKeys.ALL}
+        self._fn_kwargs = {
+            ModeKeys.TRAIN: self._static_kwargs(ModeKeys.TRAIN, self._train_module),
+            ModeKeys.EVAL: self._static_kwargs(ModeKeys.EVAL, self._eval_module),
+            ModeKeys.PREDICT: self._static_kwargs(ModeKeys.PREDICT, self._eval_module),
+            _EXPORT: self._static_kwargs(ModeKeys.PREDICT, self._model),  # tracing needs the plain module
+        }
+        # Under DDP, a stop one process requests (a listener, a hook, a NaN) is agreed every this many steps.
+        self._stop_every = config.log_step_count_steps or 100
         logger.info("Using config: %s", self._config)
 
     # ------------------------------------------------------------------------------------------------
@@ -210,6 +237,28 @@ class Estimator:
         return model_dir
 
     @staticmethod
+    def _resolve_distribution(config: RunConfig) -> distribute.DistributedContext:
+        """Rank, world size and local rank: the config's where given, else the launcher's (read once, here)."""
+        launcher = distribute.context_from_env() if None in (config.rank, config.world_size, config.local_rank) else None
+        pick = lambda value, name: value if value is not None else getattr(launcher, name)  # noqa: E731
+        return distribute.DistributedContext(
+            rank=pick(config.rank, "rank"), world_size=pick(config.world_size, "world_size"),
+            local_rank=pick(config.local_rank, "local_rank"),
+        )
+
+    def _wrap_for_training(self) -> tuple[torch.nn.Module, Any]:
+        """The module ``model_fn`` sees in TRAIN: DDP over the model when distributed, compiled if asked."""
+        module, ddp = self._model, None
+        if self._dist.is_distributed:
+            module = ddp = distribute.wrap_ddp(
+                module, self._device, find_unused_parameters=self._config.find_unused_parameters,
+                static_graph=self._config.static_graph,
+            )
+        if self._config.compile:
+            module = torch.compile(module)
+        return module, ddp
+
+    @staticmethod
     def _resolve_warm_start(value: Any) -> ckpt.WarmStartSettings | None:
         if value is None or isinstance(value, ckpt.WarmStartSettings):
             return value
@@ -229,7 +278,10 @@ class Estimator:
             if not isinstance(built, torch.nn.Module):
                 raise TypeError(f"The `model` factory must return an nn.Module; it returned {type(built).__name__}.")
             model = built
-        return model.to(self._device)
+        model = model.to(self._device)
+        if self._config.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        return model
 
     def _build_optimizer(self, optimizer: Any) -> torch.optim.Optimizer | None:
         if optimizer is None or isinstance(optimizer, torch.optim.Optimizer):
@@ -262,8 +314,8 @@ class Estimator:
                 raise TypeError(f"The `lr_scheduler` factory must return a scheduler; it returned {type(scheduler).__name__}.")
         return scheduler
 
-    def _static_kwargs(self, mode: str) -> dict[str, Any]:
-        available = {"mode": mode, "params": self._params, "config": self._config, "model": self._model}
+    def _static_kwargs(self, mode: str, module: torch.nn.Module) -> dict[str, Any]:
+        available = {"mode": mode, "params": self._params, "config": self._config, "model": module}
         return {name: value for name, value in available.items() if name in self._fn_args}
 
     # ------------------------------------------------------------------------------------------------
@@ -403,8 +455,8 @@ class Estimator:
     # ------------------------------------------------------------------------------------------------
     # Calling model_fn.
 
-    def _call_model_fn(self, features: Any, labels: Any, mode: str) -> EstimatorSpec:
-        kwargs = self._fn_kwargs[mode]
+    def _call_model_fn(self, features: Any, labels: Any, mode: str, kwargs_key: str | None = None) -> EstimatorSpec:
+        kwargs = self._fn_kwargs[kwargs_key or mode]
         if "labels" in self._fn_args:
             spec = self._model_fn(features=features, labels=labels, **kwargs)
         elif labels is not None and mode != ModeKeys.PREDICT:
@@ -417,10 +469,14 @@ class Estimator:
             raise ValueError(f"model_fn was called in mode {mode!r} but returned an EstimatorSpec for {spec.mode!r}.")
         return spec
 
-    def _batches(self, input_fn: Callable[..., Any], mode: str) -> tuple[Any, Iterator[tuple[Any, Any]]]:
+    def _batches(self, input_fn: Callable[..., Any], mode: str) -> tuple[Any, Iterator[tuple[Any, Any, int]]]:
+        context = InputContext(self._dist.world_size, self._dist.rank, self._dist.world_size)
         source = call_input_fn(
-            input_fn, mode=mode, params=copy.deepcopy(self._params), config=self._config, input_context=InputContext()
+            input_fn, mode=mode, params=copy.deepcopy(self._params), config=self._config, input_context=context
         )
+        sampler = getattr(source, "sampler", None)
+        if callable(getattr(sampler, "set_epoch", None)):  # a DistributedSampler: a new order per call
+            sampler.set_epoch(self._global_step)
         return source, iterate_batches(source)
 
     def _fetch(self, names: set[str], spec: EstimatorSpec, global_step: int) -> dict[str, Any]:
@@ -507,20 +563,32 @@ class Estimator:
         defaults = self._default_training_hooks(total)
         if any(isinstance(h, NanTensorHook) for h in hooks):  # the user's NaN policy replaces the default
             defaults = [h for h in defaults if not isinstance(h, NanTensorHook)]
-        hook_list = HookList([*hooks, *stop, *defaults])
         saver = None
-        if self._config.checkpointing_enabled:
+        if self._config.checkpointing_enabled and self._dist.is_chief:
             saver = ckpt.CheckpointSaver(
                 lambda step: self._save(step, source), self._config.save_checkpoints_steps,
                 self._config.save_checkpoints_secs, listeners,
             )
-        last_loss = self._train_loop(batches, hook_list, saver, already_saved=path is not None and self._synced is not None)
+        try:
+            last_loss = self._train_loop(batches, HookList([*hooks, *stop, *defaults]), saver, already_saved=path is not None and self._synced is not None)
+        finally:
+            summary.flush_all()
         self._input_state = self._capture_input(source)
+        self._sync_after_training()
         if last_loss is None:
             logger.warning("Training with estimator made no steps. Perhaps input is empty or misspecified.")
         else:
             logger.info("Loss for final step: %s.", last_loss)
         return self
+
+    def _sync_after_training(self) -> None:
+        """Every process waits for the chief's last save, then knows its memory equals that checkpoint."""
+        if not self._dist.is_distributed:
+            return
+        distribute.barrier()
+        latest = self.latest_checkpoint()
+        if not self._dist.is_chief and latest is not None and ckpt._step_of(latest) == self._global_step:
+            self._synced = self._identity(latest)
 
     def _check_listeners(self, listeners: Any) -> list[Any]:
         listeners = list(listeners or [])
@@ -536,10 +604,14 @@ class Estimator:
         return listeners
 
     def _default_training_hooks(self, total: int | None) -> list[Any]:
-        """TF's defaults from RunConfig: NaN check, loss/step logging, step counter, summaries; a progress bar."""
+        """TF's defaults from RunConfig: NaN check, loss/step logging; on the chief, the step counter,
+        summaries and a progress bar."""
         config, hooks = self._config, [NanTensorHook()]
         if config.log_step_count_steps is not None:
             hooks.append(LoggingTensorHook({"loss": "loss", "step": "global_step"}, every_n_iter=config.log_step_count_steps))
+        if not self._dist.is_chief:
+            return hooks
+        if config.log_step_count_steps is not None:
             hooks.append(StepCounterHook(config.log_step_count_steps, output_dir=self.model_dir))
         if config.save_summary_steps:
             hooks.append(SummarySaverHook(save_steps=config.save_summary_steps, output_dir=self.model_dir))
@@ -547,71 +619,129 @@ class Estimator:
             hooks.append(ProgressBarHook(total, desc="train"))
         return hooks
 
-    def _train_loop(self, batches: Iterator[tuple[Any, Any]], hooks: HookList, saver: Any, already_saved: bool) -> float | None:
-        """The step loop: one batch, one step, the hooks, maybe a save; until the input ends or a stop."""
+    def _train_loop(self, batches: Iterator[tuple[Any, Any, int]], hooks: HookList, saver: Any, already_saved: bool) -> float | None:
+        """The step loop: batches, one step, the hooks, maybe a save; until the last step, the input's end or
+        an (agreed) stop."""
         context = RunContext(ModeKeys.TRAIN, self._global_step, self.model_dir)
         hooks.begin()
         self._model.train()
         self._start_finite_tracking(hooks)
         hooks.after_restore(context)
+        last_step = min((h.last_step for h in hooks.hooks if isinstance(h, StopAtStepHook)), default=math.inf)
         if saver is not None and saver.begin(self._global_step, already_saved):
             context.request_stop()
         self._synced, spec = None, None  # from here on, memory runs ahead of disk
-        while not context.stop_requested:
-            batch = next(batches, None)
-            if batch is None:
+        stop = self._stop_agreed(context, now=True)
+        while not stop and self._global_step < last_step:
+            micro_batches = self._next_micro_batches(batches)
+            if micro_batches is None:
                 break
-            features, labels = batch
-            context.batch_size = batch_size_of(features, labels)
+            context.batch_size = sum(size for _, _, size in micro_batches)
             wanted = hooks.before_run(context)
-            spec = self._train_step(to_device(features, self._device), to_device(labels, self._device))
+            spec = self._train_step(micro_batches)
             if context.global_step == self._finite_base:
-                wanted = self._join_spec_hooks(hooks, spec.training_hooks + spec.training_chief_hooks, context, wanted)
+                spec_hooks = spec.training_hooks + (spec.training_chief_hooks if self._dist.is_chief else ())
+                wanted = self._join_spec_hooks(hooks, spec_hooks, context, wanted)
             values = self._fetch(wanted, spec, context.global_step) if wanted else _NO_VALUES
             context.global_step = self._global_step = self._global_step + 1
             if "loss" in values and not self._finite_or_stop(context):
-                break
+                values = _NO_VALUES
             hooks.after_run(context, values)
             if saver is not None and saver.should_save(self._global_step) and self._finite_or_stop(context):
                 if saver.save(self._global_step):
                     context.request_stop()
+            stop = self._stop_agreed(context)
         finite = self._finite_or_stop(context)
         if saver is not None:
             saver.end(self._global_step, save=finite)
         last_loss = None if spec is None else float(_to_host(spec.loss))
         context.results = {"loss": last_loss, "global_step": self._global_step}
         hooks.end(context)
-        summary.flush_all()
         return last_loss
 
-    def _train_step(self, features: Any, labels: Any) -> EstimatorSpec:
-        """Forward through model_fn, then the update: the spec's train_op, or the Estimator's optimizer."""
-        if self._autocast_dtype is None:
-            spec = self._call_model_fn(features, labels, ModeKeys.TRAIN)
-        else:
-            with torch.autocast(self._device.type, dtype=self._autocast_dtype):
-                spec = self._call_model_fn(features, labels, ModeKeys.TRAIN)
-        loss = spec.loss
-        if spec.train_op is not None:
-            spec.train_op(loss)
-        elif self._optimizer is None:
-            raise ValueError(
-                "TRAIN needs a way to step: give the Estimator an `optimizer` (e.g. optimizer=lambda p: "
-                "torch.optim.SGD(p, lr=0.01)) or return EstimatorSpec(mode, loss=..., train_op=callable)."
-            )
-        else:
+    def _stop_agreed(self, context: RunContext, now: bool = False) -> bool:
+        """Whether to stop: the local request with one process; with several, every process's request,
+        agreed by one tiny all-reduce every ``log_step_count_steps`` steps (never a collective per step)."""
+        if not self._dist.is_distributed:
+            return context.stop_requested
+        if not now and self._global_step % self._stop_every:
+            return False
+        flag = torch.tensor([float(context.stop_requested)], device=self._device)
+        return bool(distribute.all_reduce_sum(flag).item() > 0)
+
+    def _next_micro_batches(self, batches: Iterator[tuple[Any, Any, int]]) -> list[tuple[Any, Any, int]] | None:
+        """The next ``gradient_accumulation_steps`` batches, on the device; None when the input ends."""
+        micro = []
+        for _ in range(self._config.gradient_accumulation_steps):
+            batch = next(batches, None)
+            if batch is None:
+                if micro:
+                    logger.warning("The input ended inside an accumulation of %d micro-batches; %d were dropped.",
+                                   self._config.gradient_accumulation_steps, len(micro))
+                return None
+            features, labels, size = batch
+            channels_last = self._config.channels_last
+            micro.append((to_device(features, self._device, channels_last), to_device(labels, self._device, channels_last), size))
+        return micro
+
+    def _train_step(self, micro_batches: list[tuple[Any, Any, int]]) -> EstimatorSpec:
+        """Forward and backward through model_fn for each micro-batch, then one update: the spec's train_op,
+        or the Estimator's optimizer (with unscaling, clipping and the scheduler)."""
+        count, losses = len(micro_batches), []
+        if self._optimizer is not None:
             self._optimizer.zero_grad(set_to_none=True)
-            if self._scaler.is_enabled():
-                self._scaler.scale(loss).backward()
-                self._scaler.step(self._optimizer)
-                self._scaler.update()
-            else:
-                loss.backward()
-                self._optimizer.step()
-            if self._lr_scheduler is not None:
-                self._lr_scheduler.step()
-        self._finite_count.add_(self._finite.logical_and_(torch.isfinite(loss.detach())))
+        for i, (features, labels, _) in enumerate(micro_batches):
+            sync = self._ddp.no_sync() if self._ddp is not None and i < count - 1 else contextlib.nullcontext()
+            with sync:
+                spec = self._forward(features, labels, ModeKeys.TRAIN)
+                if spec.train_op is not None:
+                    if count > 1:
+                        raise ValueError("gradient_accumulation_steps > 1 needs the Estimator's optimizer; "
+                                         "a custom train_op makes its own updates.")
+                    spec.train_op(spec.loss)
+                elif self._optimizer is None:
+                    raise ValueError(
+                        "TRAIN needs a way to step: give the Estimator an `optimizer` (e.g. optimizer=lambda p: "
+                        "torch.optim.SGD(p, lr=0.01)) or return EstimatorSpec(mode, loss=..., train_op=callable)."
+                    )
+                else:
+                    loss = spec.loss / count if count > 1 else spec.loss
+                    (self._scaler.scale(loss) if self._scaler.is_enabled() else loss).backward()
+            if count > 1:
+                losses.append(spec.loss.detach())
+        if spec.train_op is None:
+            self._apply_gradients()
+        if count > 1:
+            spec = spec.replace(loss=torch.stack(losses).mean())
+        self._finite_count.add_(self._finite.logical_and_(torch.isfinite(spec.loss.detach())))
         return spec
+
+    def _forward(self, features: Any, labels: Any, mode: str) -> EstimatorSpec:
+        if self._autocast_dtype is None:
+            return self._call_model_fn(features, labels, mode)
+        with torch.autocast(self._device.type, dtype=self._autocast_dtype):
+            return self._call_model_fn(features, labels, mode)
+
+    def _apply_gradients(self) -> None:
+        """Clip (after unscaling under fp16), step the optimizer, and the scheduler unless fp16 skipped the step."""
+        config, optimizer, scaler = self._config, self._optimizer, self._scaler
+        clip = config.gradient_clip_norm is not None or config.gradient_clip_value is not None
+        if scaler.is_enabled() and clip:
+            scaler.unscale_(optimizer)
+        if config.gradient_clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self._model.parameters(), config.gradient_clip_norm)
+        if config.gradient_clip_value is not None:
+            torch.nn.utils.clip_grad_value_(self._model.parameters(), config.gradient_clip_value)
+        stepped = True
+        if scaler.is_enabled():
+            scale = scaler.get_scale()  # the scaler reads found_inf on the host in step() anyway
+            scaler.step(optimizer)
+            scaler.update()
+            stepped = scaler.get_scale() >= scale  # a lowered scale means the step was skipped
+        else:
+            optimizer.step()
+        if self._lr_scheduler is not None and stepped:
+            self._lr_scheduler.step()
 
     def _join_spec_hooks(self, hooks: HookList, new: tuple[Any, ...], context: RunContext, wanted: set[str] | None) -> set[str] | None:
         """Hooks named in the first step's spec begin now, in time for this step's ``after_run``."""
@@ -673,35 +803,37 @@ class Estimator:
         hooks = check_hooks("hooks", hooks)
         used = self._prepare(checkpoint_path, ModeKeys.EVAL)
         _, batches = self._batches(input_fn, ModeKeys.EVAL)
-        if self._progress_enabled():
+        if self._progress_enabled() and self._dist.is_chief:
             hooks.append(ProgressBarHook(steps, desc="evaluate", unit="batch"))
         with torch.no_grad(), torch.random.fork_rng(devices=self._rng_devices()):
             result = self._evaluate_loop(batches, HookList(hooks), steps)
         logger.info("Saving dict for global step %d: %s", self._global_step,
                     ", ".join(f"{k} = {v}" for k, v in sorted(result.items())))
-        written = {k: v for k, v in result.items() if k != "global_step"}
-        if used is not None:
-            written["checkpoint_path"] = summary.Text(used)
-        summary.write_summaries(self.eval_dir(name), written, self._global_step)
-        summary.flush_all()
+        if self._dist.is_chief:
+            written = {k: v for k, v in result.items() if k != "global_step"}
+            if used is not None:
+                written["checkpoint_path"] = summary.Text(used)
+            summary.write_summaries(self.eval_dir(name), written, self._global_step)
+            summary.flush_all()
         return result
 
-    def _evaluate_loop(self, batches: Iterator[tuple[Any, Any]], hooks: HookList, steps: int | None) -> dict[str, Any]:
-        """Accumulate loss and metrics over the batches (no host sync per batch); finalize once."""
+    def _evaluate_loop(self, batches: Iterator[tuple[Any, Any, int]], hooks: HookList, steps: int | None) -> dict[str, Any]:
+        """Accumulate loss and metrics over this process's batches (no host sync per batch); sum the
+        sufficient statistics over all processes; finalize once."""
         context = RunContext(ModeKeys.EVAL, self._global_step, self.model_dir)
-        accumulator, loss_sum, count = MetricAccumulator(), None, 0
+        accumulator, loss_sum, count = MetricAccumulator(), torch.zeros((), device=self._device), 0
         hooks.begin()
         self._model.eval()
         hooks.after_restore(context)
-        for features, labels in batches:
-            context.batch_size = batch_size_of(features, labels)
+        channels_last = self._config.channels_last
+        for features, labels, size in batches:
+            context.batch_size = size
             wanted = hooks.before_run(context)
-            spec = self._eval_step(to_device(features, self._device), to_device(labels, self._device))
+            spec = self._forward(to_device(features, self._device, channels_last), to_device(labels, self._device, channels_last), ModeKeys.EVAL)
             if count == 0:
                 wanted = self._join_spec_hooks(hooks, spec.evaluation_hooks, context, wanted)
                 self._check_metric_names(spec)
-            loss = spec.loss.detach().float()
-            loss_sum = loss if loss_sum is None else loss_sum + loss
+            loss_sum = loss_sum + spec.loss.detach().float()
             accumulator.update(spec.eval_metric_ops or {})
             hooks.after_run(context, self._fetch(wanted, spec, self._global_step) if wanted else _NO_VALUES)
             count += 1
@@ -709,20 +841,16 @@ class Estimator:
                 logger.info("Evaluation [%d/%d]", count, steps)
             if count == steps or context.stop_requested:
                 break
-        if count == 0:
-            raise ValueError("evaluate: input_fn yielded no batches; give it at least one.")
-        result = accumulator.compute()
-        result["loss"] = _to_host(loss_sum / count)
+        totals = distribute.all_reduce_sum(torch.stack([loss_sum, torch.tensor(float(count), device=self._device),
+                                                        torch.tensor(float(count == 0), device=self._device)]))
+        if totals[2].item() > 0:
+            raise ValueError("evaluate: input_fn yielded no batches (on at least one process); give each at least one.")
+        result = accumulator.compute(reduce=distribute.all_reduce_sum if self._dist.is_distributed else None)
+        result["loss"] = _to_host(totals[0] / totals[1])
         result["global_step"] = np.int64(self._global_step)
         context.results = result
         hooks.end(context)
         return result
-
-    def _eval_step(self, features: Any, labels: Any) -> EstimatorSpec:
-        if self._autocast_dtype is None:
-            return self._call_model_fn(features, labels, ModeKeys.EVAL)
-        with torch.autocast(self._device.type, dtype=self._autocast_dtype):
-            return self._call_model_fn(features, labels, ModeKeys.EVAL)
 
     @staticmethod
     def _check_metric_names(spec: EstimatorSpec) -> None:
@@ -766,11 +894,11 @@ class Estimator:
         self._model.eval()
         hook_list.after_restore(context)
         first = True
-        for features, _labels in batches:
-            context.batch_size = batch_size_of(features)
+        for features, _labels, size in batches:
+            context.batch_size = size
             wanted = hook_list.before_run(context)
             with torch.no_grad():
-                spec = self._predict_step(to_device(features, self._device))
+                spec = self._forward(to_device(features, self._device, self._config.channels_last), None, ModeKeys.PREDICT)
             if first:
                 wanted, first = self._join_spec_hooks(hook_list, spec.prediction_hooks, context, wanted), False
             hook_list.after_run(context, self._fetch(wanted, spec, self._global_step) if wanted else _NO_VALUES)
@@ -780,11 +908,55 @@ class Estimator:
         context.results = {"global_step": self._global_step}
         hook_list.end(context)
 
-    def _predict_step(self, features: Any) -> EstimatorSpec:
-        if self._autocast_dtype is None:
-            return self._call_model_fn(features, None, ModeKeys.PREDICT)
-        with torch.autocast(self._device.type, dtype=self._autocast_dtype):
-            return self._call_model_fn(features, None, ModeKeys.PREDICT)
+    # ------------------------------------------------------------------------------------------------
+    # Export.
+
+    def export_saved_model(
+        self,
+        export_dir_base: str | os.PathLike[str],
+        serving_input_receiver_fn: Callable[[], Any],
+        assets_extra: Mapping[str, str] | None = None,
+        checkpoint_path: str | None = None,
+        *,
+        format: str = "torchscript",
+    ) -> str:
+        """Export the model for serving, as TF's ``export_saved_model``: ``<export_dir_base>/<unix seconds>/``.
+
+        ``model_fn`` runs in PREDICT mode on the receiver's features; receiver preprocessing, model and
+        output selection are captured in one artifact with a declared signature per export output, which
+        verifies itself before it appears under its final name. See :mod:`torch_estimator.export`.
+
+        Args:
+            export_dir_base: The directory that receives one numbered directory per export.
+            serving_input_receiver_fn: Returns a ``ServingInputReceiver`` (what clients send).
+            assets_extra: ``{destination relative to assets.extra/: source path}`` files to copy.
+            checkpoint_path: Export this checkpoint; default the latest, else the warm-start one.
+            format: ``"torchscript"`` (``model.pt``), ``"pt2"`` (``torch.export``) or ``"all"``.
+
+        Returns:
+            The export directory.
+
+        Raises:
+            ValueError: If there is no trained model, or the export fails its own verification.
+        """
+        if not serving_input_receiver_fn:
+            raise ValueError("`serving_input_receiver_fn` must be given: it declares what clients send.")
+        if checkpoint_path is None and self.latest_checkpoint() is None and self._warm_start is None:
+            raise ValueError(f"Couldn't find trained model at {self.model_dir}.")
+        self._prepare(checkpoint_path, ModeKeys.PREDICT)
+        from . import export
+
+        self._model.eval()
+        return export.export_saved_model(
+            export_dir_base,
+            serving_input_receiver_fn,
+            predict_fn=lambda features: self._call_model_fn(features, None, ModeKeys.PREDICT, _EXPORT),
+            model=self._model,
+            global_step=self._global_step,
+            device=self._device,
+            assets_extra=assets_extra,
+            format=format,
+        )
 
     @staticmethod
     def _split_predictions(predictions: Any, keys: list[str] | None, single: bool) -> Iterator[Any]:

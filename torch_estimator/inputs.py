@@ -31,13 +31,35 @@ _INPUT_FN_ARGS = ("mode", "params", "config", "input_context")
 class InputContext:
     """Which shard of the input this process reads, for ``input_fn``s that declare ``input_context``.
 
+    Batch sizes in this library are per replica (per process), as with a ``DataLoader`` and a
+    ``DistributedSampler``: the global batch is ``batch_size * num_replicas_in_sync``.
+
     Args:
         num_input_pipelines: How many processes read input (the world size under torchrun).
         input_pipeline_id: This process's index among them (its rank).
+        num_replicas_in_sync: How many replicas train in sync (the world size).
+
+    Example:
+        >>> InputContext(2, 1, 2).get_per_replica_batch_size(100)
+        50
     """
 
     num_input_pipelines: int = 1
     input_pipeline_id: int = 0
+    num_replicas_in_sync: int = 1
+
+    def get_per_replica_batch_size(self, global_batch_size: int) -> int:
+        """``global_batch_size`` split evenly over the replicas.
+
+        Raises:
+            ValueError: If it does not divide evenly.
+        """
+        if global_batch_size % self.num_replicas_in_sync:
+            raise ValueError(
+                f"The global batch size {global_batch_size} does not divide evenly over "
+                f"{self.num_replicas_in_sync} replicas."
+            )
+        return global_batch_size // self.num_replicas_in_sync
 
 
 def _describe(value: Any) -> str:
@@ -127,8 +149,8 @@ def batch_size_of(features: Any, labels: Any = None) -> int:
     return next(iter(sizes.values()))
 
 
-def iterate_batches(source: Any) -> Iterator[tuple[Any, Any]]:
-    """Yield ``(features, labels)`` from what ``input_fn`` returned, converted and checked.
+def iterate_batches(source: Any) -> Iterator[tuple[Any, Any, int]]:
+    """Yield ``(features, labels, batch_size)`` from what ``input_fn`` returned, converted and checked.
 
     Raises:
         TypeError: If ``source`` is not iterable or an item has the wrong type.
@@ -151,20 +173,22 @@ def iterate_batches(source: Any) -> Iterator[tuple[Any, Any]]:
         else:
             features, labels = item, None
         features = _convert(features, "features")
-        batch_size_of(features, labels)
-        yield features, labels
+        yield features, labels, batch_size_of(features, labels)
 
 
-def to_device(structure: Any, device: torch.device) -> Any:
+def to_device(structure: Any, device: torch.device, channels_last: bool = False) -> Any:
     """Move a Tensor / list / tuple / dict of Tensors to ``device`` without blocking the host.
 
-    On CUDA, host tensors are pinned first so that the copy is truly asynchronous.
+    On CUDA, host tensors are pinned first so that the copy is truly asynchronous. With ``channels_last``,
+    4-D tensors (image batches) are laid out channels-last.
     """
     pin = device.type == "cuda"
 
     def move(tensor: torch.Tensor) -> torch.Tensor:
         if pin and tensor.device.type == "cpu" and not tensor.is_pinned():
             tensor = tensor.pin_memory()
+        if channels_last and tensor.dim() == 4:
+            return tensor.to(device, non_blocking=True, memory_format=torch.channels_last)
         return tensor.to(device, non_blocking=True)
 
     if isinstance(structure, torch.Tensor):
@@ -191,10 +215,18 @@ class NumpyInput:
         num_epochs: int | None,
         shuffle: bool,
         seed: int,
+        shard: tuple[int, int] = (0, 1),
+        pad: bool = True,
     ) -> None:
         self._x, self._y = x, y
-        self._n = len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
+        self._total_n = len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
         self._batch_size, self._num_epochs, self._shuffle, self._seed = batch_size, num_epochs, shuffle, seed
+        self._shard, self._pad = shard, pad
+        index, count = shard
+        # Each shard reads every count-th example of each epoch's order. Training pads the short shards by
+        # wrapping around (as DistributedSampler does) so every process takes the same number of steps;
+        # evaluation does not, so that no example is counted twice.
+        self._n = -(-self._total_n // count) if pad else len(range(index, self._total_n, count))
         self._position = 0
         self._cached_epoch, self._cached_order = -1, np.arange(0)
 
@@ -203,8 +235,8 @@ class NumpyInput:
         """Sizes, batch size, epochs, shuffle and seed: resuming is exact only when these match."""
         seed = self._seed if self._shuffle else None  # without a shuffle the seed changes nothing
         return (
-            f"numpy:n={self._n},batch_size={self._batch_size},num_epochs={self._num_epochs},"
-            f"shuffle={self._shuffle},seed={seed}"
+            f"numpy:n={self._total_n},batch_size={self._batch_size},num_epochs={self._num_epochs},"
+            f"shuffle={self._shuffle},seed={seed},shard={self._shard[0]}/{self._shard[1]}"
         )
 
     def state_dict(self) -> dict[str, Any]:
@@ -226,12 +258,16 @@ class NumpyInput:
         self._position = 0 if finished else position
 
     def _slice(self, epoch: int, start: int, stop: int) -> np.ndarray:
-        """Indices ``start:stop`` of the given epoch's order (one permutation per epoch, cached)."""
-        if not self._shuffle:
+        """Indices ``start:stop`` of this shard's order in the given epoch (one permutation per epoch)."""
+        index, count = self._shard
+        if not self._shuffle and count == 1:
             return np.arange(start, stop)
         if self._cached_epoch != epoch:
             self._cached_epoch = epoch
-            self._cached_order = np.random.default_rng([self._seed, epoch]).permutation(self._n)
+            order = np.random.default_rng([self._seed, epoch]).permutation(self._total_n) if self._shuffle else np.arange(self._total_n)
+            if self._pad:
+                order = np.concatenate([order, order[: self._n * count - self._total_n]])
+            self._cached_order = order[index::count]
         return self._cached_order[start:stop]
 
     def _indices(self) -> Iterator[np.ndarray]:
@@ -306,6 +342,10 @@ def numpy_input_fn(
     ``seed``, else ``RunConfig.random_seed``, else fresh entropy. The returned input resumes exactly from a
     checkpoint (see :class:`NumpyInput`).
 
+    With several processes (``input_context``), each reads a disjoint slice of every epoch's order,
+    ``batch_size`` examples per process per step; in training short slices are padded by wrapping around so
+    that every process takes the same number of steps, in evaluation they are not, so no example counts twice.
+
     Args:
         x: A numpy array (features are a tensor) or a dict of arrays (features are a dict).
         y: Labels: None, an array or a dict of arrays; the same number of examples as ``x``.
@@ -315,7 +355,7 @@ def numpy_input_fn(
         seed: Seed of the shuffle.
 
     Returns:
-        An ``input_fn(config=None)`` returning a :class:`NumpyInput`.
+        An ``input_fn(mode=None, config=None, input_context=None)`` returning a :class:`NumpyInput`.
 
     Raises:
         ValueError: If ``shuffle`` is not a bool, sizes disagree, keys collide or counts are not positive.
@@ -338,12 +378,21 @@ def numpy_input_fn(
     if isinstance(x, dict) and isinstance(y, dict) and set(x) & set(y):
         raise ValueError(f"numpy_input_fn: x and y have duplicate keys {sorted(set(x) & set(y))}.")
 
-    def input_fn(config: Any = None) -> NumpyInput:
+    def input_fn(mode: str | None = None, config: Any = None, input_context: InputContext | None = None) -> NumpyInput:
         chosen = seed
         if chosen is None and config is not None:
             chosen = getattr(config, "random_seed", None)
         if chosen is None:
+            if input_context is not None and input_context.num_input_pipelines > 1:
+                raise ValueError(
+                    "numpy_input_fn with several processes needs the same shuffle on every one: give `seed` "
+                    "or RunConfig(random_seed=...)."
+                )
             chosen = int(np.random.SeedSequence().entropy % (2**63))
-        return NumpyInput(x, y, batch_size, num_epochs, shuffle, chosen)
+        shard = (0, 1) if input_context is None else (input_context.input_pipeline_id, input_context.num_input_pipelines)
+        # Predictions are not sharded: every process predicts what it is given.
+        if mode == "infer":
+            shard = (0, 1)
+        return NumpyInput(x, y, batch_size, num_epochs, shuffle, chosen, shard=shard, pad=mode != "eval")
 
     return input_fn

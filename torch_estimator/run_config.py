@@ -69,6 +69,18 @@ class RunConfig:
         precision: ``"32"``, ``"bf16"`` or ``"fp16"`` (autocast; fp16 adds a checkpointed gradient scaler).
         deterministic: Use deterministic algorithms (bit-identical resume on CUDA; slower kernels).
         progress_bar: Show a tqdm progress bar; None = only when the output is a terminal or notebook.
+        gradient_accumulation_steps: Micro-batches per optimizer step (the global step counts optimizer
+            steps); with DDP, gradients are synchronised only on the last micro-batch.
+        gradient_clip_norm: Clip the global gradient norm to this (after unscaling under fp16).
+        gradient_clip_value: Clip each gradient element to ``[-v, v]`` (after unscaling under fp16).
+        compile: Run the model through ``torch.compile`` (checkpoints and exports keep the plain module's keys).
+        channels_last: Convert the model and 4-D input batches to the channels-last memory format.
+        find_unused_parameters: DistributedDataParallel's option of that name.
+        static_graph: DistributedDataParallel's option of that name.
+        distributed_timeout_secs: How long a collective waits for the other processes before failing.
+        rank: This process's rank; None = from the launcher (``RANK``), read when the Estimator is built.
+        world_size: The number of processes; None = from the launcher (``WORLD_SIZE``).
+        local_rank: This process's rank on its machine (picks its GPU); None = from ``LOCAL_RANK``.
 
     Raises:
         ValueError: If a value is out of range or both checkpoint frequencies are given.
@@ -86,6 +98,17 @@ class RunConfig:
     precision: str = "32"
     deterministic: bool = False
     progress_bar: bool | None = None
+    gradient_accumulation_steps: int = 1
+    gradient_clip_norm: float | None = None
+    gradient_clip_value: float | None = None
+    compile: bool = False
+    channels_last: bool = False
+    find_unused_parameters: bool = False
+    static_graph: bool = False
+    distributed_timeout_secs: float = 1800.0
+    rank: int | None = None
+    world_size: int | None = None
+    local_rank: int | None = None
 
     def __post_init__(self) -> None:
         steps, secs = self.save_checkpoints_steps, self.save_checkpoints_secs
@@ -130,8 +153,28 @@ class RunConfig:
             raise ValueError(f"RunConfig `precision` must be one of {_PRECISIONS}; received {self.precision!r}.")
         if not isinstance(self.deterministic, bool):
             raise ValueError(f"RunConfig `deterministic` must be True or False; received {self.deterministic!r}.")
+        _check_int("gradient_accumulation_steps", self.gradient_accumulation_steps, 1, allow_none=False)
+        for name in ("gradient_clip_norm", "gradient_clip_value", "distributed_timeout_secs"):
+            value = getattr(self, name)
+            if value is None and name != "distributed_timeout_secs":
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ValueError(f"RunConfig `{name}` must be a number > 0{' or None' if 'clip' in name else ''}; received {value!r}.")
+        for name in ("compile", "channels_last", "find_unused_parameters", "static_graph"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"RunConfig `{name}` must be True or False; received {getattr(self, name)!r}.")
+        _check_int("world_size", self.world_size, 1, allow_none=True)
+        _check_int("rank", self.rank, 0, allow_none=True)
+        _check_int("local_rank", self.local_rank, 0, allow_none=True)
+        if self.rank is not None and self.world_size is not None and self.rank >= self.world_size:
+            raise ValueError(f"RunConfig `rank` ({self.rank}) must be < `world_size` ({self.world_size}).")
         if self.progress_bar is not None and not isinstance(self.progress_bar, bool):
             raise ValueError(f"RunConfig `progress_bar` must be True, False or None; received {self.progress_bar!r}.")
+
+    @property
+    def is_chief(self) -> bool:
+        """Whether this process writes checkpoints, summaries, exports and logs (rank 0)."""
+        return not self.rank
 
     @property
     def checkpointing_enabled(self) -> bool:
@@ -160,11 +203,15 @@ class RunConfig:
 
     @classmethod
     def from_env(cls, **overrides: Any) -> RunConfig:
-        """Build a config whose ``model_dir`` may come from ``TORCH_ESTIMATOR_MODEL_DIR``.
+        """Build a config from the environment: ``model_dir`` from ``TORCH_ESTIMATOR_MODEL_DIR``, and rank,
+        world size and local rank from the launcher (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``).
 
-        The environment is read here and nowhere else; explicit ``overrides`` win.
+        The Estimator does the latter by itself for fields left None. Explicit ``overrides`` win.
         """
-        values: dict[str, Any] = {}
+        from .distribute import context_from_env
+
+        context = context_from_env()
+        values: dict[str, Any] = {"rank": context.rank, "world_size": context.world_size, "local_rank": context.local_rank}
         if os.environ.get("TORCH_ESTIMATOR_MODEL_DIR"):
             values["model_dir"] = os.environ["TORCH_ESTIMATOR_MODEL_DIR"]
         values.update(overrides)
