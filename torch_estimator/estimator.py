@@ -65,6 +65,7 @@ logger = logging.getLogger("torch_estimator")
 
 _MODEL_FN_ARGS = ("features", "labels", "mode", "params", "config", "model")
 _EXPORT = "export"  # the model_fn arguments used when tracing an export
+_LOSS_BUFFER = 1024  # losses kept on the device between two looks at them
 _RESERVED_METRICS = ("loss", "global_step")
 _NO_VALUES: Mapping[str, Any] = {}
 
@@ -421,8 +422,8 @@ class Estimator:
             self._checkpoints = ckpt.CheckpointManager(
                 self.model_dir, self._config.keep_checkpoint_max, self._config.keep_checkpoint_every_n_hours
             )
-        if not bool(self._finite):  # the loop checks first; this guards every write
-            raise NanLossDuringTrainingError("Refusing to save a checkpoint of non-finite weights.")
+        if self._unchecked and not bool(torch.isfinite(self._losses[: self._unchecked]).all()):
+            raise NanLossDuringTrainingError("Refusing to save a checkpoint of non-finite weights.")  # the loop checks first
         path = self._checkpoints.save(
             global_step, model=self._model, optimizer=self._optimizer, lr_scheduler=self._lr_scheduler,
             grad_scaler=self._scaler, input_state=self._capture_input(source),
@@ -630,7 +631,7 @@ class Estimator:
         last_step = min((h.last_step for h in hooks.hooks if isinstance(h, StopAtStepHook)), default=math.inf)
         if saver is not None and saver.begin(self._global_step, already_saved):
             context.request_stop()
-        self._synced, spec = None, None  # from here on, memory runs ahead of disk
+        self._synced, spec, spec_hooks_pending = None, None, True  # from here on, memory runs ahead of disk
         stop = self._stop_agreed(context, now=True)
         while not stop and self._global_step < last_step:
             micro_batches = self._next_micro_batches(batches)
@@ -639,12 +640,13 @@ class Estimator:
             context.batch_size = sum(size for _, _, size in micro_batches)
             wanted = hooks.before_run(context)
             spec = self._train_step(micro_batches)
-            if context.global_step == self._finite_base:
+            if spec_hooks_pending:  # hooks named in the spec join on the first step
+                spec_hooks_pending = False
                 spec_hooks = spec.training_hooks + (spec.training_chief_hooks if self._dist.is_chief else ())
                 wanted = self._join_spec_hooks(hooks, spec_hooks, context, wanted)
             values = self._fetch(wanted, spec, context.global_step) if wanted else _NO_VALUES
             context.global_step = self._global_step = self._global_step + 1
-            if "loss" in values and not self._finite_or_stop(context):
+            if ("loss" in values or self._unchecked == _LOSS_BUFFER) and not self._finite_or_stop(context):
                 values = _NO_VALUES
             hooks.after_run(context, values)
             if saver is not None and saver.should_save(self._global_step) and self._finite_or_stop(context):
@@ -713,7 +715,7 @@ class Estimator:
             self._apply_gradients()
         if count > 1:
             spec = spec.replace(loss=torch.stack(losses).mean())
-        self._finite_count.add_(self._finite.logical_and_(torch.isfinite(spec.loss.detach())))
+        self._track_loss(spec.loss)
         return spec
 
     def _forward(self, features: Any, labels: Any, mode: str) -> EstimatorSpec:
@@ -755,20 +757,28 @@ class Estimator:
         return more if wanted is None else wanted | (more or set())
 
     def _start_finite_tracking(self, hooks: HookList) -> None:
-        # A device-side "all finite so far" flag and the count of finite steps before the first bad one:
-        # the host reads them only where it waits anyway (fetched losses, saves, the end), never per step.
-        self._finite = torch.ones((), dtype=torch.bool, device=self._device)
-        self._finite_count = torch.zeros((), dtype=torch.int64, device=self._device)
-        self._finite_base = self._global_step
+        # Each step's loss is copied into a device buffer (one small copy, no sync); the host looks at the
+        # buffer only where it waits anyway (a fetched loss, a save, the end) or when the buffer is full.
+        self._losses = torch.empty(_LOSS_BUFFER, dtype=torch.float32, device=self._device)
+        self._unchecked, self._checked_step = 0, self._global_step
         policies = [h.fail_on_nan_loss for h in hooks.hooks if isinstance(h, NanTensorHook)]
         self._fail_on_nan = not policies or any(policies)
 
+    def _track_loss(self, loss: torch.Tensor) -> None:
+        self._losses[self._unchecked].copy_(loss.detach())
+        self._unchecked += 1
+
     def _finite_or_stop(self, context: RunContext) -> bool:
         """True while every loss so far was finite; else raise, or (``NanTensorHook(False)``) log and stop."""
-        if bool(self._finite):
+        if not self._unchecked:
+            return True
+        bad = ~torch.isfinite(self._losses[: self._unchecked])
+        if not bool(bad.any()):
+            self._checked_step += self._unchecked
+            self._unchecked = 0
             return True
         self._synced = None  # memory holds broken weights: restore from disk next time
-        step = self._finite_base + int(self._finite_count) + 1
+        step = self._checked_step + int(bad.int().argmax()) + 1
         if self._fail_on_nan:
             raise NanLossDuringTrainingError(
                 f"NaN or infinite loss at global step {step} (the first bad step); training stopped and no "

@@ -137,6 +137,10 @@ def batch_size_of(features: Any, labels: Any = None) -> int:
     Raises:
         ValueError: If a tensor is 0-dimensional or the first dimensions differ (the message lists them).
     """
+    if isinstance(features, torch.Tensor) and features.dim() and (
+        labels is None or (isinstance(labels, torch.Tensor) and labels.dim() and labels.shape[0] == features.shape[0])
+    ):
+        return features.shape[0]  # the common case, without building the table below
     sizes: dict[str, int] = {}
     for name, tensor in (*_leaves(features, "features"), *_leaves(labels, "labels")):
         if tensor.dim() == 0:
