@@ -646,6 +646,7 @@ class Estimator:
                 wanted = self._join_spec_hooks(hooks, spec_hooks, context, wanted)
             values = self._fetch(wanted, spec, context.global_step) if wanted else _NO_VALUES
             context.global_step = self._global_step = self._global_step + 1
+            self._synced = None  # memory is now ahead of the last save (which set it)
             if ("loss" in values or self._unchecked == _LOSS_BUFFER) and not self._finite_or_stop(context):
                 values = _NO_VALUES
             hooks.after_run(context, values)
@@ -815,8 +816,12 @@ class Estimator:
         _, batches = self._batches(input_fn, ModeKeys.EVAL)
         if self._progress_enabled() and self._dist.is_chief:
             hooks.append(ProgressBarHook(steps, desc="evaluate", unit="batch"))
-        with torch.no_grad(), torch.random.fork_rng(devices=self._rng_devices()):
-            result = self._evaluate_loop(batches, HookList(hooks), steps)
+        was_training = self._model.training  # evaluate() may run inside training (a saving listener)
+        try:
+            with torch.no_grad(), torch.random.fork_rng(devices=self._rng_devices()):
+                result = self._evaluate_loop(batches, HookList(hooks), steps)
+        finally:
+            self._model.train(was_training)
         logger.info("Saving dict for global step %d: %s", self._global_step,
                     ", ".join(f"{k} = {v}" for k, v in sorted(result.items())))
         if self._dist.is_chief:
@@ -956,17 +961,21 @@ class Estimator:
         self._prepare(checkpoint_path, ModeKeys.PREDICT)
         from . import export
 
+        was_training = self._model.training  # an exporter may run inside training (a saving listener)
         self._model.eval()
-        return export.export_saved_model(
-            export_dir_base,
-            serving_input_receiver_fn,
-            predict_fn=lambda features: self._call_model_fn(features, None, ModeKeys.PREDICT, _EXPORT),
-            model=self._model,
-            global_step=self._global_step,
-            device=self._device,
-            assets_extra=assets_extra,
-            format=format,
-        )
+        try:
+            return export.export_saved_model(
+                export_dir_base,
+                serving_input_receiver_fn,
+                predict_fn=lambda features: self._call_model_fn(features, None, ModeKeys.PREDICT, _EXPORT),
+                model=self._model,
+                global_step=self._global_step,
+                device=self._device,
+                assets_extra=assets_extra,
+                format=format,
+            )
+        finally:
+            self._model.train(was_training)
 
     @staticmethod
     def _split_predictions(predictions: Any, keys: list[str] | None, single: bool) -> Iterator[Any]:

@@ -17,12 +17,12 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
 
-__all__ = ["ModeKeys", "EstimatorSpec"]
+__all__ = ["ModeKeys", "EstimatorSpec", "TrainSpec", "EvalSpec"]
 
 
 class ModeKeys:
@@ -203,3 +203,172 @@ class EstimatorSpec:
         if "mode" in changes and changes["mode"] != self.mode:
             raise ValueError(f"The mode of an EstimatorSpec cannot be changed (from {self.mode!r}).")
         return dataclasses.replace(self, **changes)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# train_and_evaluate's specs (TF's ``TrainSpec``/``EvalSpec``), validated here by protocol: hooks, listeners
+# and exporters are recognised by the methods they have, so this module imports nothing from the package.
+
+_LISTENER_METHODS = ("begin", "before_save", "after_save", "end")
+
+
+def _check_callable_input_fn(owner: str, input_fn: Any) -> None:
+    if not callable(input_fn):
+        raise TypeError(
+            f"{owner} `input_fn` must be callable (it returns the batches); received {_describe(input_fn)}."
+        )
+
+
+def _check_count(owner: str, name: str, value: Any) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+        raise ValueError(f"{owner} `{name}` must be an int > 0 or None; received {value!r}.")
+
+
+def _check_seconds(owner: str, name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{owner} `{name}` must be a number of seconds >= 0; received {_describe(value)}.")
+    if not value >= 0:  # also rejects NaN
+        raise ValueError(f"{owner} `{name}` must be >= 0; received {value!r}.")
+
+
+def _check_objects(owner: str, name: str, values: Any, methods: tuple[str, ...], kind: str) -> tuple[Any, ...]:
+    if values is None:
+        return ()
+    if isinstance(values, (str, bytes, Mapping)) or not isinstance(values, Iterable):
+        raise TypeError(f"{owner} `{name}` must be a list of {kind}; received {_describe(values)}.")
+    values = tuple(values)
+    for value in values:
+        missing = [m for m in methods if not callable(getattr(value, m, None))]
+        if missing:
+            raise TypeError(
+                f"{owner} `{name}` must contain {kind}; received {_describe(value)}, which lacks {', '.join(missing)}."
+            )
+    return values
+
+
+def _is_exporter(value: Any) -> bool:
+    return callable(getattr(value, "export", None)) and hasattr(value, "name")
+
+
+def _check_exporters(exporters: Any) -> tuple[Any, ...]:
+    """A single exporter or an iterable of them, with unique non-empty string names (TF's rules)."""
+    if exporters is None:
+        return ()
+    if _is_exporter(exporters):
+        exporters = [exporters]
+    elif isinstance(exporters, (str, bytes, Mapping)) or not isinstance(exporters, Iterable):
+        raise TypeError(
+            f"EvalSpec `exporters` must be an Exporter, a list of Exporters or None; received {_describe(exporters)}."
+        )
+    exporters = tuple(exporters)
+    for exporter in exporters:
+        if not _is_exporter(exporter):
+            raise TypeError(
+                f"EvalSpec `exporters` must contain Exporters (a `name` and an `export` method, e.g. "
+                f"torch_estimator.exporters.LatestExporter); received {_describe(exporter)}."
+            )
+    names = [exporter.name for exporter in exporters]
+    for name in names:
+        if not isinstance(name, str) or not name:
+            raise ValueError(
+                f"EvalSpec `exporters`: every Exporter needs a non-empty string name (it names the directory "
+                f"export/<name>/); received {name!r} among {names}."
+            )
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ValueError(
+            f"EvalSpec `exporters` must have unique names (each exports to model_dir/export/<name>/); "
+            f"{duplicates} appear more than once in {names}."
+        )
+    return exporters
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSpec:
+    """How ``train_and_evaluate`` trains (TF's ``TrainSpec``).
+
+    Args:
+        input_fn: Returns the training batches, as for ``Estimator.train``.
+        max_steps: Train until the global step reaches this; None trains until ``input_fn`` ends.
+        hooks: Extra training hooks (stored as a tuple).
+        saving_listeners: Extra :class:`~torch_estimator.CheckpointSaverListener` objects; the evaluation
+            listener of ``train_and_evaluate`` runs after them.
+
+    Raises:
+        TypeError: If ``input_fn`` is not callable, or a hook or listener lacks the methods it needs.
+        ValueError: If ``max_steps`` is not a positive int or None.
+
+    Example:
+        >>> TrainSpec(lambda: None, max_steps=0)
+        Traceback (most recent call last):
+        ...
+        ValueError: TrainSpec `max_steps` must be an int > 0 or None; received 0.
+    """
+
+    input_fn: Callable[..., Any]
+    max_steps: int | None = None
+    hooks: Sequence[Any] | None = None
+    saving_listeners: Sequence[Any] | None = None
+
+    def __post_init__(self) -> None:
+        _check_callable_input_fn("TrainSpec", self.input_fn)
+        _check_count("TrainSpec", "max_steps", self.max_steps)
+        object.__setattr__(self, "hooks", _check_objects("TrainSpec", "hooks", self.hooks, _HOOK_METHODS, "hooks"))
+        object.__setattr__(
+            self, "saving_listeners",
+            _check_objects("TrainSpec", "saving_listeners", self.saving_listeners, _LISTENER_METHODS,
+                           "CheckpointSaverListener objects"),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSpec:
+    """How and when ``train_and_evaluate`` evaluates and exports (TF's ``EvalSpec``, plus ``every_n_steps``).
+
+    Args:
+        input_fn: Returns the evaluation batches, as for ``Estimator.evaluate``.
+        steps: Evaluate on this many batches; None evaluates until ``input_fn`` ends.
+        name: Evaluation name: results go to ``model_dir/eval_<name>`` (``model_dir/eval`` when None).
+        hooks: Extra evaluation hooks (stored as a tuple).
+        exporters: An Exporter or a list of Exporters (unique names), run after every evaluation (stored as
+            a tuple).
+        start_delay_secs: How long ``run_evaluator`` waits before its first evaluation (ignored by
+            ``train_and_evaluate``, as TF's local mode ignores it).
+        throttle_secs: Evaluate a new checkpoint only if this many seconds passed since the previous
+            evaluation started; 0 evaluates every checkpoint.
+        every_n_steps: Instead of ``throttle_secs`` (which is then ignored), evaluate the first checkpoint at
+            or after every multiple of N global steps. Evaluations happen on checkpoints, so they fall exactly
+            on the multiples when ``RunConfig.save_checkpoints_steps`` divides N.
+
+    Raises:
+        TypeError: If ``input_fn`` is not callable, ``name`` is not a string, a hook lacks the hook methods,
+            an exporter is not an Exporter, or a number of seconds is not a number.
+        ValueError: If ``steps`` or ``every_n_steps`` is not positive, a number of seconds is negative, or
+            exporter names are empty or not unique.
+
+    Example:
+        >>> EvalSpec(lambda: None, throttle_secs=-1)
+        Traceback (most recent call last):
+        ...
+        ValueError: EvalSpec `throttle_secs` must be >= 0; received -1.
+    """
+
+    input_fn: Callable[..., Any]
+    steps: int | None = 100
+    name: str | None = None
+    hooks: Sequence[Any] | None = None
+    exporters: Any = None
+    start_delay_secs: float = 120
+    throttle_secs: float = 600
+    every_n_steps: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_callable_input_fn("EvalSpec", self.input_fn)
+        _check_count("EvalSpec", "steps", self.steps)
+        if self.name is not None and not isinstance(self.name, str):
+            raise TypeError(f"EvalSpec `name` must be a string or None; received {_describe(self.name)}.")
+        object.__setattr__(self, "hooks", _check_objects("EvalSpec", "hooks", self.hooks, _HOOK_METHODS, "hooks"))
+        object.__setattr__(self, "exporters", _check_exporters(self.exporters))
+        _check_seconds("EvalSpec", "start_delay_secs", self.start_delay_secs)
+        _check_seconds("EvalSpec", "throttle_secs", self.throttle_secs)
+        _check_count("EvalSpec", "every_n_steps", self.every_n_steps)
