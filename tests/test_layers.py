@@ -3,7 +3,8 @@
 Layer 1: spec, run_config, distribute, serving/loader — import only each other; serving/loader imports
 nothing from the package at all (it must load exports where the package is not installed).
 Layer 2: inputs, hooks, checkpoint, metrics, summary, export — import layer 1 and each other.
-Layer 3: estimator, training, cli — import anything below (and each other).
+Layer 3: estimator, training, cli, canned (the canned estimators) — import anything below (and each other);
+canned.heads, canned.feature_columns and canned.optimizers are layer 2.
 ``torch_estimator/__init__.py`` may import anything. Every import counts, including ones inside functions
 and under ``if TYPE_CHECKING:``: a lower layer must not know a higher one.
 """
@@ -42,6 +43,12 @@ LAYERS: dict[str, int] = {
     "estimator": 3,
     "training": 3,
     "cli": 3,
+    # canned/: heads, feature columns and optimizers serve any model_fn (layer 2); the canned estimators
+    # build Estimators (layer 3).
+    "canned": 3,
+    "canned.heads": 2,
+    "canned.feature_columns": 2,
+    "canned.optimizers": 2,
 }
 ROOT = ""  # torch_estimator/__init__.py
 

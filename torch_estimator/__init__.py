@@ -6,9 +6,46 @@ prediction. See ``Estimator`` for an example.
 
 import logging as _logging
 
-from . import checkpoint, hooks, inputs, metrics, summary
+from . import canned, checkpoint, early_stopping, export, exporters, hooks, inputs, metrics, summary
+from .canned import (
+    BaselineClassifier,
+    BaselineEstimator,
+    BaselineRegressor,
+    BinaryClassHead,
+    DNNClassifier,
+    DNNEstimator,
+    DNNLinearCombinedClassifier,
+    DNNLinearCombinedEstimator,
+    DNNLinearCombinedRegressor,
+    DNNRegressor,
+    LinearClassifier,
+    LinearEstimator,
+    LinearRegressor,
+    MultiClassHead,
+    MultiLabelHead,
+    RegressionHead,
+)
+from .canned import feature_columns as feature_column  # TF's tf.feature_column
 from .checkpoint import WarmStartSettings
+from .early_stopping import (
+    make_early_stopping_hook,
+    read_eval_metrics,
+    stop_if_higher_hook,
+    stop_if_lower_hook,
+    stop_if_no_decrease_hook,
+    stop_if_no_increase_hook,
+)
 from .estimator import Estimator
+from .export import (
+    ClassificationOutput,
+    PredictOutput,
+    RegressionOutput,
+    ServingInputReceiver,
+    TensorServingInputReceiver,
+    TensorSpec,
+    build_raw_serving_input_receiver_fn,
+)
+from .exporters import BestExporter, Exporter, FinalExporter, LatestExporter
 from .hooks import (
     CheckpointSaverListener,
     FinalOpsHook,
@@ -25,7 +62,8 @@ from .hooks import (
     SummarySaverHook,
 )
 from .run_config import RunConfig
-from .spec import EstimatorSpec, ModeKeys
+from .spec import EstimatorSpec, EvalSpec, ModeKeys, TrainSpec
+from .training import run_evaluator, train_and_evaluate
 
 __version__ = "0.1.0"
 
@@ -33,27 +71,68 @@ __version__ = "0.1.0"
 _logging.getLogger("torch_estimator").addHandler(_logging.NullHandler())
 
 __all__ = [
+    "BaselineClassifier",
+    "BaselineEstimator",
+    "BaselineRegressor",
+    "BestExporter",
+    "BinaryClassHead",
     "CheckpointSaverListener",
+    "ClassificationOutput",
+    "DNNClassifier",
+    "DNNEstimator",
+    "DNNLinearCombinedClassifier",
+    "DNNLinearCombinedEstimator",
+    "DNNLinearCombinedRegressor",
+    "DNNRegressor",
     "Estimator",
     "EstimatorSpec",
+    "EvalSpec",
+    "Exporter",
+    "FinalExporter",
     "FinalOpsHook",
     "Hook",
+    "LatestExporter",
+    "LinearClassifier",
+    "LinearEstimator",
+    "LinearRegressor",
     "LoggingTensorHook",
     "ModeKeys",
+    "MultiClassHead",
+    "MultiLabelHead",
     "NanLossDuringTrainingError",
     "NanTensorHook",
+    "PredictOutput",
     "ProfilerHook",
     "ProgressBarHook",
+    "RegressionHead",
     "RunConfig",
     "RunContext",
     "SecondOrStepTimer",
+    "ServingInputReceiver",
     "StepCounterHook",
     "StopAtStepHook",
     "SummarySaverHook",
+    "TensorServingInputReceiver",
+    "TensorSpec",
+    "TrainSpec",
     "WarmStartSettings",
+    "build_raw_serving_input_receiver_fn",
+    "canned",
     "checkpoint",
+    "early_stopping",
+    "export",
+    "exporters",
+    "feature_column",
     "hooks",
     "inputs",
+    "make_early_stopping_hook",
     "metrics",
+    "read_eval_metrics",
+    "run_evaluator",
+    "stop_if_higher_hook",
+    "stop_if_lower_hook",
+    "stop_if_no_decrease_hook",
+    "stop_if_no_increase_hook",
     "summary",
+    "train_and_evaluate",
 ]

@@ -1,0 +1,246 @@
+"""``torch-estimator``: inspect and run exports from the command line, in the spirit of ``saved_model_cli``.
+
+Usage::
+
+    torch-estimator show --dir EXPORT                       # the signature keys
+    torch-estimator show --dir EXPORT --signature_def KEY   # one signature's inputs and outputs
+    torch-estimator show --dir EXPORT --all                 # everything
+    torch-estimator run --dir EXPORT --inputs 'x=batch.npy' [--input_exprs 'x=[[0.5, 1.0]]']
+                        [--signature_def KEY] [--outdir DIR [--overwrite]]
+
+``EXPORT`` is a version directory or a base directory (its highest numeric version). ``--inputs`` takes
+``name=file.npy``, ``name=file.npz`` (its only array) or ``name=file.npz[key]``; ``--input_exprs`` takes
+``name=<Python literal>`` (read with ``ast.literal_eval``, never ``eval``). Both flags may repeat or separate
+entries with ``;``. Errors print one line on stderr and exit with status 1 (2 for bad usage).
+
+Each command is a ``_add_<name>(subparsers)`` function listed in ``COMMANDS``; add one there (``serve``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import os
+import re
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from .serving import loader
+
+__all__ = ["main", "COMMANDS"]
+
+PROG = "torch-estimator"
+
+
+class CommandError(Exception):
+    """A user error: printed as one line, exit status 1."""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# show
+
+
+def _shape_text(shape: Sequence[int]) -> str:
+    return "(" + ", ".join(str(d) for d in shape) + ")"
+
+
+def _tensor_lines(kind: str, tensors: dict[str, Any], indent: str) -> list[str]:
+    lines = [f"{indent}The given export SignatureDef contains the following {kind}(s):"]
+    for name in sorted(tensors):
+        info = tensors[name]
+        lines += [
+            f"{indent}  {kind}s[{name!r}] tensor_info:",
+            f"{indent}      dtype: {info['dtype']}",
+            f"{indent}      shape: {_shape_text(info['shape'])}",
+        ]
+    return lines
+
+
+def _signature_lines(signature: dict[str, Any], indent: str = "") -> list[str]:
+    lines = _tensor_lines("input", signature["inputs"], indent) + _tensor_lines("output", signature["outputs"], indent)
+    if "class_labels" in signature:
+        lines.append(f"{indent}Class labels: {signature['class_labels']}")
+    lines.append(f"{indent}Function: {signature['function']}")
+    lines.append(f"{indent}Method name is: {signature['method_name']}")
+    return lines
+
+
+def _header(path: str, version: int | None, document: dict[str, Any]) -> str:
+    names = (loader.TORCHSCRIPT_FILE, loader.PT2_FILE)
+    artifacts = [name for name in names if os.path.isfile(os.path.join(path, name))]
+    return (
+        f"Export {path} (version {version if version is not None else '-'}, global step "
+        f"{document.get('global_step')}, torch {document.get('torch_version')}; artifacts: "
+        f"{', '.join(artifacts) or 'none'})"
+    )
+
+
+def _show(args: argparse.Namespace) -> None:
+    path, version, document = loader.read_document(args.dir)
+    signatures, default = document["signatures"], document["default_signature"]
+    if args.signature_def is not None:
+        if args.signature_def not in signatures:
+            raise CommandError(
+                f"Signature {args.signature_def!r} not found in {path}; available: {sorted(signatures)}."
+            )
+        print("\n".join(_signature_lines(signatures[args.signature_def])))
+    elif args.all:
+        print(_header(path, version, document))
+        for key in sorted(signatures):
+            print(f"\nsignature_def[{key!r}]:")
+            print("\n".join(_signature_lines(signatures[key], "  ")))
+    else:
+        print(f"The given export contains the following signatures (default {default!r}):")
+        for key in sorted(signatures):
+            print(f'SignatureDef key: "{key}"')
+
+
+def _add_show(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "show", help="show an export's signatures", description="Show an export's signatures."
+    )
+    parser.add_argument("--dir", required=True, help="a version directory, or a base directory (its highest version)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--all", action="store_true", help="every signature with its inputs and outputs")
+    which.add_argument("--signature_def", metavar="KEY", help="one signature's inputs and outputs")
+    parser.set_defaults(func=_show)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# run
+
+
+def _entries(values: Sequence[str] | None, flag: str) -> list[tuple[str, str]]:
+    """``name=value`` pairs from repeated flags, each possibly ``;``-separated."""
+    pairs = []
+    for value in values or ():
+        for entry in filter(None, (part.strip() for part in value.split(";"))):
+            name, sep, rest = entry.partition("=")
+            if not sep or not name.strip() or not rest.strip():
+                raise CommandError(f"{flag} entry {entry!r} is malformed; expected name=value.")
+            pairs.append((name.strip(), rest.strip()))
+    return pairs
+
+
+def _read_file(spec: str, name: str) -> np.ndarray:
+    match = re.fullmatch(r"(.+?)(?:\[([^\[\]]+)\])?", spec)
+    path, key = (match.group(1), match.group(2)) if match else (spec, None)
+    if not os.path.isfile(path):
+        raise CommandError(f"Input {name!r}: file {path!r} not found.")
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as error:
+        raise CommandError(f"Input {name!r}: cannot read {path!r} as .npy or .npz ({error}).") from error
+    if isinstance(data, np.ndarray):
+        if key is not None:
+            raise CommandError(f"Input {name!r}: {path!r} is a .npy file; [key] applies to .npz files only.")
+        return data
+    with data:
+        keys = list(data.keys())
+        if key is None:
+            if len(keys) != 1:
+                raise CommandError(f"Input {name!r}: {path!r} holds arrays {keys}; pick one with {path}[key].")
+            key = keys[0]
+        if key not in keys:
+            raise CommandError(f"Input {name!r}: {path!r} has no array {key!r}; it holds {keys}.")
+        return data[key]
+
+
+def _parse_expr(text: str, name: str) -> np.ndarray:
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError) as error:
+        raise CommandError(f"Input {name!r}: {text!r} is not a Python literal (numbers in nested lists).") from error
+    try:
+        return np.asarray(value)
+    except ValueError as error:
+        raise CommandError(f"Input {name!r}: {text!r} is not a rectangular array ({error}).") from error
+
+
+def _gather_inputs(args: argparse.Namespace) -> dict[str, Any]:
+    inputs: dict[str, Any] = {}
+    sources = [(n, v, _read_file) for n, v in _entries(args.inputs, "--inputs")]
+    sources += [(n, v, _parse_expr) for n, v in _entries(args.input_exprs, "--input_exprs")]
+    for name, value, read in sources:
+        if name in inputs:
+            raise CommandError(f"Input {name!r} is given more than once.")
+        inputs[name] = read(value, name)
+    if not inputs:
+        raise CommandError("No inputs: give --inputs name=file.npy or --input_exprs 'name=[...]'.")
+    return inputs
+
+
+def _run(args: argparse.Namespace) -> None:
+    inputs = _gather_inputs(args)
+    model = loader.load(args.dir, format=args.format)
+    outputs = model(inputs, args.signature_def)
+    arrays = {name: value.cpu().numpy() for name, value in outputs.items()}
+    if args.outdir is None:
+        for name in sorted(arrays):
+            print(f"Result for output key {name}:\n{arrays[name]}")
+        return
+    os.makedirs(args.outdir, exist_ok=True)
+    paths = {name: os.path.join(args.outdir, f"{name}.npy") for name in arrays}
+    existing = [p for p in paths.values() if os.path.exists(p)]
+    if existing and not args.overwrite:
+        raise CommandError(f"Output file {existing[0]} already exists; pass --overwrite to replace it.")
+    for name in sorted(arrays):
+        np.save(paths[name], arrays[name], allow_pickle=False)
+        print(f"Output {name} is saved to {paths[name]}")
+
+
+def _add_run(subparsers: Any) -> None:
+    parser = subparsers.add_parser("run", help="run a signature on inputs", description="Run a signature on inputs.")
+    parser.add_argument("--dir", required=True, help="a version directory, or a base directory (its highest version)")
+    parser.add_argument("--signature_def", metavar="KEY", help="the signature to run (default: serving_default)")
+    parser.add_argument("--inputs", action="append", metavar="NAME=FILE",
+                        help="name=file.npy, name=file.npz or name=file.npz[key]; repeat or separate with ';'")
+    parser.add_argument("--input_exprs", action="append", metavar="NAME=LITERAL",
+                        help="name=<Python literal>, e.g. 'x=[[1.0, 2.0]]'; repeat or separate with ';'")
+    parser.add_argument("--outdir", help="save each output as <outdir>/<output key>.npy instead of printing")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing files in --outdir")
+    parser.add_argument(
+        "--format", choices=("torchscript", "pt2"), help="which artifact (default: model.pt if present)"
+    )
+    parser.set_defaults(func=_run)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# main
+
+COMMANDS: list[Callable[[Any], None]] = [_add_show, _add_run]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser, with one subcommand per entry of ``COMMANDS``."""
+    parser = argparse.ArgumentParser(prog=PROG, description="Inspect and run torch_estimator exports.")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in COMMANDS:
+        add(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status (0 ok, 1 error, 2 bad usage)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # argparse prints usage and its error (status 2), or help (status 0)
+        return int(exit_.code or 0)
+    try:
+        args.func(args)
+    except (CommandError, FileNotFoundError, ValueError, OSError, RuntimeError) as error:
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        if isinstance(error, RuntimeError) and lines:  # a TorchScript error: its traceback, then the message
+            lines = [re.sub(r"^\w+(Error|Exception): ", "", lines[-1])]
+        message = " ".join(lines) or type(error).__name__
+        print(f"{PROG}: error: {message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,369 @@
+"""Load a torch_estimator export and call its signatures, checking inputs against ``signature.json``.
+
+This module imports only torch and the standard library (never training code), so it can be copied on
+its own next to a server. It reads ``model.pt`` (TorchScript) or ``model.pt2`` (``torch.export``) and the
+``signature.json`` embedded in it.
+
+Pickle is never used for the loader's own data. ``torch.jit.load`` reads TorchScript's archive format,
+whose unpickler rebuilds only tensors and TorchScript types, not arbitrary Python objects; the archive
+does hold TorchScript *code* that runs when a signature is called, so, as torch's documentation says,
+load only exports you trust. ``model.pt2`` archives store plain tensors as raw bytes.
+
+Serving an export::
+
+    model = load("exports/mnist")                      # the highest numeric version under the base
+    model.signatures["serving_default"]["inputs"]      # {'x': {'dtype': 'float32', 'shape': [-1, 784]}}
+    model({"x": images})["classes"]                    # Tensors, numpy arrays or nested lists in; Tensors out
+
+Example:
+    >>> import os, tempfile
+    >>> base = tempfile.mkdtemp()
+    >>> for name in ("1700000000", "1700000100", "temp-1700000200"):
+    ...     os.mkdir(os.path.join(base, name))
+    >>> list_versions(base)
+    [1700000000, 1700000100]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import warnings
+import zipfile
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import torch
+
+__all__ = [
+    "FORMAT",
+    "SIGNATURE_FILE",
+    "TORCHSCRIPT_FILE",
+    "PT2_FILE",
+    "InvalidInputError",
+    "ExportedModel",
+    "load",
+    "list_versions",
+    "read_document",
+    "resolve_export_dir",
+]
+
+logger = logging.getLogger("torch_estimator")
+
+FORMAT = "torch_estimator.export/1"
+SIGNATURE_FILE = "signature.json"
+TORCHSCRIPT_FILE = "model.pt"
+PT2_FILE = "model.pt2"
+_PT2_DEFAULT_PROGRAM = "model"
+_noted = False
+
+
+class InvalidInputError(ValueError):
+    """A request does not fit the signature: unknown signature, missing or unknown inputs, bad dtype or shape.
+
+    A server answers these with HTTP 400.
+    """
+
+
+@contextlib.contextmanager
+def _quiet_torchscript() -> Iterator[None]:
+    """torch warns on every torch.jit call (TorchScript is deprecated upstream): say it once instead."""
+    global _noted
+    if not _noted:
+        _noted = True
+        logger.info("Loading TorchScript: torch's deprecation warnings for torch.jit are silenced around this call.")
+    with warnings.catch_warnings():
+        for category in (FutureWarning, DeprecationWarning):
+            warnings.filterwarnings("ignore", message=r"`?torch\.jit\.", category=category)
+        yield
+
+
+def _is_export_dir(path: str) -> bool:
+    return any(os.path.isfile(os.path.join(path, name)) for name in (SIGNATURE_FILE, TORCHSCRIPT_FILE, PT2_FILE))
+
+
+def list_versions(base_dir: str | os.PathLike[str]) -> list[int]:
+    """The numeric version directories under ``base_dir``, ascending (others, like ``temp-*``, are ignored)."""
+    base_dir = os.fspath(base_dir)
+    try:
+        names = os.listdir(base_dir)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return sorted(int(name) for name in names if name.isdigit() and os.path.isdir(os.path.join(base_dir, name)))
+
+
+def resolve_export_dir(path: str | os.PathLike[str]) -> tuple[str, int | None]:
+    """``(export directory, version)`` for a version directory, or for a base directory (its highest version).
+
+    Raises:
+        FileNotFoundError: If ``path`` does not exist or holds no export.
+    """
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"No export at {path!r}: no such directory.")
+    if _is_export_dir(path):
+        name = os.path.basename(os.path.normpath(path))
+        return path, int(name) if name.isdigit() else None
+    versions = list_versions(path)
+    if not versions:
+        raise FileNotFoundError(
+            f"No export found in {path!r}: expected {SIGNATURE_FILE} and {TORCHSCRIPT_FILE}, or numeric version "
+            f"directories holding them."
+        )
+    return os.path.join(path, str(versions[-1])), versions[-1]
+
+
+def _parse_document(text: str, source: str) -> dict[str, Any]:
+    try:
+        document = json.loads(text)
+    except ValueError as error:
+        raise ValueError(f"{source} is not valid JSON: {error}.") from error
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        found = document.get("format") if isinstance(document, dict) else None
+        raise ValueError(f"{source} is not a torch_estimator export signature (format {found!r}, expected {FORMAT!r}).")
+    signatures = document.get("signatures")
+    if not isinstance(signatures, dict) or not signatures or document.get("default_signature") not in signatures:
+        raise ValueError(f"{source} declares no signatures, or its default_signature is not among them.")
+    return document
+
+
+def read_document(export_dir: str | os.PathLike[str]) -> tuple[str, int | None, dict[str, Any]]:
+    """``(export directory, version, signature.json)`` without loading the model: the file beside the
+    artifact, else the copy embedded in ``model.pt`` or ``model.pt2`` (both are zip archives).
+
+    Raises:
+        FileNotFoundError: If there is no export there.
+        ValueError: If the signature is missing or not a torch_estimator export's.
+    """
+    path, version = resolve_export_dir(export_dir)
+    beside = os.path.join(path, SIGNATURE_FILE)
+    if os.path.isfile(beside):
+        with open(beside, encoding="utf-8") as file:
+            return path, version, _parse_document(file.read(), beside)
+    for name in (TORCHSCRIPT_FILE, PT2_FILE):
+        archive = os.path.join(path, name)
+        if os.path.isfile(archive):
+            with zipfile.ZipFile(archive) as zipped:
+                entries = [n for n in zipped.namelist() if n.endswith("extra/" + SIGNATURE_FILE)]
+                if entries:
+                    return path, version, _parse_document(zipped.read(entries[0]).decode("utf-8"), archive)
+    raise ValueError(f"No {SIGNATURE_FILE} in {path!r}, beside or inside the model.")
+
+
+def _dtype(name: str) -> torch.dtype:
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"signature.json names an unknown dtype {name!r}.")
+    return dtype
+
+
+def _as_tensor(value: Any, name: str) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value.detach()
+    if isinstance(value, (str, bytes)) or value is None:
+        raise InvalidInputError(
+            f"Input {name!r} must be numbers (a tensor, array or nested list); received {type(value).__name__}."
+        )
+    try:
+        return torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError) as error:
+        if hasattr(value, "copy") and hasattr(value, "__array__"):  # numpy with negative strides
+            with contextlib.suppress(TypeError, ValueError, RuntimeError):
+                return torch.as_tensor(value.copy())
+        reason = (str(error).splitlines() or [type(error).__name__])[0]
+        raise InvalidInputError(f"Input {name!r} is not a rectangular array of numbers: {reason}.") from error
+
+
+def _kind(dtype: torch.dtype) -> str:
+    if dtype == torch.bool:
+        return "bool"
+    if dtype.is_complex:
+        return "complex"
+    if dtype.is_floating_point:
+        return "float"
+    return "int"
+
+
+_SAFE = {("bool", "int"), ("bool", "float"), ("int", "float"), ("float", "complex"), ("int", "complex")}
+
+
+def _cast(tensor: torch.Tensor, dtype: torch.dtype, name: str) -> torch.Tensor:
+    """``tensor`` as ``dtype`` if no information is lost in kind (float -> int is refused) or range."""
+    if tensor.dtype == dtype:
+        return tensor
+    source, target = _kind(tensor.dtype), _kind(dtype)
+    if source != target and (source, target) not in _SAFE:
+        raise InvalidInputError(
+            f"Input {name!r} expects {str(dtype).removeprefix('torch.')} but received "
+            f"{str(tensor.dtype).removeprefix('torch.')} values; a {source} cannot be converted to {target} safely."
+        )
+    if source == target == "int" and tensor.numel():
+        info = torch.iinfo(dtype)
+        low, high = int(tensor.min()), int(tensor.max())
+        if low < info.min or high > info.max:
+            raise InvalidInputError(
+                f"Input {name!r} expects {str(dtype).removeprefix('torch.')} but holds values in [{low}, {high}], "
+                f"outside its range [{info.min}, {info.max}]."
+            )
+    return tensor.to(dtype)
+
+
+class ExportedModel:
+    """A loaded export: its signatures, and ``__call__`` to run one.
+
+    Attributes:
+        path: The version directory loaded.
+        version: Its number (the directory name), or None if it is not numeric.
+        format: ``"torchscript"`` or ``"pt2"``.
+        signatures: ``signature.json``'s ``signatures``: key to ``method_name``, ``function``, ``inputs``,
+            ``outputs`` (and ``class_labels`` for classification).
+        default_signature: The key used when ``__call__`` gets no signature (``serving_default``).
+        global_step: The training step the export was made from.
+        document: The whole ``signature.json``.
+        device: Where inputs are moved and the model runs.
+    """
+
+    def __init__(
+        self, path: str, version: int | None, format: str, document: dict[str, Any],
+        runners: Mapping[str, Any], device: torch.device,
+    ) -> None:
+        self.path, self.version, self.format, self.document, self.device = path, version, format, document, device
+        self.signatures: dict[str, dict[str, Any]] = document["signatures"]
+        self.default_signature: str = document["default_signature"]
+        self.global_step: int | None = document.get("global_step")
+        self._runners = dict(runners)  # function name -> callable(dict) -> dict
+
+    def signature_def(self, signature: str | None = None) -> dict[str, Any]:
+        """The signature named ``signature`` (default: the default one).
+
+        Raises:
+            InvalidInputError: If there is no such signature.
+        """
+        key = self.default_signature if signature is None else signature
+        if key not in self.signatures:
+            raise InvalidInputError(f"Serving signature name: {key!r} not found; available: {sorted(self.signatures)}.")
+        return self.signatures[key]
+
+    def prepare(self, inputs: Any, signature: str | None = None) -> dict[str, torch.Tensor]:
+        """Check and convert ``inputs`` for a signature: names, dtypes (safe casts only), shapes.
+
+        Args:
+            inputs: A dict of input name to Tensor, numpy array or nested list; a signature with a single
+                input also takes the value alone.
+
+        Raises:
+            InvalidInputError: Naming the input and what is wrong.
+        """
+        key = self.default_signature if signature is None else signature
+        declared = self.signature_def(signature)["inputs"]
+        if not isinstance(inputs, Mapping):
+            if len(declared) != 1:
+                raise InvalidInputError(
+                    f"Signature {key!r} takes inputs {sorted(declared)}: pass a dict of name to value."
+                )
+            inputs = {next(iter(declared)): inputs}
+        missing = sorted(set(declared) - set(inputs))
+        unknown = sorted(set(inputs) - set(declared), key=str)
+        if missing or unknown:
+            problem = "; ".join([f"missing {missing}"] * bool(missing) + [f"unknown {unknown}"] * bool(unknown))
+            raise InvalidInputError(f"Signature {key!r} takes inputs {sorted(declared)}: {problem}.")
+        prepared = {}
+        for name, info in declared.items():
+            tensor = _cast(_as_tensor(inputs[name], name), _dtype(info["dtype"]), name)
+            shape = info["shape"]
+            if tensor.dim() != len(shape) or any(d != -1 and d != s for d, s in zip(shape, tensor.shape)):
+                raise InvalidInputError(
+                    f"Input {name!r} expects shape {shape} (-1: any size) but received {list(tensor.shape)}."
+                )
+            prepared[name] = tensor.to(self.device)
+        return prepared
+
+    def __call__(self, inputs: Any, signature: str | None = None) -> dict[str, torch.Tensor]:
+        """Run a signature (default: the default one) on ``inputs``.
+
+        Args:
+            inputs: As :meth:`prepare` takes them.
+            signature: A key of :attr:`signatures`.
+
+        Returns:
+            Output name to Tensor (on :attr:`device`; ``.cpu().numpy()`` gives arrays).
+
+        Raises:
+            InvalidInputError: For an unknown signature or inputs that do not fit it.
+        """
+        prepared = self.prepare(inputs, signature)
+        function = self.signature_def(signature)["function"]
+        with torch.no_grad():
+            outputs = self._runners[function](prepared)
+        return {name: value.detach() for name, value in outputs.items()}
+
+    def __repr__(self) -> str:
+        return f"ExportedModel(path={self.path!r}, format={self.format!r}, signatures={sorted(self.signatures)})"
+
+
+def _load_torchscript(path: str, device: torch.device) -> tuple[str, dict[str, Any]]:
+    extra = {SIGNATURE_FILE: ""}
+    with _quiet_torchscript():
+        module = torch.jit.load(path, map_location=device, _extra_files=extra)
+    module.eval()
+    text = extra[SIGNATURE_FILE]
+    text = text.decode("utf-8") if isinstance(text, bytes) else text
+    document = _parse_document(text, f"The {SIGNATURE_FILE} embedded in {path}")
+    runners = {}
+    for key, signature in document["signatures"].items():
+        function = signature.get("function")
+        if not isinstance(function, str) or not hasattr(module, function):
+            raise ValueError(f"{path} has no method {function!r} for signature {key!r}.")
+        runners[function] = getattr(module, function)
+    return text, runners
+
+
+def _load_pt2(path: str, device: torch.device) -> tuple[str, dict[str, Any]]:
+    from torch.export.pt2_archive._package import load_pt2
+
+    contents = load_pt2(path)
+    text = contents.extra_files.get(SIGNATURE_FILE, "")
+    text = text.decode("utf-8") if isinstance(text, bytes) else text
+    document = _parse_document(text, f"The {SIGNATURE_FILE} embedded in {path}")
+    runners = {}
+    for key, signature in document["signatures"].items():
+        function = signature.get("function")
+        program = _PT2_DEFAULT_PROGRAM if function == "forward" else function
+        if program not in contents.exported_programs:
+            raise ValueError(f"{path} has no program {program!r} for signature {key!r}.")
+        runners[function] = contents.exported_programs[program].module()
+    return text, runners
+
+
+def load(
+    export_dir: str | os.PathLike[str], *, device: torch.device | str = "cpu", format: str | None = None
+) -> ExportedModel:
+    """Load an export: a version directory, or a base directory (its highest numeric version).
+
+    Args:
+        export_dir: The directory.
+        device: Where to run (TorchScript is mapped there; ``model.pt2`` runs where it was exported).
+        format: ``"torchscript"`` or ``"pt2"``; default ``model.pt`` when present, else ``model.pt2``.
+
+    Returns:
+        An :class:`ExportedModel`.
+
+    Raises:
+        FileNotFoundError: If there is no export there.
+        ValueError: If the files are not a torch_estimator export, or ``format`` is unknown.
+    """
+    path, version = resolve_export_dir(export_dir)
+    files = {"torchscript": os.path.join(path, TORCHSCRIPT_FILE), "pt2": os.path.join(path, PT2_FILE)}
+    if format is None:
+        format = "torchscript" if os.path.isfile(files["torchscript"]) else "pt2"
+    if format not in files:
+        raise ValueError(f"`format` must be 'torchscript', 'pt2' or None; received {format!r}.")
+    if not os.path.isfile(files[format]):
+        raise FileNotFoundError(f"No {os.path.basename(files[format])} in {path!r}.")
+    device = torch.device(device)
+    loader = _load_torchscript if format == "torchscript" else _load_pt2
+    text, runners = loader(files[format], device)
+    return ExportedModel(path, version, format, json.loads(text), runners, device)
+
