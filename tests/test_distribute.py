@@ -96,6 +96,18 @@ def test_a_stop_requested_by_one_process_is_agreed_by_all(tmp_path):
 
 
 @pytest.mark.slow
+def test_train_and_evaluate_evaluates_and_exports_on_the_chief(tmp_path):
+    run = _torchrun(2, str(WORKER), "train_and_evaluate", str(tmp_path))
+    assert run.returncode == 0, run.stderr[-3000:]
+    chief, other = _results(tmp_path, 2)
+    assert chief["global_step"] == other["global_step"] == 12
+    assert chief["result"]["global_step"] == 12 and other["result"] is None
+    assert sorted(os.listdir(tmp_path / "export" / "latest"))  # exports written by the chief
+    assert all(path is not None for path in chief["exports"]) and other["exports"] == []
+    assert sorted(ckpt._step_of(p) for p in ckpt.read_index(str(tmp_path)).paths)[-1] == 12
+
+
+@pytest.mark.slow
 def test_a_dead_process_makes_the_others_fail_instead_of_hanging(tmp_path):
     run = _torchrun(2, "--max-restarts=0", str(WORKER), "kill", str(tmp_path), timeout=180)
     assert run.returncode != 0

@@ -212,6 +212,7 @@ class Estimator:
             ModeKeys.PREDICT: self._static_kwargs(ModeKeys.PREDICT, self._eval_module),
             _EXPORT: self._static_kwargs(ModeKeys.PREDICT, self._model),  # tracing needs the plain module
         }
+        self._evaluating_alone = False  # set by evaluate_alone(): no collectives in evaluation
         # Under DDP, a stop one process requests (a listener, a hook, a NaN) is agreed every this many steps.
         self._stop_every = config.log_step_count_steps or 100
         logger.info("Using config: %s", self._config)
@@ -832,6 +833,16 @@ class Estimator:
             summary.flush_all()
         return result
 
+    @contextlib.contextmanager
+    def evaluate_alone(self) -> Iterator[None]:
+        """Within this block, ``evaluate`` uses only this process's batches and makes no collectives: for the
+        chief evaluating inside training (``train_and_evaluate``) while the other processes wait."""
+        previous, self._evaluating_alone = self._evaluating_alone, True
+        try:
+            yield
+        finally:
+            self._evaluating_alone = previous
+
     def _evaluate_loop(self, batches: Iterator[tuple[Any, Any, int]], hooks: HookList, steps: int | None) -> dict[str, Any]:
         """Accumulate loss and metrics over this process's batches (no host sync per batch); sum the
         sufficient statistics over all processes; finalize once."""
@@ -856,11 +867,14 @@ class Estimator:
                 logger.info("Evaluation [%d/%d]", count, steps)
             if count == steps or context.stop_requested:
                 break
-        totals = distribute.all_reduce_sum(torch.stack([loss_sum, torch.tensor(float(count), device=self._device),
-                                                        torch.tensor(float(count == 0), device=self._device)]))
+        collective = self._dist.is_distributed and not self._evaluating_alone
+        totals = torch.stack([loss_sum, torch.tensor(float(count), device=self._device),
+                              torch.tensor(float(count == 0), device=self._device)])
+        if collective:
+            totals = distribute.all_reduce_sum(totals)
         if totals[2].item() > 0:
             raise ValueError("evaluate: input_fn yielded no batches (on at least one process); give each at least one.")
-        result = accumulator.compute(reduce=distribute.all_reduce_sum if self._dist.is_distributed else None)
+        result = accumulator.compute(reduce=distribute.all_reduce_sum if collective else None)
         result["loss"] = _to_host(totals[0] / totals[1])
         result["global_step"] = np.int64(self._global_step)
         context.results = result

@@ -133,7 +133,9 @@ class _Evaluation:
         if self.timer is not None:
             self.timer.update_last_triggered_step(step)  # the throttle counts from the start of an evaluation
         spec, estimator = self.spec, self.estimator
-        with _training_state_kept(estimator):
+        if not estimator.config.is_chief:
+            return
+        with _training_state_kept(estimator), estimator.evaluate_alone():
             result = estimator.evaluate(
                 spec.input_fn, steps=spec.steps, hooks=list(spec.hooks), checkpoint_path=checkpoint_path, name=spec.name
             )
@@ -227,12 +229,10 @@ def _check_estimator(estimator: Any, function: str) -> None:
     if not isinstance(estimator, Estimator):
         raise TypeError(f"`estimator` must be a torch_estimator.Estimator; received {type(estimator).__name__}.")
     world_size = estimator.config.world_size or 1
-    if world_size > 1:
-        # Evaluation is a collective (sharded across the processes), but saves and their listeners run on the
-        # chief only: evaluating from a listener would leave the other processes waiting in training.
+    if world_size > 1 and function == "run_evaluator":
         raise ValueError(
-            f"{function} runs in a single process for now; this Estimator has world_size={world_size}. Train with "
-            f"Estimator.train under torchrun and evaluate with Estimator.evaluate after it, on every process."
+            f"run_evaluator is a single process that watches model_dir; this Estimator has world_size={world_size}. "
+            f"Run the evaluator as its own process, outside torchrun."
         )
 
 
@@ -292,10 +292,14 @@ def train_and_evaluate(estimator: Estimator, train_spec: TrainSpec, eval_spec: E
         one entry per exporter (the export directory, or None where it did not export). For a list,
         ``({name: eval_result}, {name: export_results})`` with the EvalSpecs' names as keys.
 
+    Under torchrun every process trains; evaluation and export run on the chief (rank 0) alone, on its own
+    batches, after its saves, while the other processes wait in their next step (within
+    ``RunConfig.distributed_timeout_secs``). Other processes return ``(None, [])`` (TF returned None
+    in distributed mode). Early-stopping hooks stop every process together (the Estimator agrees on stops).
+
     Raises:
         TypeError: If an argument has the wrong type.
-        ValueError: If checkpointing is disabled, several EvalSpecs or exporters share a name, or the
-            Estimator runs in several processes (torch.distributed; not supported yet).
+        ValueError: If checkpointing is disabled, or several EvalSpecs or exporters share a name.
     """
     _check_estimator(estimator, "train_and_evaluate")
     if not isinstance(train_spec, TrainSpec):

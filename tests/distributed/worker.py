@@ -69,6 +69,16 @@ def main() -> None:
         est, train_fn = build(model_dir, 10)
         est.train(train_fn, steps=100, hooks=[StopOnRankOne()])
         out["global_step"] = int(est.get_variable_value("global_step"))
+    elif scenario == "train_and_evaluate":
+        est, train_fn = build(model_dir, 10)
+        x, y = data()
+        exporter = te.LatestExporter("latest", te.build_raw_serving_input_receiver_fn({"x": te.TensorSpec([None, 6], torch.float32)}))
+        eval_spec = te.EvalSpec(te.inputs.numpy_input_fn({"x": x}, y, batch_size=50, shuffle=False), steps=None,
+                                throttle_secs=0, exporters=[exporter])
+        result, exports = te.train_and_evaluate(est, te.TrainSpec(train_fn, max_steps=12), eval_spec)
+        out["result"] = None if result is None else {k: float(v) for k, v in result.items()}
+        out["exports"] = exports
+        out["global_step"] = int(est.get_variable_value("global_step"))
     elif scenario == "kill":
         est, train_fn = build(model_dir, 10, distributed_timeout_secs=20, save_checkpoints_steps=2)
 
