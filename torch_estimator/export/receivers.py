@@ -244,7 +244,8 @@ class ServingInputReceiver:
             return {}
         if not isinstance(alternatives, Mapping):
             raise TypeError(
-                f"`receiver_tensors_alternatives` must be a dict of name to receiver tensors; received {alternatives!r}."
+                f"`receiver_tensors_alternatives` must be a dict of name to receiver tensors; "
+                f"received {alternatives!r}."
             )
         result = {}
         for name, value in alternatives.items():
@@ -338,7 +339,8 @@ def build_raw_serving_input_receiver_fn(
         raise TypeError(
             f"`features` must be a non-empty dict of name to TensorSpec or example tensor; received {features!r}."
         )
-    positive = isinstance(default_batch_size, int) and not isinstance(default_batch_size, bool) and default_batch_size > 0
+    size = default_batch_size
+    positive = isinstance(size, int) and not isinstance(size, bool) and size > 0
     if default_batch_size is not None and not positive:
         raise ValueError(f"`default_batch_size` must be a positive int or None; received {default_batch_size!r}.")
     specs = {}
