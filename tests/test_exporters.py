@@ -261,8 +261,9 @@ def test_train_and_evaluate_exports_loadable_models(make_estimator, data, tmp_pa
     latest, final = exports[0], exports[2]
     assert final is not None and os.path.dirname(final) == os.path.join(est.model_dir, "export", "final")
     assert _listing(est, "latest") == [os.path.basename(latest)]
-    loaded = torch.jit.load(os.path.join(final, "model.pt"))
-    outputs = loaded({"x": torch.from_numpy(data[0][:5])})
+    from torch_estimator.serving.loader import load
+
+    outputs = load(final)({"x": data[0][:5]})
     expected = [p["classes"] for p in est.predict(numpy_input_fn({"x": data[0][:5]}, batch_size=5, shuffle=False))]
     assert outputs["classes"].tolist() == [int(c) for c in expected]
     plain = make_estimator(model_dir=tmp_path / "plain", save_checkpoints_steps=10).train(_train_fn(data), max_steps=20)
