@@ -10,6 +10,12 @@ import torch.nn.functional as F
 import torch_estimator as te
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # One intra-op thread: on small shared CI machines torch's default thread pool makes tiny ops
+    # (a softmax over 32x2) take milliseconds instead of microseconds.
+    torch.set_num_threads(1)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if torch.cuda.is_available():
         return

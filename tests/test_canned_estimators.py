@@ -271,8 +271,9 @@ def test_training_summaries(cancer, tmp_path):
     est = canned.DNNLinearCombinedClassifier(model_dir=tmp_path, linear_feature_columns=cancer.columns,
                                              dnn_feature_columns=cancer.columns, dnn_hidden_units=[4, 3],
                                              config=config(save_summary_steps=1))
-    model_fn_spec = est._model_fn(features={"x": torch.from_numpy(cancer.x[:8])}, labels=torch.from_numpy(cancer.y[:8]),
-                                  mode=te.ModeKeys.TRAIN, model=est.model)
+    model_fn = canned.base._canned_model_fn(est.head)
+    model_fn_spec = model_fn(features={"x": torch.from_numpy(cancer.x[:8])}, labels=torch.from_numpy(cancer.y[:8]),
+                             mode=te.ModeKeys.TRAIN, model=est.model)
     assert sorted(model_fn_spec.summaries) == [
         "dnn/hiddenlayer_0/activation", "dnn/hiddenlayer_0/fraction_of_zero_values",
         "dnn/hiddenlayer_1/activation", "dnn/hiddenlayer_1/fraction_of_zero_values",

@@ -26,6 +26,7 @@ from .canned import (
     RegressionHead,
 )
 from .canned import feature_columns as feature_column  # TF's tf.feature_column
+from .inputs_pandas import pandas_input_fn
 from .checkpoint import WarmStartSettings
 from .early_stopping import (
     make_early_stopping_hook,
@@ -127,6 +128,7 @@ __all__ = [
     "inputs",
     "make_early_stopping_hook",
     "metrics",
+    "pandas_input_fn",
     "read_eval_metrics",
     "run_evaluator",
     "stop_if_higher_hook",
