@@ -50,13 +50,18 @@ def _estimator(model_dir, **config):
 
 
 class SyncDebug(te.Hook):
-    """Turns CUDA's sync detection to "error" for the steps in between (after the setup that may sync)."""
+    """Turns CUDA's sync detection to "error" from the first step to the last one's ``after_run``: the
+    setup before and the end-of-training checks after (NaN check, final loss, final save) may sync."""
+
+    def __init__(self, last_step):
+        self.last_step = last_step
 
     def after_restore(self, run_context):
         torch.cuda.set_sync_debug_mode("error")
 
-    def end(self, run_context):
-        torch.cuda.set_sync_debug_mode("default")
+    def after_run(self, run_context, run_values):
+        if run_context.global_step >= self.last_step:
+            torch.cuda.set_sync_debug_mode("default")
 
 
 def test_unobserved_steps_never_synchronise(tmp_path):
@@ -64,7 +69,7 @@ def test_unobserved_steps_never_synchronise(tmp_path):
     est = _estimator(tmp_path, save_checkpoints_steps=None, save_checkpoints_secs=None)
     input_fn = numpy_input_fn({"x": x}, y, batch_size=64, num_epochs=None, shuffle=True, seed=0)
     est.train(input_fn, steps=2)  # warm-up: lazy optimizer state, cuDNN plans
-    sync = SyncDebug()
+    sync = SyncDebug(last_step=22)
     try:
         est.train(input_fn, steps=20, hooks=[sync])
     finally:
