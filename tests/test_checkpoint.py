@@ -6,6 +6,8 @@ import json
 import logging
 import os
 import pickle
+import re
+import sys
 
 import numpy as np
 import pytest
@@ -43,8 +45,9 @@ def test_golden_key_layout(tmp_path):
         expected += [f"optimizer/state/{index}/{slot}" for slot in ("exp_avg", "exp_avg_sq", "step")]
     expected += ["rng/numpy/1", "rng/torch"]
     assert keys == sorted(expected)
-    assert set(metadata) == {"format", "global_step", "state", "torch_version"}
+    assert set(metadata) == {"format", "global_step", "state", "torch_version", "content_hash"}
     assert metadata["format"] == "torch_estimator.checkpoint/1" and metadata["global_step"] == "2"
+    assert re.fullmatch(r"(crc32|xxh3|sha256)-tree:[0-9a-f]{64}", metadata["content_hash"])
     state = json.loads(metadata["state"])
     assert set(state) == {"optimizer", "lr_scheduler", "rng", "input"}
     assert state["input"] == {"position": 6}
@@ -213,8 +216,9 @@ def test_a_failed_write_leaves_the_previous_state_intact(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(ckpt, "save_file", full_disk)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(OSError, match="Could not write the checkpoint .*model.ckpt-2.safetensors: No space left") as caught:
         manager.save(2, model=TinyNet())
+    assert caught.value.errno == 28
     assert sorted(os.listdir(tmp_path)) == before
     assert ckpt._step_of(ckpt.latest_checkpoint(str(tmp_path))) == 1
 
@@ -349,3 +353,431 @@ def test_checkpoint_saver_timing_and_listeners():
     saver.end(25)
     assert saved == [0, 10, 20, 25] and stops == [20]
     assert calls[-1] == ("end", 25)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Integrity: the content hash, damaged files, falling back, durability, disk trouble.
+
+
+def _save_steps(model_dir, steps, keep=5, **kwargs):
+    manager = ckpt.CheckpointManager(str(model_dir), keep_checkpoint_max=keep)
+    for step in steps:
+        torch.manual_seed(step)
+        manager.save(step, model=TinyNet(), **kwargs)
+    return manager
+
+
+def _reference_hash(path: str, algorithm: str = "sha256-tree") -> str:
+    """The content hash as documented, computed independently from the file (pins the algorithm)."""
+    import hashlib
+    import zlib
+
+    if algorithm == "xxh3-tree":
+        import xxhash
+
+        chunk_digest = xxhash.xxh3_128_digest
+    else:
+        chunk_digest = {"sha256-tree": lambda b: hashlib.sha256(b).digest(), "crc32-tree": lambda b: zlib.crc32(b).to_bytes(4, "big")}[algorithm]
+
+    with safe_open(path, framework="pt") as handle:
+        metadata = handle.metadata()
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    total = hashlib.sha256()
+    for name in sorted(metadata):
+        if name != "content_hash":
+            total.update(json.dumps(["meta", name, metadata[name]]).encode() + b"\n")
+    for key in sorted(tensors):
+        tensor = tensors[key]
+        data = tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b""
+        total.update(json.dumps(["tensor", key, str(tensor.dtype), list(tensor.shape), len(data)]).encode() + b"\n")
+        for at in range(0, len(data), 4 << 20):
+            total.update(chunk_digest(data[at:at + (4 << 20)]))
+    return f"{algorithm}:" + total.hexdigest()
+
+
+ALGORITHMS = ["crc32-tree", "sha256-tree", pytest.param("xxh3-tree", marks=pytest.mark.skipif(
+    "xxh3-tree" not in ckpt._CHUNK_DIGESTS, reason="the optional xxhash package is not installed"))]
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_content_hash_matches_its_specification(tmp_path, monkeypatch, algorithm):
+    monkeypatch.setattr(ckpt, "_HASH_ALGORITHM", algorithm)
+    model, optimizer, scheduler = _trained_parts()
+    path = str(tmp_path / "model.ckpt-2.safetensors")
+    ckpt.write_checkpoint(path, 2, model=model, optimizer=optimizer, lr_scheduler=scheduler)
+    with safe_open(path, framework="pt") as handle:
+        assert handle.metadata()["content_hash"] == _reference_hash(path, algorithm)
+    monkeypatch.undo()  # a reader of the other default still verifies it
+    ckpt.verify_checkpoint(path)
+    _flip_a_data_byte(path)
+    with pytest.raises(ckpt.CheckpointCorruptError, match="content hash does not match"):
+        ckpt.verify_checkpoint(path)
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_the_hash_computed_on_threads_is_the_same(tmp_path, monkeypatch, algorithm):
+    monkeypatch.setattr(ckpt, "_HASH_ALGORITHM", algorithm)
+    class Big(torch.nn.Module):  # 5 MiB: more than one 4 MiB chunk, and a 0-d and an empty tensor
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.randn(1310720))
+            self.register_buffer("scalar", torch.tensor(3, dtype=torch.int64))
+            self.register_buffer("empty", torch.zeros(0, 4, dtype=torch.bfloat16))
+
+    model = Big()
+    serial, parallel = str(tmp_path / "model.ckpt-1.safetensors"), str(tmp_path / "model.ckpt-2.safetensors")
+    ckpt.write_checkpoint(serial, 1, model=model)
+    monkeypatch.setattr(ckpt, "_PARALLEL_HASH_BYTES", 0)
+    monkeypatch.setattr(ckpt.os, "cpu_count", lambda: 4)
+    ckpt.write_checkpoint(parallel, 1, model=model)
+    for path in (serial, parallel):
+        with safe_open(path, framework="pt") as handle:
+            assert handle.metadata()["content_hash"] == _reference_hash(path, algorithm)
+        assert torch.equal(ckpt.read_checkpoint(path).model["w"], model.w.detach())  # verified on the pool too
+
+
+def _truncate(path):
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[: len(data) - 7])
+
+
+def _zero(path):
+    open(path, "wb").write(bytes(os.path.getsize(path)))
+
+
+def _flip_a_data_byte(path):
+    data = bytearray(open(path, "rb").read())
+    data[-3] ^= 0x01
+    open(path, "wb").write(bytes(data))
+
+
+def _alter_the_step(path):  # same length, so only the hash can tell
+    data = open(path, "rb").read()
+    open(path, "wb").write(data.replace(b'"global_step":"12"', b'"global_step":"13"', 1))
+
+
+def _empty(path):
+    open(path, "wb").close()
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (_truncate, "could not be read: .*incomplete metadata"),
+        (_zero, "could not be read"),
+        (_empty, "could not be read"),
+        (_flip_a_data_byte, "is damaged: its content hash does not match"),
+        (_alter_the_step, "is damaged: its content hash does not match"),
+    ],
+    ids=["truncated", "zeroed", "empty", "flipped-bit", "altered-metadata"],
+)
+def test_a_damaged_checkpoint_is_detected_naming_the_file(tmp_path, damage, message):
+    _save_steps(tmp_path, [12])
+    path = ckpt.checkpoint_path_for_step(str(tmp_path), 12)
+    damage(path)
+    with pytest.raises(ckpt.CheckpointCorruptError, match=re.escape(path) + ".*" + message) as caught:
+        ckpt.restore_checkpoint(path, model=TinyNet())
+    assert caught.value.path == path
+    with pytest.raises(ckpt.CheckpointCorruptError):
+        ckpt.verify_checkpoint(path)
+
+
+def test_a_hash_of_an_unknown_kind_is_refused(tmp_path):
+    path = str(tmp_path / "model.ckpt-3.safetensors")
+    ckpt.write_checkpoint(path, 3, model=TinyNet())
+    data = open(path, "rb").read()
+    open(path, "wb").write(data.replace(ckpt._HASH_ALGORITHM.encode(), b"x" * len(ckpt._HASH_ALGORITHM), 1))
+    with pytest.raises(ckpt.CheckpointCorruptError, match="has a content hash of unknown kind 'xxxxx"):
+        ckpt.read_checkpoint(path)
+
+
+def test_an_xxh3_hash_without_xxhash_loads_unchecked_and_says_what_to_install(tmp_path, monkeypatch, caplog):
+    path = str(tmp_path / "model.ckpt-3.safetensors")
+    monkeypatch.setattr(ckpt, "_HASH_ALGORITHM", "crc32-tree")
+    ckpt.write_checkpoint(path, 3, model=TinyNet())
+    data = open(path, "rb").read()
+    open(path, "wb").write(data.replace(b'"crc32-tree:', b' "xxh3-tree:', 1))  # same length: JSON allows the space
+    monkeypatch.delitem(ckpt._CHUNK_DIGESTS, "xxh3-tree", raising=False)
+    with caplog.at_level(logging.WARNING, logger="torch_estimator"):
+        assert ckpt.read_checkpoint(path).global_step == 3  # a good file must never make training fall back
+    assert "needs the `xxhash` package to be checked (pip install xxhash); loading it unchecked" in caplog.text
+
+
+def test_a_checkpoint_without_a_hash_still_loads(tmp_path):
+    path = str(tmp_path / "model.ckpt-3.safetensors")
+    ckpt.write_checkpoint(path, 3, model=TinyNet(), content_hash=False)
+    with safe_open(path, framework="pt") as handle:
+        assert "content_hash" not in handle.metadata()
+    assert ckpt.read_checkpoint(path).global_step == 3
+
+
+def test_restore_latest_falls_back_to_the_newest_intact_checkpoint(tmp_path, caplog):
+    _save_steps(tmp_path, [10, 20, 30])
+    for step in (30, 20):
+        _flip_a_data_byte(ckpt.checkpoint_path_for_step(str(tmp_path), step))
+    torch.manual_seed(10)
+    expected = TinyNet()
+    model = TinyNet()
+    with caplog.at_level(logging.WARNING, logger="torch_estimator"):
+        checkpoint = ckpt.restore_latest(str(tmp_path), model=model)
+    assert checkpoint.global_step == 10 and checkpoint.identity == ckpt.checkpoint_identity(checkpoint.path)
+    assert torch.equal(model.hidden.weight, expected.hidden.weight)
+    assert "model.ckpt-30.safetensors is damaged" in caplog.text and "model.ckpt-20.safetensors is damaged" in caplog.text
+    assert "Using checkpoint" in caplog.text and "['model.ckpt-30.safetensors', 'model.ckpt-20.safetensors']" in caplog.text
+    assert ckpt._step_of(ckpt.latest_intact_checkpoint(str(tmp_path))) == 10
+
+
+def test_restore_latest_tries_files_outside_the_index_last(tmp_path):
+    _save_steps(tmp_path, [1, 2, 3], keep=2)
+    (tmp_path / "model.ckpt-0.safetensors").write_bytes((tmp_path / "model.ckpt-2.safetensors").read_bytes())  # kept forever
+    for step in (2, 3):
+        _zero(ckpt.checkpoint_path_for_step(str(tmp_path), step))
+    assert ckpt.read_latest_checkpoint(str(tmp_path)).global_step == 2  # model.ckpt-0 holds step 2's content
+
+
+def test_when_every_checkpoint_is_damaged_the_error_lists_them(tmp_path):
+    _save_steps(tmp_path, [1, 2])
+    for step in (1, 2):
+        _truncate(ckpt.checkpoint_path_for_step(str(tmp_path), step))
+    with pytest.raises(ckpt.CheckpointCorruptError, match=r"Every checkpoint in .* is damaged: \['model.ckpt-2.safetensors', 'model.ckpt-1.safetensors'\]"):
+        ckpt.restore_latest(str(tmp_path), model=TinyNet())
+
+
+def test_restore_latest_of_an_empty_or_missing_dir(tmp_path):
+    assert ckpt.restore_latest(str(tmp_path), model=TinyNet()) is None
+    assert ckpt.restore_latest(str(tmp_path / "missing"), model=TinyNet()) is None
+    assert ckpt.latest_intact_checkpoint(None) is None
+
+
+def test_restore_latest_does_not_fall_back_when_the_model_differs(tmp_path):
+    _save_steps(tmp_path, [1, 2])
+    with pytest.raises(ValueError, match="model.ckpt-2.safetensors does not match the model"):
+        ckpt.restore_latest(str(tmp_path), model=torch.nn.Linear(4, 2))
+
+
+def test_a_checkpoint_rotated_away_while_being_read_is_skipped(tmp_path, monkeypatch):
+    _save_steps(tmp_path, [1, 2, 3])
+    read = ckpt.read_checkpoint
+    deleted = []
+
+    def rotate_then_read(path, **kwargs):  # the trainer deletes the file between listing and reading
+        if not deleted:
+            os.remove(path)
+            deleted.append(path)
+        return read(path, **kwargs)
+
+    monkeypatch.setattr(ckpt, "read_checkpoint", rotate_then_read)
+    checkpoint = ckpt.restore_latest(str(tmp_path), model=TinyNet())
+    assert [ckpt._step_of(p) for p in deleted] == [3] and checkpoint.global_step == 2
+
+
+def test_when_everything_listed_disappears_the_list_is_read_again(tmp_path, monkeypatch):
+    _save_steps(tmp_path, [1, 2], keep=2)
+    read, calls = ckpt.read_checkpoint, []
+
+    def writer_rotates_everything_once(path, **kwargs):
+        calls.append(ckpt._step_of(path))
+        if len(calls) == 1:  # the trainer saves 3 and 4 and rotates 1 and 2 away
+            _save_steps(tmp_path, [3, 4], keep=2)
+        return read(path, **kwargs)
+
+    monkeypatch.setattr(ckpt, "read_checkpoint", writer_rotates_everything_once)
+    assert ckpt.read_latest_checkpoint(str(tmp_path)).global_step == 4
+    assert calls == [2, 1, 4]
+
+
+def test_a_reader_never_fails_while_a_writer_rotates(tmp_path):
+    import threading
+
+    model_dir = str(tmp_path)
+    _save_steps(model_dir, [0], keep=1)
+    done, errors, seen = threading.Event(), [], []
+
+    def writer():
+        manager = ckpt.CheckpointManager(model_dir, keep_checkpoint_max=1)
+        for step in range(1, 150):
+            manager.save(step, model=TinyNet())
+        done.set()
+
+    def reader():
+        while not done.is_set():
+            try:
+                seen.append(ckpt.restore_latest(model_dir, model=TinyNet()).global_step)
+            except Exception as error:  # noqa: BLE001 - the test is that there are none
+                errors.append(repr(error))
+
+    threads = [threading.Thread(target=writer), threading.Thread(target=reader)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == [] and len(seen) > 5
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/fd")
+def test_saves_are_flushed_to_disk_file_and_directory(tmp_path, monkeypatch):
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(ckpt.os, "fsync", lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}")) or real_fsync(fd))
+    ckpt.CheckpointManager(str(tmp_path)).save(5, model=TinyNet())
+    path, pid = str(tmp_path / "model.ckpt-5.safetensors"), os.getpid()
+    assert synced == [f"{path}.tmp{pid}/model.ckpt-5.safetensors", str(tmp_path), f"{tmp_path}/checkpoint.tmp{pid}", str(tmp_path)]
+
+
+def test_checkpoint_files_get_the_umask_permissions(tmp_path):
+    old = os.umask(0o027)
+    try:
+        ckpt.CheckpointManager(str(tmp_path)).save(5, model=TinyNet())
+    finally:
+        os.umask(old)
+    assert oct(os.stat(tmp_path / "model.ckpt-5.safetensors").st_mode & 0o777) == oct(0o640)  # not safetensors' 0600
+
+
+def test_a_staging_directory_left_by_a_crash_is_removed(tmp_path):
+    staging = tmp_path / f"model.ckpt-7.safetensors.tmp{os.getpid()}"  # same pid: a restarted container
+    staging.mkdir()
+    (staging / ".tmpAbC123").write_bytes(b"half written by safetensors")
+    (tmp_path / "model.ckpt-8.safetensors.tmp99").mkdir()
+    ckpt.CheckpointManager(str(tmp_path))
+    assert os.listdir(tmp_path) == []
+    staging.mkdir()
+    (staging / "junk").write_text("x")
+    ckpt.write_checkpoint(str(tmp_path / "model.ckpt-7.safetensors"), 7, model=TinyNet())
+    assert sorted(os.listdir(tmp_path)) == ["model.ckpt-7.safetensors"]
+
+
+@pytest.mark.parametrize(
+    ("error", "message"),
+    [(OSError(28, "No space left on device"), "No space left on device"),
+     (PermissionError(13, "Permission denied"), "Permission denied"),
+     (OSError(30, "Read-only file system"), "Read-only file system")],
+    ids=["full-disk", "no-permission", "read-only-fs"],
+)
+def test_disk_trouble_writing_the_index_leaves_everything_as_it_was(tmp_path, monkeypatch, error, message):
+    manager = _save_steps(tmp_path, [1, 2], keep=2)
+    before = {name: (tmp_path / name).read_bytes() for name in os.listdir(tmp_path)}
+    real_open = open
+
+    def failing_open(file, mode="r", *args, **kwargs):
+        if os.path.basename(str(file)).startswith("checkpoint.tmp"):
+            raise error
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", failing_open)
+    with pytest.raises(OSError, match=f"Could not write the checkpoint index {re.escape(str(tmp_path))}/checkpoint: {message}.*unchanged") as caught:
+        manager.save(3, model=TinyNet())
+    assert caught.value.errno == error.errno
+    monkeypatch.undo()
+    assert {name: (tmp_path / name).read_bytes() for name in os.listdir(tmp_path)} == before
+    manager.save(3, model=TinyNet())  # space is back: rotation goes on as if nothing happened
+    assert [ckpt._step_of(p) for p in ckpt.read_index(str(tmp_path)).paths] == [2, 3]
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint", "model.ckpt-2.safetensors", "model.ckpt-3.safetensors"]
+
+
+def test_a_read_only_model_dir_is_a_clear_error(tmp_path, monkeypatch):
+    manager = _save_steps(tmp_path, [1])
+
+    def read_only(tensors, filename, metadata=None):
+        raise OSError(30, "Read-only file system", filename)
+
+    monkeypatch.setattr(ckpt, "save_file", read_only)
+    with pytest.raises(OSError, match=r"Could not write the checkpoint .*model.ckpt-2.safetensors: Read-only file system"):
+        manager.save(2, model=TinyNet())
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint", "model.ckpt-1.safetensors"]
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes through permissions")
+def test_an_unwritable_model_dir_is_refused_when_the_writer_starts(tmp_path):
+    _save_steps(tmp_path / "model", [1])
+    os.chmod(tmp_path / "model", 0o555)
+    try:
+        with pytest.raises(PermissionError, match="is not writable"):
+            ckpt.CheckpointManager(str(tmp_path / "model"))
+    finally:
+        os.chmod(tmp_path / "model", 0o755)
+
+
+def test_an_unwritable_model_dir_is_refused_when_the_writer_starts_simulated(tmp_path, monkeypatch):
+    _save_steps(tmp_path / "model", [1])
+    monkeypatch.setattr(ckpt.os, "access", lambda path, mode: False)  # what access(2) says for 0555 or a ro mount
+    with pytest.raises(PermissionError, match=r"`model_dir` .*model is not writable; checkpoints cannot be saved there"):
+        ckpt.CheckpointManager(str(tmp_path / "model"))
+
+
+def test_a_model_dir_that_is_a_file_is_a_clear_error(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="`model_dir` .*file exists and is not a directory"):
+        ckpt.CheckpointManager(str(tmp_path / "file"))
+    with pytest.raises(ValueError, match=r"`model_dir` .*file/model cannot be created: .*file is a file"):
+        ckpt.check_model_dir(str(tmp_path / "file" / "model"))
+    assert ckpt.check_model_dir(str(tmp_path / "new" / "model")) == str(tmp_path / "new" / "model")
+    assert os.listdir(tmp_path) == ["file"]
+
+
+def test_list_variables_of_a_damaged_file_names_it(tmp_path):
+    _save_steps(tmp_path, [1])
+    path = ckpt.checkpoint_path_for_step(str(tmp_path), 1)
+    _zero(path)
+    with pytest.raises(ckpt.CheckpointCorruptError, match=re.escape(path)):
+        ckpt.list_variables(path)
+
+
+def test_a_checkpoint_written_but_not_indexed_is_found(tmp_path):
+    _save_steps(tmp_path, [1, 2])
+    index = (tmp_path / "checkpoint").read_text()
+    _save_steps(tmp_path, [3])
+    (tmp_path / "checkpoint").write_text(index)  # as if killed between the file and the index
+    assert [ckpt._step_of(p) for p in ckpt.read_index(str(tmp_path)).paths] == [1, 2, 3]
+    assert ckpt._step_of(ckpt.latest_checkpoint(str(tmp_path))) == 3
+
+
+def test_a_checkpoint_dropped_by_rotation_but_not_deleted_is_removed_at_the_next_start(tmp_path, monkeypatch):
+    _save_steps(tmp_path, [1, 2], keep=2)
+    monkeypatch.setattr(ckpt, "_remove", lambda path: None)  # killed after the index, before the delete
+    _save_steps(tmp_path, [3], keep=2)
+    monkeypatch.undo()
+    assert (tmp_path / "model.ckpt-1.safetensors").exists()
+    ckpt.CheckpointManager(str(tmp_path), keep_checkpoint_max=2)
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint", "model.ckpt-2.safetensors", "model.ckpt-3.safetensors"]
+
+
+def test_checkpoints_kept_forever_are_never_removed_at_start(tmp_path, monkeypatch):
+    clock = iter([0.0] + [3600.0 * 0.4 * i for i in range(1, 30)])
+    monkeypatch.setattr(ckpt.time, "time", lambda: next(clock))
+    manager = ckpt.CheckpointManager(str(tmp_path), keep_checkpoint_max=2, keep_checkpoint_every_n_hours=1.0)
+    for step in range(8):
+        manager.save(step, model=TinyNet())
+    ckpt.CheckpointManager(str(tmp_path), keep_checkpoint_max=2)  # the next start
+    index = json.loads((tmp_path / "checkpoint").read_text())
+    assert index["kept_forever_paths"] == ["model.ckpt-2.safetensors", "model.ckpt-5.safetensors"]
+    assert sorted(ckpt._step_of(f) for f in os.listdir(tmp_path) if f.endswith(".safetensors")) == [2, 5, 6, 7]
+
+
+def test_files_unknown_to_an_older_index_are_never_removed(tmp_path):
+    _save_steps(tmp_path, [1, 2, 3], keep=2)
+    (tmp_path / "model.ckpt-1.safetensors").write_bytes((tmp_path / "model.ckpt-2.safetensors").read_bytes())
+    index = json.loads((tmp_path / "checkpoint").read_text())
+    del index["kept_forever_paths"]  # written before this key existed: nothing is known about model.ckpt-1
+    (tmp_path / "checkpoint").write_text(json.dumps(index))
+    ckpt.CheckpointManager(str(tmp_path), keep_checkpoint_max=2)
+    assert (tmp_path / "model.ckpt-1.safetensors").exists()
+
+
+@pytest.mark.parametrize(
+    "names",
+    [["../outside/model.ckpt-1.safetensors"], ["/etc/passwd"], ["model.ckpt-1.safetensors/../../x"], [3]],
+    ids=["relative", "absolute", "traversal", "not-a-string"],
+)
+def test_an_index_pointing_outside_model_dir_is_ignored_and_rotation_deletes_nothing_there(tmp_path, caplog, names):
+    (tmp_path / "outside").mkdir()
+    victim = tmp_path / "outside" / "model.ckpt-1.safetensors"
+    victim.write_text("someone else's file")
+    model_dir = tmp_path / "model"
+    _save_steps(model_dir, [5])
+    (model_dir / "checkpoint").write_text(json.dumps(
+        {"all_model_checkpoint_paths": names, "all_model_checkpoint_timestamps": [0.0] * len(names)}))
+    with caplog.at_level(logging.WARNING, logger="torch_estimator"):
+        assert [ckpt._step_of(p) for p in ckpt.read_index(str(model_dir)).paths] == [5]
+    assert "must list checkpoint file names" in caplog.text
+    _save_steps(model_dir, [6, 7], keep=1)
+    assert victim.read_text() == "someone else's file"

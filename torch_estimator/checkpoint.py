@@ -2,9 +2,15 @@
 
 File ``model.ckpt-<step>.safetensors`` holds every tensor under a prefixed key (``model/…``,
 ``optimizer/…``, ``lr_scheduler/…``, ``grad_scaler/…``, ``rng/…``, ``input/…``); everything else (global
-step, param groups, python and numpy RNG states, the format version) is JSON in the safetensors metadata.
-Loading never unpickles. Both the file and the ``checkpoint`` index are written to a temporary file and
-moved into place with ``os.replace``, so a crash leaves the previous state intact.
+step, param groups, python and numpy RNG states, the format version) is JSON in the safetensors metadata,
+with a content hash of all of it (``content_hash``) that every load checks. Loading never unpickles.
+
+Both the file and the ``checkpoint`` index are written to a temporary file, flushed to disk (``fsync``) and
+moved into place with ``os.replace`` (then the directory is flushed), so a crash at any moment leaves the
+previous state intact; leftover temporary files are removed when the next writer starts. A damaged latest
+checkpoint (truncated, zeroed, altered) is reported naming the file, and :func:`restore_latest` falls back
+to the newest intact one; a checkpoint rotated away while a reader opens it is skipped the same way. A
+missing or unreadable index is rebuilt from the files present.
 
 Example:
     >>> import tempfile, torch
@@ -14,18 +20,25 @@ Example:
     ...     _ = manager.save(step, model=torch.nn.Linear(2, 1))
     >>> [os.path.basename(p) for p in read_index(model_dir).paths]
     ['model.ckpt-20.safetensors', 'model.ckpt-30.safetensors']
+    >>> restore_latest(model_dir, model=torch.nn.Linear(2, 1)).global_step
+    30
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
-import glob
+import errno
+import hashlib
 import json
 import logging
 import os
 import random
 import re
+import shutil
+import stat
 import time
+import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -37,17 +50,25 @@ from safetensors.torch import save_file
 __all__ = [
     "CHECKPOINT_FORMAT",
     "Checkpoint",
+    "CheckpointCorruptError",
     "CheckpointManager",
     "CheckpointSaver",
     "CheckpointIndex",
     "WarmStartSettings",
+    "check_model_dir",
+    "checkpoint_identity",
     "checkpoint_path_for_step",
     "latest_checkpoint",
+    "latest_intact_checkpoint",
     "list_variables",
     "read_index",
     "read_checkpoint",
+    "read_latest_checkpoint",
     "restore_checkpoint",
+    "restore_latest",
+    "verify_checkpoint",
     "warm_start",
+    "write_checkpoint",
 ]
 
 logger = logging.getLogger("torch_estimator")
@@ -132,14 +153,28 @@ def _set_rng_state(state: Mapping[str, Any]) -> None:
 # One checkpoint file.
 
 
+class CheckpointCorruptError(ValueError):
+    """A checkpoint file that cannot be trusted: truncated, zeroed, altered since it was written (its content
+    hash differs), or not a torch_estimator checkpoint at all. ``path`` names the file."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+
 @dataclasses.dataclass(frozen=True)
 class Checkpoint:
-    """A checkpoint read from disk: its path, global step, model tensors and the rest of its state."""
+    """A checkpoint read from disk: its path, global step, model tensors and the rest of its state.
+
+    ``identity`` is the file's ``(absolute path, mtime_ns, size)`` when it was read (see
+    :func:`checkpoint_identity`), so a caller can tell later whether the file on disk is still this one.
+    """
 
     path: str
     global_step: int
     model: dict[str, torch.Tensor]
     state: dict[str, Any]
+    identity: tuple[str, int, int] | None = None
 
 
 def checkpoint_path_for_step(model_dir: str, step: int) -> str:
@@ -147,20 +182,83 @@ def checkpoint_path_for_step(model_dir: str, step: int) -> str:
     return os.path.join(model_dir, f"model.ckpt-{step}.safetensors")
 
 
+def checkpoint_identity(path: str) -> tuple[str, int, int] | None:
+    """``(absolute path, mtime_ns, size)`` of a checkpoint file, or None if it does not exist (any more).
+
+    Every save replaces the file, so a changed identity means different content.
+    """
+    try:
+        stat = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (os.path.abspath(path), stat.st_mtime_ns, stat.st_size)
+
+
 def _step_of(path: str) -> int | None:
     match = _FILE_RE.match(os.path.basename(path))
     return int(match.group(1)) if match else None
 
 
-def _atomic_write(path: str, write: Any) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
+def _fsync_dir(directory: str) -> None:
+    """Make a rename in ``directory`` durable (POSIX); a no-op where directories cannot be opened."""
+    if os.name != "posix":
+        return
     try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        fd = os.open(directory or ".", os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems refuse fsync on a directory (EINVAL); the rename still happened
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: str, write: Any, what: str = "checkpoint", staged: bool = False) -> None:
+    """``write(tmp)``, flush it to disk, then move it over ``path``: readers see the old or the new file.
+
+    ``staged`` writes into a private directory ``<path>.tmp<pid>/`` instead of a temporary file: safetensors
+    writes through a temporary file of its own (``.tmpXXXXXX``, mode 0600) beside its target, so a crash
+    leaves that inside our directory, which the next writer removes; the file gets the umask's permissions.
+
+    Raises:
+        OSError: Of the original kind and errno, with a message naming ``path`` and saying that the
+            previous files are unchanged (the temporary file is removed).
+    """
+    tmp = f"{path}.tmp{os.getpid()}"
+    target = os.path.join(tmp, os.path.basename(path)) if staged else tmp
+    try:
+        if staged:
+            _remove(tmp)  # left by an earlier process with the same pid (containers reuse them)
+            os.mkdir(tmp)
+        write(target)
+        if staged:
+            os.chmod(target, stat.S_IMODE(os.stat(tmp).st_mode) & 0o666)  # the umask's choice, as open() makes
+        _fsync_file(target)
+        os.replace(target, path)
+    except BaseException as error:
+        _remove(tmp)
+        if isinstance(error, OSError):
+            reason = error.strerror or str(error)
+            message = (
+                f"Could not write the {what} {path}: {reason}. The previous checkpoints and the index are "
+                f"unchanged; free disk space or make the directory writable, then train again (training "
+                f"resumes from the latest checkpoint)."
+            )
+            raise (OSError(error.errno, message) if error.errno is not None else OSError(message)) from error
         raise
+    if staged:
+        _remove(tmp)
+    _fsync_dir(os.path.dirname(path))
 
 
 def _to_host(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -178,6 +276,66 @@ def _to_host(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+# The content hash: SHA-256 over the metadata (all but the hash itself) and, per tensor in key order, its
+# name, dtype, shape and a digest of each 4 MiB chunk of its bytes: XXH3-128 (``xxh3-tree``, the default
+# where the ``xxhash`` package is installed), else CRC-32 (``crc32-tree``); SHA-256 (``sha256-tree``) is read.
+# All three catch truncation, zeroing and bit rot alike, and none resists a forger, who can rewrite any
+# unkeyed hash stored beside the data; they differ in speed (benchmarks/checkpoint_hash.py: per 100 MB,
+# about 25-37 ms for CRC-32, 60-110 ms for SHA-256, 4-13 ms for XXH3 on one core). Chunks of large
+# checkpoints are hashed by a thread pool (the digests release the GIL), before the file is written: hashing
+# while safetensors writes was tried and cost more on a 2-core machine. Loading accepts every kind.
+CONTENT_HASH_KEY = "content_hash"
+_CHUNK_DIGESTS: dict[str, Any] = {
+    "crc32-tree": lambda data: zlib.crc32(data).to_bytes(4, "big"),
+    "sha256-tree": lambda data: hashlib.sha256(data).digest(),
+}
+try:
+    import xxhash  # type: ignore[import-not-found, unused-ignore]
+
+    _CHUNK_DIGESTS["xxh3-tree"] = lambda data: xxhash.xxh3_128_digest(data)
+except ImportError:  # optional: only needed to write, or check, xxh3-tree hashes
+    pass
+# What new checkpoints get: XXH3 where xxhash is installed (it keeps the hash under 10% of a save), else CRC-32.
+_HASH_ALGORITHM = "xxh3-tree" if "xxh3-tree" in _CHUNK_DIGESTS else "crc32-tree"
+_HASH_CHUNK = 4 << 20
+_PARALLEL_HASH_BYTES = 16 << 20  # below this, threads cost more than they save
+_MIN_HASH_THREADS = 4  # on 2 (virtual) cores, two hashing threads were slower than one
+
+
+def _raw_bytes(tensor: torch.Tensor) -> Any:
+    flat = tensor.detach().reshape(-1)
+    if flat.numel() == 0:
+        return b""
+    return memoryview(flat.view(torch.uint8).numpy())
+
+
+def _content_hash(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str], algorithm: str | None = None) -> str:
+    """The content hash of a checkpoint's tensors and metadata (chunks on a thread pool when large)."""
+    algorithm = algorithm or _HASH_ALGORITHM
+    keys = sorted(tensors)
+    views = {key: _raw_bytes(tensors[key]) for key in keys}
+    chunks = [(key, view[at:at + _HASH_CHUNK]) for key in keys for view in [views[key]]
+              for at in range(0, len(view), _HASH_CHUNK)]
+    workers = min(8, os.cpu_count() or 1)
+    if sum(len(view) for view in views.values()) >= _PARALLEL_HASH_BYTES and workers >= _MIN_HASH_THREADS:
+        with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="checkpoint-hash") as pool:
+            digests = list(pool.map(_CHUNK_DIGESTS[algorithm], [c for _, c in chunks]))
+    else:
+        digests = [_CHUNK_DIGESTS[algorithm](c) for _, c in chunks]
+    by_key: dict[str, list[bytes]] = {key: [] for key in keys}
+    for (key, _), digest in zip(chunks, digests):
+        by_key[key].append(digest)
+    total = hashlib.sha256()
+    for name in sorted(metadata):
+        if name != CONTENT_HASH_KEY:
+            total.update(json.dumps(["meta", name, metadata[name]]).encode() + b"\n")
+    for key in keys:
+        tensor = tensors[key]
+        total.update(json.dumps(["tensor", key, str(tensor.dtype), list(tensor.shape), len(views[key])]).encode() + b"\n")
+        total.update(b"".join(by_key[key]))
+    return f"{algorithm}:{total.hexdigest()}"
+
+
 def write_checkpoint(
     path: str,
     global_step: int,
@@ -187,11 +345,17 @@ def write_checkpoint(
     lr_scheduler: Any = None,
     grad_scaler: Any = None,
     input_state: Mapping[str, Any] | None = None,
+    content_hash: bool = True,
 ) -> None:
-    """Write one checkpoint file atomically.
+    """Write one checkpoint file atomically and durably (temporary file, ``fsync``, ``os.replace``).
+
+    Args:
+        content_hash: Store the content hash that every load checks. False only for benchmarks: such a
+            file loads without verification.
 
     Raises:
-        OSError: If the file cannot be written (the previous files are untouched).
+        OSError: If the file cannot be written (full disk, read-only directory): the message names the
+            path; the previous files are untouched.
         TypeError: If some state cannot be represented without pickle.
     """
     tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
@@ -213,15 +377,46 @@ def write_checkpoint(
         "torch_version": torch.__version__,
     }
     host = _to_host(tensors)
-    _atomic_write(path, lambda tmp: save_file(host, tmp, metadata=metadata))
+    if content_hash:
+        metadata[CONTENT_HASH_KEY] = _content_hash(host, metadata)
+    _atomic_write(path, lambda tmp: save_file(host, tmp, metadata=metadata), staged=True)
 
 
-def read_checkpoint(path: str) -> Checkpoint:
-    """Read a checkpoint file written by :func:`write_checkpoint` (tensors on the CPU).
+def _verify(path: str, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> None:
+    stored = metadata.get(CONTENT_HASH_KEY)
+    if stored is None:  # written before content hashes, or with content_hash=False
+        return
+    algorithm = stored.partition(":")[0]
+    if algorithm == "xxh3-tree" and algorithm not in _CHUNK_DIGESTS:  # a good file: never a reason to fall back
+        logger.warning("Checkpoint %s has an xxh3-tree content hash, which needs the `xxhash` package to be checked "
+                       "(pip install xxhash); loading it unchecked.", path)
+        return
+    if algorithm not in _CHUNK_DIGESTS:
+        raise CheckpointCorruptError(path, f"Checkpoint {path} has a content hash of unknown kind {stored[:40]!r}: "
+                                           f"it was written by a newer version, or altered.")
+    actual = _content_hash(tensors, metadata, algorithm)
+    if actual != stored:
+        at = len(algorithm) + 1
+        raise CheckpointCorruptError(
+            path,
+            f"Checkpoint {path} is damaged: its content hash does not match (stored {stored[at:at + 16]}…, "
+            f"computed {actual[at:at + 16]}…). It was altered or partly overwritten after it was written; "
+            f"use an older checkpoint.",
+        )
+
+
+def read_checkpoint(path: str, *, verify: bool = True) -> Checkpoint:
+    """Read a checkpoint file written by :func:`write_checkpoint` (tensors on the CPU), checking its hash.
+
+    Args:
+        verify: Check the content hash (a checkpoint without one, from an older version, is not checked).
 
     Raises:
-        ValueError: If the file is not a torch_estimator checkpoint or is damaged.
+        FileNotFoundError: If the file does not exist (for example, rotated away meanwhile).
+        CheckpointCorruptError: A ``ValueError``: the file is truncated, zeroed, altered or not a
+            torch_estimator checkpoint; the message names the file.
     """
+    identity = checkpoint_identity(path)
     try:
         with safe_open(path, framework="pt", device="cpu") as handle:
             metadata = handle.metadata() or {}
@@ -229,21 +424,54 @@ def read_checkpoint(path: str) -> Checkpoint:
     except FileNotFoundError:
         raise
     except Exception as error:  # safetensors raises its own error types for damaged headers
-        raise ValueError(f"Checkpoint {path} could not be read: {error}") from error
+        if identity is None and not os.path.exists(path):
+            raise FileNotFoundError(errno.ENOENT, "No such checkpoint file", path) from error
+        raise CheckpointCorruptError(
+            path, f"Checkpoint {path} could not be read: {error}. It is truncated or damaged; use an older checkpoint."
+        ) from error
     if metadata.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(
+        raise CheckpointCorruptError(
+            path,
             f"{path} is not a torch_estimator checkpoint (format {metadata.get('format')!r}, "
-            f"expected {CHECKPOINT_FORMAT!r})."
+            f"expected {CHECKPOINT_FORMAT!r}).",
         )
-    state = _decode(json.loads(metadata["state"]), tensors)
+    if verify:
+        _verify(path, tensors, metadata)
+    try:
+        state = _decode(json.loads(metadata["state"]), tensors)
+        global_step = int(metadata["global_step"])
+    except (KeyError, ValueError, TypeError) as error:
+        raise CheckpointCorruptError(path, f"Checkpoint {path} has damaged metadata: {error!r}.") from error
     model = {key[len("model/"):]: value for key, value in tensors.items() if key.startswith("model/")}
-    return Checkpoint(path=path, global_step=int(metadata["global_step"]), model=model, state=state)
+    return Checkpoint(path=path, global_step=global_step, model=model, state=state, identity=identity)
+
+
+def verify_checkpoint(path: str) -> int:
+    """Read ``path`` completely and check its content hash.
+
+    Returns:
+        Its global step.
+
+    Raises:
+        FileNotFoundError: If the file does not exist.
+        CheckpointCorruptError: If it is damaged (the message names the file).
+    """
+    return read_checkpoint(path).global_step
 
 
 def list_variables(path: str) -> dict[str, tuple[int, ...]]:
-    """Names and shapes of every tensor in a checkpoint file, plus ``global_step``, without loading data."""
-    with safe_open(path, framework="pt", device="cpu") as handle:
-        shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+    """Names and shapes of every tensor in a checkpoint file, plus ``global_step``, without loading data.
+
+    Raises:
+        CheckpointCorruptError: If the file's header is damaged.
+    """
+    try:
+        with safe_open(path, framework="pt", device="cpu") as handle:
+            shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+    except FileNotFoundError:
+        raise
+    except Exception as error:
+        raise CheckpointCorruptError(path, f"Checkpoint {path} could not be read: {error}.") from error
     shapes["global_step"] = ()
     return dict(sorted(shapes.items()))
 
@@ -265,6 +493,27 @@ def _load_model(model: torch.nn.Module, tensors: Mapping[str, torch.Tensor], pat
     model.load_state_dict(tensors)
 
 
+def _apply(
+    checkpoint: Checkpoint,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    lr_scheduler: Any,
+    grad_scaler: Any,
+) -> Checkpoint:
+    _load_model(model, checkpoint.model, checkpoint.path)
+    state = checkpoint.state
+    if optimizer is not None:
+        if "optimizer" in state:
+            optimizer.load_state_dict(state["optimizer"])
+        else:
+            logger.warning("Checkpoint %s has no optimizer state; the optimizer starts fresh.", checkpoint.path)
+    if lr_scheduler is not None and "lr_scheduler" in state:
+        lr_scheduler.load_state_dict(state["lr_scheduler"])
+    if grad_scaler is not None and state.get("grad_scaler"):
+        grad_scaler.load_state_dict(state["grad_scaler"])
+    return checkpoint
+
+
 def restore_checkpoint(
     path: str,
     *,
@@ -276,21 +525,11 @@ def restore_checkpoint(
     """Load a checkpoint into the given objects (RNG and input state are returned, not applied).
 
     Raises:
-        ValueError: If the checkpoint is unreadable or does not match the model.
+        FileNotFoundError: If the file does not exist.
+        CheckpointCorruptError: If the file is damaged (a ``ValueError``; nothing is loaded).
+        ValueError: If the checkpoint does not match the model (nothing is loaded).
     """
-    checkpoint = read_checkpoint(path)
-    _load_model(model, checkpoint.model, path)
-    state = checkpoint.state
-    if optimizer is not None:
-        if "optimizer" in state:
-            optimizer.load_state_dict(state["optimizer"])
-        else:
-            logger.warning("Checkpoint %s has no optimizer state; the optimizer starts fresh.", path)
-    if lr_scheduler is not None and "lr_scheduler" in state:
-        lr_scheduler.load_state_dict(state["lr_scheduler"])
-    if grad_scaler is not None and state.get("grad_scaler"):
-        grad_scaler.load_state_dict(state["grad_scaler"])
-    return checkpoint
+    return _apply(read_checkpoint(path), model, optimizer, lr_scheduler, grad_scaler)
 
 
 def apply_rng_state(checkpoint: Checkpoint) -> None:
@@ -305,46 +544,87 @@ def apply_rng_state(checkpoint: Checkpoint) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class CheckpointIndex:
-    """The ``checkpoint`` index: kept checkpoints (absolute paths), oldest first, with their save times."""
+    """The ``checkpoint`` index: kept checkpoints (absolute paths), oldest first, with their save times.
+
+    ``kept_forever`` lists the checkpoints ``keep_checkpoint_every_n_hours`` took out of rotation; None when
+    unknown (no index, one rebuilt from the files, or one written by an older version).
+    """
 
     paths: tuple[str, ...]
     timestamps: tuple[float, ...]
+    kept_forever: tuple[str, ...] | None = None
 
     @property
     def latest(self) -> str | None:
         return self.paths[-1] if self.paths else None
 
 
+def _files(model_dir: str) -> list[tuple[int, str]]:
+    """``(step, path)`` of every checkpoint file in ``model_dir``, by step."""
+    try:
+        names = os.listdir(model_dir)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return sorted((int(m.group(1)), os.path.join(model_dir, name)) for name in names for m in [_FILE_RE.match(name)] if m)
+
+
+def _mtime(path: str) -> float | None:
+    try:
+        return os.path.getmtime(path)
+    except FileNotFoundError:
+        return None
+
+
 def _scan(model_dir: str) -> CheckpointIndex:
-    found = []
-    for path in glob.glob(os.path.join(glob.escape(model_dir), "model.ckpt-*.safetensors")):
-        step = _step_of(path)
-        if step is not None:
-            found.append((step, path, os.path.getmtime(path)))
-    found.sort()
-    return CheckpointIndex(tuple(p for _, p, _ in found), tuple(t for _, _, t in found))
+    found = [(p, t) for _, p in _files(model_dir) for t in [_mtime(p)] if t is not None]
+    return CheckpointIndex(tuple(p for p, _ in found), tuple(t for _, t in found))
+
+
+def _index_names(data: Any, key: str) -> list[str]:
+    names = data[key]
+    if not isinstance(names, list) or not all(isinstance(n, str) and _FILE_RE.match(n) for n in names):
+        # Only bare checkpoint file names: an index must not point readers, or rotation's deletes, elsewhere.
+        raise ValueError(f"{key!r} must list checkpoint file names (model.ckpt-<step>.safetensors)")
+    return names
 
 
 def read_index(model_dir: str) -> CheckpointIndex:
     """Read ``model_dir/checkpoint``; rebuilt from the files present if it is missing or unreadable.
 
-    Entries whose file is gone are dropped.
+    Entries whose file is gone are dropped. Checkpoint files newer than the index's latest (a crash between
+    writing a checkpoint and the index) are added: a file under its final name is always complete.
     """
     index_path = os.path.join(model_dir, INDEX_NAME)
     try:
         with open(index_path, encoding="utf-8") as handle:
             data = json.load(handle)
-        paths = [os.path.join(model_dir, p) for p in data["all_model_checkpoint_paths"]]
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        names = _index_names(data, "all_model_checkpoint_paths")
         stamps = [float(t) for t in data["all_model_checkpoint_timestamps"]]
-        if len(paths) != len(stamps):
+        if len(names) != len(stamps):
             raise ValueError("paths and timestamps differ in length")
+        forever = _index_names(data, "kept_forever_paths") if "kept_forever_paths" in data else None
     except FileNotFoundError:
         return _scan(model_dir)
-    except (OSError, ValueError, KeyError, TypeError) as error:
+    except (OSError, ValueError, KeyError, TypeError) as error:  # JSONDecodeError and UnicodeDecodeError too
         logger.warning("Checkpoint index %s is unreadable (%s); rebuilding it from the files present.", index_path, error)
         return _scan(model_dir)
-    kept = [(p, t) for p, t in zip(paths, stamps) if os.path.exists(p)]
-    return CheckpointIndex(tuple(p for p, _ in kept), tuple(t for _, t in kept))
+    kept = [(os.path.join(model_dir, n), t) for n, t in zip(names, stamps)]
+    kept = [(p, t) for p, t in kept if os.path.exists(p)]
+    newest = max((_step_of(p) for p, _ in kept), default=-1)
+    listed = {p for p, _ in kept}
+    for step, path in _files(model_dir):
+        stamp = _mtime(path)
+        if step > newest and path not in listed and stamp is not None:
+            logger.info("Checkpoint %s is not in the index (a save was interrupted); adding it.", path)
+            kept.append((path, stamp))
+    if forever is not None:
+        forever = [os.path.join(model_dir, n) for n in forever]
+        forever = [p for p in forever if os.path.exists(p)]
+    return CheckpointIndex(
+        tuple(p for p, _ in kept), tuple(t for _, t in kept), None if forever is None else tuple(forever)
+    )
 
 
 def _write_index(model_dir: str, index: CheckpointIndex) -> None:
@@ -353,44 +633,172 @@ def _write_index(model_dir: str, index: CheckpointIndex) -> None:
         "model_checkpoint_path": os.path.basename(index.latest) if index.latest else None,
         "all_model_checkpoint_paths": [os.path.basename(p) for p in index.paths],
         "all_model_checkpoint_timestamps": list(index.timestamps),
+        "kept_forever_paths": [os.path.basename(p) for p in index.kept_forever or ()],
     }
 
     def write(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8") as handle:
             json.dump(data, handle, indent=1)
-            handle.flush()
-            os.fsync(handle.fileno())
 
-    _atomic_write(os.path.join(model_dir, INDEX_NAME), write)
+    _atomic_write(os.path.join(model_dir, INDEX_NAME), write, what="checkpoint index")
 
 
 def latest_checkpoint(model_dir: str | None) -> str | None:
-    """The path of the newest checkpoint in ``model_dir``, or None."""
+    """The path of the newest checkpoint in ``model_dir``, or None (cheap: the file is not read).
+
+    See :func:`restore_latest` and :func:`latest_intact_checkpoint` for one whose content is checked.
+    """
     if not model_dir or not os.path.isdir(model_dir):
         return None
     return read_index(model_dir).latest
+
+
+def _candidates(model_dir: str) -> list[str]:
+    """Checkpoints to try, newest first: the index's, then any other file (kept forever, left over) by step."""
+    listed = list(reversed(read_index(model_dir).paths))
+    known = set(listed)
+    return listed + [p for _, p in reversed(_files(model_dir)) if p not in known]
+
+
+def read_latest_checkpoint(model_dir: str | None, *, verify: bool = True) -> Checkpoint | None:
+    """Read the newest intact checkpoint in ``model_dir``, or None if it holds no checkpoint.
+
+    A damaged checkpoint is skipped with a warning that names it; one that disappears while it is being
+    opened (a trainer rotating it away) is skipped too, and the list is read again if all are gone.
+
+    Raises:
+        CheckpointCorruptError: If every checkpoint present is damaged (the message lists them).
+    """
+    if not model_dir or not os.path.isdir(model_dir):
+        return None
+    damaged: list[str] = []
+    for _ in range(5):  # re-list while a concurrent trainer rotates away what was listed
+        damaged, vanished = [], False
+        for path in _candidates(model_dir):
+            try:
+                checkpoint = read_checkpoint(path, verify=verify)
+            except FileNotFoundError:
+                logger.info("Checkpoint %s disappeared while being read (rotated away); trying the next newest.", path)
+                vanished = True
+                continue
+            except CheckpointCorruptError as error:
+                logger.warning("%s Falling back to the next newest checkpoint.", error)
+                damaged.append(path)
+                continue
+            if damaged:
+                logger.warning("Using checkpoint %s: the newer %s are damaged.", path, [os.path.basename(p) for p in damaged])
+            return checkpoint
+        if not vanished:
+            break
+    if damaged:
+        raise CheckpointCorruptError(
+            damaged[0],
+            f"Every checkpoint in {model_dir} is damaged: {[os.path.basename(p) for p in damaged]}. Move them "
+            f"away to start afresh, or restore them from a backup.",
+        )
+    return None
+
+
+def latest_intact_checkpoint(model_dir: str | None) -> str | None:
+    """The path of the newest checkpoint in ``model_dir`` whose content hash checks out, or None.
+
+    Reads each candidate completely; prefer :func:`restore_latest` when the content is needed anyway.
+
+    Raises:
+        CheckpointCorruptError: If every checkpoint present is damaged.
+    """
+    checkpoint = read_latest_checkpoint(model_dir)
+    return None if checkpoint is None else checkpoint.path
+
+
+def restore_latest(
+    model_dir: str | None,
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    lr_scheduler: Any = None,
+    grad_scaler: Any = None,
+) -> Checkpoint | None:
+    """Load the newest intact checkpoint of ``model_dir`` into the given objects; None if there is none.
+
+    Falls back past damaged checkpoints (with a warning naming each) and past ones rotated away while being
+    read, as :func:`read_latest_checkpoint`. RNG and input state are returned, not applied.
+
+    Raises:
+        CheckpointCorruptError: If every checkpoint present is damaged.
+        ValueError: If the checkpoint does not match the model (nothing is loaded; no fallback).
+    """
+    checkpoint = read_latest_checkpoint(model_dir)
+    if checkpoint is None:
+        return None
+    return _apply(checkpoint, model, optimizer, lr_scheduler, grad_scaler)
+
+
+def check_model_dir(model_dir: str) -> str:
+    """Check that ``model_dir`` is, or can become, a directory: not a file, not inside a file.
+
+    Writability is checked only when writing (see :class:`CheckpointManager`): reading a read-only
+    ``model_dir`` (evaluate, predict, export) is fine.
+
+    Returns:
+        ``model_dir``.
+
+    Raises:
+        ValueError: If ``model_dir`` or one of its parents exists and is not a directory.
+    """
+    path = os.path.abspath(model_dir)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"`model_dir` {model_dir} exists and is not a directory; give a directory path.")
+    parent = os.path.dirname(path)
+    while parent and not os.path.exists(parent):
+        parent = os.path.dirname(parent) if os.path.dirname(parent) != parent else ""
+    if parent and not os.path.isdir(parent):
+        raise ValueError(f"`model_dir` {model_dir} cannot be created: {parent} is a file, not a directory.")
+    return model_dir
+
+
+_TEMP_RE = re.compile(r"^(model\.ckpt-\d+\.safetensors|" + re.escape(INDEX_NAME) + r")\.tmp\d+$")
 
 
 class CheckpointManager:
     """Saves checkpoints into one ``model_dir`` and rotates them as TF's Saver did.
 
     ``keep_checkpoint_max`` newest checkpoints are kept (0 or None keeps all); one checkpoint per
-    ``keep_checkpoint_every_n_hours`` is kept forever and leaves the index. Rotation state is recovered
-    from the index, so it continues across restarts. Leftover temporary files of a crashed save are
-    removed when the manager is created.
+    ``keep_checkpoint_every_n_hours`` is kept forever and leaves rotation (the index lists it under
+    ``kept_forever_paths``). Rotation state is recovered from the index, so it continues across restarts.
+    When the manager is created (one writer per ``model_dir``), what a crashed save left behind is cleaned
+    up: temporary files, and a checkpoint that rotation had dropped from the index but not yet deleted.
+
+    Raises:
+        ValueError: If ``model_dir`` is a file (or inside one).
+        PermissionError: If ``model_dir`` is not writable.
     """
 
     def __init__(self, model_dir: str, keep_checkpoint_max: int | None = 5, keep_checkpoint_every_n_hours: float = 10000.0) -> None:
-        self.model_dir = model_dir
+        self.model_dir = check_model_dir(model_dir)
         self._max = keep_checkpoint_max or 0
         self._every_secs = keep_checkpoint_every_n_hours * 3600.0
         self._next_keep_time = time.time() + self._every_secs
-        os.makedirs(model_dir, exist_ok=True)
-        for leftover in glob.glob(os.path.join(glob.escape(model_dir), "*.tmp*")):
-            if os.path.basename(leftover).startswith(("model.ckpt-", INDEX_NAME)):
-                os.remove(leftover)
+        try:
+            os.makedirs(model_dir, exist_ok=True)
+        except OSError as error:
+            raise type(error)(error.errno, f"Could not create `model_dir` {model_dir}: {error.strerror}.") from error
+        if not os.access(model_dir, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, f"`model_dir` {model_dir} is not writable; checkpoints cannot be saved there.")
+        for name in os.listdir(model_dir):
+            if _TEMP_RE.match(name):  # a file, or a staging directory (see _atomic_write)
+                logger.info("Removing %s, left over by an interrupted save.", name)
+                _remove(os.path.join(model_dir, name))
         index = read_index(model_dir)
         self._kept: list[tuple[str, float]] = list(zip(index.paths, index.timestamps))
+        self._forever: list[str] = list(index.kept_forever or ())
+        if index.kept_forever is not None and self._kept:
+            oldest = min(_step_of(p) for p, _ in self._kept)  # type: ignore[type-var]
+            known = {p for p, _ in self._kept} | set(self._forever)
+            for step, path in _files(model_dir):
+                if step < oldest and path not in known:
+                    logger.info("Removing %s: rotation dropped it before a save was interrupted.", path)
+                    _remove(path)
 
     def save(
         self,
@@ -406,27 +814,48 @@ class CheckpointManager:
 
         Returns:
             The checkpoint's path.
+
+        Raises:
+            OSError: If the disk is full or the directory read-only: the message names the path, and the
+                previous checkpoints and the index are unchanged (a new checkpoint file is removed again
+                when the index cannot be written).
         """
         path = checkpoint_path_for_step(self.model_dir, global_step)
+        existed = os.path.exists(path)
         write_checkpoint(
             path, global_step, model=model, optimizer=optimizer, lr_scheduler=lr_scheduler,
             grad_scaler=grad_scaler, input_state=input_state,
         )
-        self._kept = [(p, t) for p, t in self._kept if p != path] + [(path, time.time())]
-        dropped = []
-        while self._max and len(self._kept) > self._max:
-            old, stamp = self._kept.pop(0)
-            if stamp > self._next_keep_time:
-                self._next_keep_time += self._every_secs  # kept forever, no longer tracked
+        kept = [(p, t) for p, t in self._kept if p != path] + [(path, time.time())]
+        forever, next_keep_time, dropped = list(self._forever), self._next_keep_time, []
+        while self._max and len(kept) > self._max:
+            old, stamp = kept.pop(0)
+            if stamp > next_keep_time:
+                next_keep_time += self._every_secs  # kept forever, no longer rotated
+                forever.append(old)
             else:
                 dropped.append(old)
-        _write_index(self.model_dir, CheckpointIndex(tuple(p for p, _ in self._kept), tuple(t for _, t in self._kept)))
+        try:
+            _write_index(self.model_dir, CheckpointIndex(tuple(p for p, _ in kept), tuple(t for _, t in kept), tuple(forever)))
+        except BaseException:
+            if not existed:  # leave the directory as it was before this save
+                _remove(path)
+            raise
+        self._kept, self._forever, self._next_keep_time = kept, forever, next_keep_time
         for old in dropped:
-            try:
-                os.remove(old)
-            except FileNotFoundError:
-                pass
+            _remove(old)
         return path
+
+
+def _remove(path: str) -> None:
+    """Remove a file or a directory tree; nothing if it is not there."""
+    try:
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.remove(path)
+    except FileNotFoundError:
+        pass
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -180,7 +180,7 @@ class Estimator:
         self._model_fn = model_fn
         self._dist = self._resolve_distribution(config)
         config = self._config = config.replace(
-            model_dir=self._resolve_model_dir(model_dir, config),
+            model_dir=ckpt.check_model_dir(self._resolve_model_dir(model_dir, config)),
             rank=self._dist.rank, world_size=self._dist.world_size, local_rank=self._dist.local_rank,
         )
         self._warm_start = self._resolve_warm_start(warm_start_from)
@@ -397,6 +397,20 @@ class Estimator:
         """Restore ``checkpoint_path`` (default: the latest) unless memory already holds it; warm-start a
         fresh model. Returns the checkpoint the model now holds, or None."""
         path = checkpoint_path or self.latest_checkpoint()
+        if checkpoint_path is not None and not os.path.exists(checkpoint_path):
+            raise ValueError(f"`checkpoint_path` {checkpoint_path} does not exist.")
+        identity = None if path is None else ckpt.checkpoint_identity(path)
+        if path is not None and (identity is None or identity != self._synced):
+            parts = {"model": self._model, "optimizer": self._optimizer, "lr_scheduler": self._lr_scheduler,
+                     "grad_scaler": self._scaler}
+            # The latest may be damaged, or rotated away by now: restore_latest falls back to the newest intact one.
+            checkpoint = (ckpt.restore_checkpoint(path, **parts) if checkpoint_path is not None
+                          else ckpt.restore_latest(self.model_dir, **parts))
+            path = None if checkpoint is None else checkpoint.path
+            if checkpoint is not None:
+                self._global_step, self._synced, self._pending_rng = checkpoint.global_step, checkpoint.identity, checkpoint
+                self._input_state = checkpoint.state.get("input")
+                logger.info("Restoring parameters from %s", path)
         if path is None:
             if self._warm_start is not None and not self._warm_started:
                 ckpt.warm_start(self._model, self._warm_start)
@@ -405,27 +419,21 @@ class Estimator:
                 logger.info("Could not find trained model in model_dir: %s, running initialization to %s.",
                             self.model_dir, "evaluate" if mode == ModeKeys.EVAL else "predict")
             return None
-        if not os.path.exists(path):
-            raise ValueError(f"`checkpoint_path` {path} does not exist.")
-        identity = self._identity(path)
-        if identity != self._synced:
-            checkpoint = ckpt.restore_checkpoint(
-                path, model=self._model, optimizer=self._optimizer,
-                lr_scheduler=self._lr_scheduler, grad_scaler=self._scaler,
-            )
-            self._global_step, self._synced, self._pending_rng = checkpoint.global_step, identity, checkpoint
-            self._input_state = checkpoint.state.get("input")
-            logger.info("Restoring parameters from %s", path)
         return path
 
-    def _save(self, global_step: int, source: Any) -> str:
+    def _checkpoint_manager(self) -> ckpt.CheckpointManager:
+        """The chief's writer, made at the first train(): it cleans up after a crashed save and checks that
+        model_dir is writable before any step runs."""
         if self._checkpoints is None:
             self._checkpoints = ckpt.CheckpointManager(
                 self.model_dir, self._config.keep_checkpoint_max, self._config.keep_checkpoint_every_n_hours
             )
+        return self._checkpoints
+
+    def _save(self, global_step: int, source: Any) -> str:
         if self._unchecked and not bool(torch.isfinite(self._losses[: self._unchecked]).all()):
             raise NanLossDuringTrainingError("Refusing to save a checkpoint of non-finite weights.")  # the loop checks first
-        path = self._checkpoints.save(
+        path = self._checkpoint_manager().save(
             global_step, model=self._model, optimizer=self._optimizer, lr_scheduler=self._lr_scheduler,
             grad_scaler=self._scaler, input_state=self._capture_input(source),
         )
@@ -567,6 +575,7 @@ class Estimator:
             defaults = [h for h in defaults if not isinstance(h, NanTensorHook)]
         saver = None
         if self._config.checkpointing_enabled and self._dist.is_chief:
+            self._checkpoint_manager()
             saver = ckpt.CheckpointSaver(
                 lambda step: self._save(step, source), self._config.save_checkpoints_steps,
                 self._config.save_checkpoints_secs, listeners,
