@@ -68,6 +68,7 @@ _EXPORT = "export"  # the model_fn arguments used when tracing an export
 _LOSS_BUFFER = 1024  # losses kept on the device between two looks at them
 _RESERVED_METRICS = ("loss", "global_step")
 _NO_VALUES: Mapping[str, Any] = {}
+_NO_CONTEXT = contextlib.nullcontext()
 
 
 def _model_fn_args(model_fn: Callable[..., Any], params: Any) -> frozenset[str]:
@@ -647,7 +648,7 @@ class Estimator:
             micro_batches = self._next_micro_batches(batches)
             if micro_batches is None:
                 break
-            context.batch_size = sum(size for _, _, size in micro_batches)
+            context.batch_size = micro_batches[0][2] if len(micro_batches) == 1 else sum(b[2] for b in micro_batches)
             wanted = hooks.before_run(context)
             spec = self._train_step(micro_batches)
             if spec_hooks_pending:  # hooks named in the spec join on the first step
@@ -704,7 +705,7 @@ class Estimator:
         if self._optimizer is not None:
             self._optimizer.zero_grad(set_to_none=True)
         for i, (features, labels, _) in enumerate(micro_batches):
-            sync = self._ddp.no_sync() if self._ddp is not None and i < count - 1 else contextlib.nullcontext()
+            sync = self._ddp.no_sync() if self._ddp is not None and i < count - 1 else _NO_CONTEXT
             with sync:
                 spec = self._forward(features, labels, ModeKeys.TRAIN)
                 if spec.train_op is not None:
@@ -771,12 +772,13 @@ class Estimator:
         # Each step's loss is copied into a device buffer (one small copy, no sync); the host looks at the
         # buffer only where it waits anyway (a fetched loss, a save, the end) or when the buffer is full.
         self._losses = torch.empty(_LOSS_BUFFER, dtype=torch.float32, device=self._device)
+        self._loss_slots = self._losses.unbind()  # views made once, not per step
         self._unchecked, self._checked_step = 0, self._global_step
         policies = [h.fail_on_nan_loss for h in hooks.hooks if isinstance(h, NanTensorHook)]
         self._fail_on_nan = not policies or any(policies)
 
     def _track_loss(self, loss: torch.Tensor) -> None:
-        self._losses[self._unchecked].copy_(loss.detach())
+        self._loss_slots[self._unchecked].copy_(loss.detach())
         self._unchecked += 1
 
     def _finite_or_stop(self, context: RunContext) -> bool:

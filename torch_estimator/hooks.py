@@ -104,14 +104,27 @@ class Hook:
         """Called once at the end of the run, also when the input ran out."""
 
 
+def _overrides(hook: Any, method: str) -> bool:
+    """Whether ``hook`` does something at ``method`` (the per-step calls skip :class:`Hook`'s no-ops)."""
+    return getattr(type(hook), method, None) is not getattr(Hook, method)
+
+
 class HookList:
-    """Calls each hook point on every hook, in order."""
+    """Calls each hook point on every hook, in order (per step, only the hooks that do something there)."""
 
     def __init__(self, hooks: Iterable[Any] = ()) -> None:
-        self.hooks: list[Any] = list(hooks)
+        self.hooks: list[Any] = []
+        self._before: list[Any] = []
+        self._after: list[Any] = []
+        self.extend(hooks)
 
     def extend(self, hooks: Iterable[Any]) -> None:
-        self.hooks.extend(hooks)
+        for hook in hooks:
+            self.hooks.append(hook)
+            if _overrides(hook, "before_run"):
+                self._before.append(hook)
+            if _overrides(hook, "after_run"):
+                self._after.append(hook)
 
     def begin(self) -> None:
         for hook in self.hooks:
@@ -125,14 +138,14 @@ class HookList:
     def before_run(self, run_context: RunContext) -> set[str] | None:
         """The union of the names every hook wants this step, or None when none wants anything."""
         wanted: set[str] | None = None
-        for hook in self.hooks:
+        for hook in self._before:
             names = hook.before_run(run_context)
             if names:
                 wanted = set(names) if wanted is None else wanted.union(names)
         return wanted
 
     def after_run(self, run_context: RunContext, run_values: Mapping[str, Any]) -> None:
-        for hook in self.hooks:
+        for hook in self._after:
             hook.after_run(run_context, run_values)
 
     def end(self, run_context: RunContext) -> None:
@@ -297,6 +310,8 @@ class LoggingTensorHook(Hook):
             self._log(self._last, None)
 
     def _log(self, values: dict[str, Any], elapsed: float | None) -> None:
+        if not logger.isEnabledFor(logging.INFO):
+            return
         if self._formatter is not None:
             logger.info(self._formatter(values))
             return

@@ -180,12 +180,23 @@ def iterate_batches(source: Any) -> Iterator[tuple[Any, Any, int]]:
         yield features, labels, batch_size_of(features, labels)
 
 
+def _all_on_cpu(structure: Any) -> bool:
+    if isinstance(structure, torch.Tensor):
+        return structure.device.type == "cpu"
+    if structure is None:
+        return True
+    values = structure.values() if isinstance(structure, Mapping) else structure
+    return all(value.device.type == "cpu" for value in values)
+
+
 def to_device(structure: Any, device: torch.device, channels_last: bool = False) -> Any:
     """Move a Tensor / list / tuple / dict of Tensors to ``device`` without blocking the host.
 
     On CUDA, host tensors are pinned first so that the copy is truly asynchronous. With ``channels_last``,
     4-D tensors (image batches) are laid out channels-last.
     """
+    if device.type == "cpu" and not channels_last and _all_on_cpu(structure):
+        return structure  # the common CPU case: nothing to move
     pin = device.type == "cuda"
 
     def move(tensor: torch.Tensor) -> torch.Tensor:
