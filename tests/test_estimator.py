@@ -354,7 +354,9 @@ def test_hook_requesting_an_unknown_name_lists_the_available_ones(make_estimator
         def before_run(self, run_context):
             return ["nope"]
 
-    with pytest.raises(ValueError, match="requested 'nope'.*available: \\['classes', 'global_step'"):
+    with pytest.raises(ValueError, match="requested 'nope', which this step \\(train\\) does not have; available: "
+                                         "\\['classes', 'global_step', 'learning_rate', 'loss', 'probabilities', 'summaries'\\]. "
+                                         "Name it in the EstimatorSpec"):
         make_estimator().train(_train_fn(data), steps=1, hooks=[Bad()])
 
 

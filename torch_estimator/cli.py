@@ -7,13 +7,15 @@ Usage::
     torch-estimator show --dir EXPORT --all                 # everything
     torch-estimator run --dir EXPORT --inputs 'x=batch.npy' [--input_exprs 'x=[[0.5, 1.0]]']
                         [--signature_def KEY] [--outdir DIR [--overwrite]]
+    torch-estimator serve --model_base_path DIR --model_name NAME [--port 8501] [--host 127.0.0.1]
+                          [--poll_secs 1] [--threads N] [--batching ...]   # see docs/serving.md
 
 ``EXPORT`` is a version directory or a base directory (its highest numeric version). ``--inputs`` takes
 ``name=file.npy``, ``name=file.npz`` (its only array) or ``name=file.npz[key]``; ``--input_exprs`` takes
 ``name=<Python literal>`` (read with ``ast.literal_eval``, never ``eval``). Both flags may repeat or separate
 entries with ``;``. Errors print one line on stderr and exit with status 1 (2 for bad usage).
 
-Each command is a ``_add_<name>(subparsers)`` function listed in ``COMMANDS``; add one there (``serve``).
+Each command is a ``_add_<name>(subparsers)`` function listed in ``COMMANDS``.
 """
 
 from __future__ import annotations
@@ -209,9 +211,63 @@ def _add_run(subparsers: Any) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------
+# serve
+
+
+def _serve(args: argparse.Namespace) -> None:
+    import logging
+
+    from .serving import server
+
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("torch_estimator").setLevel(logging.INFO)
+    options = {name: getattr(args, name) for name in (
+        "host", "port", "poll_secs", "threads", "batching", "max_batch_size", "batch_timeout_ms", "max_body_bytes",
+        "max_inflight_body_bytes", "num_torch_threads", "max_cached_versions", "device", "format")}
+    running = server.ModelServer(args.model_base_path, args.model_name, server.ServerConfig(**options)).start()
+    name = args.model_name
+    print(f"Serving model {name!r} at {running.url} (REST: {running.url}/v1/models/{name}:predict, "
+          f"Open Inference Protocol: {running.url}/v2/models/{name}/infer); SIGTERM or Ctrl-C stops it.", flush=True)
+    running.serve_until_signal()
+
+
+def _add_serve(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "serve", help="serve exports over TF Serving's REST API",
+        description="Serve the highest numeric version under --model_base_path over TF Serving's REST API "
+                    "(/v1/models/NAME:predict|classify|regress, status, metadata) and the Open Inference "
+                    "Protocol (/v2). New versions are picked up as they appear.",
+    )
+    parser.add_argument("--model_base_path", required=True, metavar="DIR",
+                        help="the directory holding numeric version directories (an exporter's export_dir_base)")
+    parser.add_argument("--model_name", required=True, metavar="NAME", help="the model's name in URLs")
+    parser.add_argument("--port", "--rest_api_port", type=int, default=8501, help="port (default 8501; 0: any free)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback; 0.0.0.0: all)")
+    parser.add_argument("--poll_secs", "--file_system_poll_wait_seconds", type=float, default=1.0,
+                        help="seconds between looks for new versions (default 1; 0: never)")
+    parser.add_argument("--threads", type=int, default=2, help="inferences that may run at once (default 2)")
+    parser.add_argument("--batching", "--enable_batching", action="store_true",
+                        help="merge concurrent small requests into batches")
+    parser.add_argument("--max_batch_size", type=int, default=32, help="rows per merged batch (default 32)")
+    parser.add_argument("--batch_timeout_ms", type=float, default=5.0,
+                        help="how long a request waits for others to batch with (default 5)")
+    parser.add_argument("--max_body_bytes", type=int, default=32 * 1024 * 1024,
+                        help="larger request bodies get 413 (default 32 MiB)")
+    parser.add_argument("--max_inflight_body_bytes", type=int, default=128 * 1024 * 1024,
+                        help="request-body bytes decoded at once, all requests together (default 128 MiB)")
+    parser.add_argument("--num_torch_threads", type=int, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--max_cached_versions", type=int, default=1,
+                        help="older versions kept loaded for /versions/N requests (default 1; 0: latest only)")
+    parser.add_argument("--device", default="cpu", help="where the model runs (default cpu)")
+    parser.add_argument("--format", choices=("torchscript", "pt2"), help="which artifact (default: model.pt if present)")
+    parser.set_defaults(func=_serve)
+
+
+# ----------------------------------------------------------------------------------------------------------
 # main
 
-COMMANDS: list[Callable[[Any], None]] = [_add_show, _add_run]
+COMMANDS: list[Callable[[Any], None]] = [_add_show, _add_run, _add_serve]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -508,8 +508,13 @@ class Estimator:
             elif name in predictions and predictions[name] is not None:
                 values[name] = _to_host(predictions[name])
             else:
-                available = sorted({"loss", "global_step", "learning_rate", *predictions, *(spec.fetches or {})})
-                raise ValueError(f"A hook requested {name!r}, which this step does not have; available: {available}.")
+                named = [k for k, v in predictions.items() if v is not None]
+                available = sorted({"loss", "global_step", "summaries", *named, *(spec.fetches or {})}
+                                   | ({"learning_rate"} if self._optimizer is not None else set()))
+                raise ValueError(
+                    f"A hook requested {name!r}, which this step ({spec.mode}) does not have; available: {available}. "
+                    f"Name it in the EstimatorSpec this mode returns: predictions={{{name!r}: ...}} or fetches={{{name!r}: ...}}."
+                )
         return values
 
     def _summaries(self, spec: EstimatorSpec) -> dict[str, Any]:

@@ -439,7 +439,7 @@ class ProgressBarHook(Hook):
     def after_run(self, run_context: RunContext, run_values: Mapping[str, Any]) -> None:
         self._bar.update(1)
         if "loss" in run_values:
-            self._bar.set_postfix(loss=f"{float(run_values['loss']):.4g}", step=run_context.global_step, refresh=False)
+            self._bar.set_postfix(loss=f"{float(run_values['loss']):.4g}", refresh=False)
 
     def end(self, run_context: RunContext) -> None:
         if self._bar is not None:

@@ -55,8 +55,11 @@ class RunConfig:
 
     Args:
         model_dir: Where checkpoints, event files and evaluation results go.
-        random_seed: Seeds python, numpy and torch at the start of every ``train``/``evaluate``/``predict``
-            (TF's ``tf_random_seed``).
+        random_seed: TF's ``tf_random_seed``: seeds python, numpy and torch when the Estimator is built (so a
+            ``model`` factory initialises reproducibly) and is ``numpy_input_fn``'s default shuffle seed. Later
+            calls continue the RNG streams rather than re-seeding, so that training resumed from a checkpoint
+            (which stores the RNG states) follows the uninterrupted trajectory; ``evaluate`` runs in a forked
+            RNG state and does not disturb them.
         save_summary_steps: Write TensorBoard summaries every N steps; 0 or None disables them.
         save_checkpoints_steps: Save a checkpoint every N global steps.
         save_checkpoints_secs: Save a checkpoint every N seconds. When neither frequency is given, this is
