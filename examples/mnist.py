@@ -258,10 +258,43 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seeds the model's initialisation and the shuffle")
     parser.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', 'cuda:1', 'mps', ...")
     parser.add_argument("--predict", type=int, default=5, metavar="N", help="predict the first N eval images")
+    parser.add_argument("--train-and-evaluate", action="store_true",
+                        help="train_and_evaluate: evaluate every --eval-every steps, export the most accurate model, "
+                             "stop early when accuracy stops improving")
+    parser.add_argument("--eval-every", type=int, default=500, help="with --train-and-evaluate: steps between evaluations")
+    parser.add_argument("--patience", type=int, default=2000,
+                        help="with --train-and-evaluate: stop after this many steps without a better accuracy")
     args = parser.parse_args(argv)
     if args.steps <= 0 or args.batch_size <= 0 or args.learning_rate <= 0:
         parser.error("--steps, --batch-size and --learning-rate must be positive")
     return args
+
+
+def serving_input_receiver_fn() -> te.export.ServingInputReceiver:
+    """Clients send flat 784-pixel images in [0, 1] as "x"."""
+    return te.build_raw_serving_input_receiver_fn({"x": te.TensorSpec([None, 784], torch.float32)})()
+
+
+def train_and_evaluate(
+    estimator: te.Estimator, train_input_fn: Any, eval_input_fn: Any, logging_hook: te.Hook, args: argparse.Namespace
+) -> dict[str, Any]:
+    """Evaluate every ``--eval-every`` steps, keep exporting the most accurate model, stop when accuracy has
+    not improved for ``--patience`` steps."""
+    early_stopping = te.stop_if_no_increase_hook(
+        estimator, "accuracy", max_steps_without_increase=args.patience, run_every_steps=args.eval_every
+    )
+    best = te.BestExporter(
+        serving_input_receiver_fn=serving_input_receiver_fn,
+        compare_fn=te.exporters.metric_bigger("accuracy"),
+        exports_to_keep=2,
+    )
+    train_spec = te.TrainSpec(train_input_fn, max_steps=args.steps, hooks=[logging_hook, early_stopping])
+    eval_spec = te.EvalSpec(eval_input_fn, steps=None, every_n_steps=args.eval_every, exporters=[best])
+    eval_results, exports = te.train_and_evaluate(estimator, train_spec, eval_spec)
+    if estimator.config.is_chief:
+        export_base = os.path.join(estimator.model_dir, "export", best.name)
+        print(f"exports of the most accurate model so far in {export_base}: {sorted(os.listdir(export_base))}")
+    return eval_results
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -279,7 +312,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         model_fn,
         model_dir=model_dir,
         params={"learning_rate": args.learning_rate},
-        config=te.RunConfig(random_seed=args.seed, device=args.device),
+        # train_and_evaluate evaluates the checkpoints it saves: save one every --eval-every steps.
+        config=te.RunConfig(random_seed=args.seed, device=args.device,
+                            **({"save_checkpoints_steps": args.eval_every} if args.train_and_evaluate else {})),
         # A factory, so that the model is built after RunConfig.random_seed has seeded torch.
         model=lambda params: CNN(),
         optimizer=lambda parameters: torch.optim.SGD(parameters, lr=args.learning_rate),
@@ -290,12 +325,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     train_input_fn = te.inputs.numpy_input_fn(
         {"x": train_x}, train_y, batch_size=args.batch_size, num_epochs=None, shuffle=True
     )
-    mnist_classifier.train(train_input_fn, steps=args.steps, hooks=[logging_hook])
-
     eval_input_fn = te.inputs.numpy_input_fn(
         {"x": eval_x}, eval_y, batch_size=args.batch_size, num_epochs=1, shuffle=False
     )
-    eval_results = mnist_classifier.evaluate(eval_input_fn)
+    if args.train_and_evaluate:
+        eval_results = train_and_evaluate(mnist_classifier, train_input_fn, eval_input_fn, logging_hook, args)
+    else:
+        mnist_classifier.train(train_input_fn, steps=args.steps, hooks=[logging_hook])
+        eval_results = mnist_classifier.evaluate(eval_input_fn)
     print(eval_results)
 
     if args.predict > 0:

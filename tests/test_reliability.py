@@ -542,7 +542,7 @@ CASES = [
     pytest.param(lambda e: e.est(optimizer=None).train(e.train_fn(), steps=1), ValueError, r"TRAIN needs a way to step: give the Estimator an `optimizer`", id="no-optimizer-no-train_op"),
     pytest.param(lambda e: e.train(model_fn=_spec_fn(lambda f, l, m, logits: te.EstimatorSpec(m, loss=_loss(l, logits), train_op="sgd"))), TypeError, r"EstimatorSpec `train_op` must be a callable train_op\(loss\)", id="train_op-not-callable"),
     pytest.param(lambda e: e.train(model_fn=_spec_fn(lambda f, l, m, logits: te.EstimatorSpec("training", loss=_loss(l, logits)))), ValueError, r"EstimatorSpec `mode` must be one of ModeKeys.TRAIN/EVAL/PREDICT", id="spec-unknown-mode"),
-    pytest.param(lambda e: e.train(hooks=[AskFor("logits")]), ValueError, r"A hook requested 'logits', which this step does not have; available: \[", id="hook-asks-for-a-missing-tensor"),
+    pytest.param(lambda e: e.train(hooks=[AskFor("logits")]), ValueError, r"A hook requested 'logits', which this step \(train\) does not have; available: \[", id="hook-asks-for-a-missing-tensor"),
     # --- Estimator, train, evaluate arguments -----------------------------------------------------------
     pytest.param(lambda e: e.est().train(e.train_fn(), steps=5, max_steps=10), ValueError, r"Give `steps` or `max_steps`, not both; received steps=5, max_steps=10", id="steps-and-max_steps"),
     pytest.param(lambda e: e.est().train(e.train_fn(), steps=0), ValueError, r"`steps` must be an int > 0 or None; received 0", id="steps-0"),

@@ -246,7 +246,7 @@ def _add_serve(subparsers: Any) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback; 0.0.0.0: all)")
     parser.add_argument("--poll_secs", "--file_system_poll_wait_seconds", type=float, default=1.0,
                         help="seconds between looks for new versions (default 1; 0: never)")
-    parser.add_argument("--threads", type=int, default=2, help="inferences that may run at once (default 2)")
+    parser.add_argument("--threads", type=int, default=4, help="inferences that may run at once (default 4)")
     parser.add_argument("--batching", "--enable_batching", action="store_true",
                         help="merge concurrent small requests into batches")
     parser.add_argument("--max_batch_size", type=int, default=32, help="rows per merged batch (default 32)")

@@ -289,7 +289,8 @@ def _signature(body: Mapping[str, Any], model: ExportedModel) -> tuple[str, dict
     if not isinstance(key, str):
         raise _bad(f"'signature_name' must be a string; received {_json_type(key)} ({_brief(key)}).")
     if key not in model.signatures:
-        raise _bad(f'Serving signature name: "{key}" not found in signature def; available: {sorted(model.signatures)}.')
+        raise _bad(f'Serving signature name: "{key}" not found in signature def; '
+                   f"available: {sorted(model.signatures)}.")
     return key, model.signatures[key]
 
 
@@ -319,7 +320,8 @@ def _rows(instances: Any, key: str, declared: Mapping[str, Any]) -> dict[str, np
         if named:
             problem = _names_problem(list(instance), names)
             if problem:
-                raise _bad(f"instances[{i}] has inputs {sorted(instance)} but signature {key!r} takes {names}: {problem}.")
+                raise _bad(f"instances[{i}] has inputs {sorted(instance)} but signature {key!r} takes {names}: "
+                           f"{problem}.")
             for name in names:
                 columns[name].append(instance[name])
         else:
@@ -693,7 +695,8 @@ def parse_v2_infer(body: Any, model: ExportedModel) -> V2Request:
     wanted = body.get("outputs")
     names = None
     if wanted is not None:
-        if not isinstance(wanted, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in wanted):
+        named = isinstance(wanted, list) and all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in wanted)
+        if not named:
             raise _bad("'outputs' must be a list of {\"name\": ...} objects.")
         names = [o["name"] for o in wanted]
         unknown = sorted(set(names) - set(signature["outputs"]))

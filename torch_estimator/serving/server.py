@@ -115,7 +115,7 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8501
     poll_secs: float = 1.0
-    threads: int = 2
+    threads: int = 4
     batching: bool = False
     max_batch_size: int = 32
     batch_timeout_ms: float = 5.0
@@ -373,7 +373,8 @@ class _Handler(BaseHTTPRequestHandler):
                 raise  # the connection broke: nobody to answer (handle_one_request closes it)
             except Exception as error:  # nothing a request does may take the server down
                 logger.exception("Internal error answering %s %s", self.command, self.path)
-                status, payload, headers = 500, {"error": f"Internal error: {type(error).__name__}: {_last_line(error)}"}, None
+                message = f"Internal error: {type(error).__name__}: {_last_line(error)}"
+                status, payload, headers = 500, {"error": message}, None
             # A body left unread would be taken for the next request: close the connection instead.
             close = self.close_connection or (self._declares_body() and not body_read)
             self._send(status, payload, headers, close=close)
@@ -571,7 +572,8 @@ class ModelServer:
         limit, timeout = self.config.max_inflight_body_bytes, self.config.queue_timeout_secs
         with self._body_cond:
             if not self._body_cond.wait_for(lambda: self._body_bytes + size <= limit, timeout):
-                raise ServingError(503, f"Too many large requests at once (max_inflight_body_bytes={limit}); retry later.")
+                raise ServingError(
+                    503, f"Too many large requests at once (max_inflight_body_bytes={limit}); retry later.")
             self._body_bytes += size
         try:
             yield

@@ -42,7 +42,9 @@ import torch
 from torch_estimator.serving import loader
 from torch_estimator.serving.loader import ExportedModel
 
-__all__ = ["VersionManager", "VersionStatus", "VersionNotFoundError", "SelfCheckError", "self_check", "list_version_dirs"]
+__all__ = [
+    "VersionManager", "VersionStatus", "VersionNotFoundError", "SelfCheckError", "self_check", "list_version_dirs",
+]
 
 logger = logging.getLogger("torch_estimator.serving")
 
@@ -140,7 +142,8 @@ def self_check(model: ExportedModel) -> None:
                 ) from error
             declared = signature["outputs"]
             if sorted(outputs) != sorted(declared):
-                raise SelfCheckError(f"signature {key!r} returned outputs {sorted(outputs)}, declared {sorted(declared)}.")
+                raise SelfCheckError(
+                    f"signature {key!r} returned outputs {sorted(outputs)}, declared {sorted(declared)}.")
             for name, info in declared.items():
                 tensor = outputs[name]
                 dims_ok = tensor.dim() == len(info["shape"]) and all(
