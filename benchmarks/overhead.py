@@ -69,7 +69,9 @@ without the two variables, counts of 200 and 400 steps differed by noise of a fe
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
+import io
 import importlib.util
 import os
 import shutil
@@ -266,6 +268,79 @@ def report_case(case: Case, n: int, rounds: list[Round]) -> dict[str, Any]:
     return {"ratio": med(ratios), "overhead_us": med(overheads), "fixed_ms": med(fixed)}
 
 
+# ----------------------------------------------------------------------------------------------------
+# Variants: what each built-in hook costs when active, and bf16, accumulation and compile against a
+# hand-written loop doing the same.
+
+
+def _hand_variant(name: str, model: nn.Module) -> Callable[[Batches], None]:
+    opt = torch.optim.SGD(model.parameters(), lr=_lr())
+    forward = torch.compile(model) if name == "compile" else model
+    dtype = torch.bfloat16 if name == "bf16" else None
+    accumulate = 2 if name == "accumulate x2" else 1
+
+    def loop(batches: Batches) -> None:
+        for i in range(0, len(batches) - accumulate + 1, accumulate):
+            opt.zero_grad()
+            for x, y in batches[i : i + accumulate]:
+                with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+                    loss = F.cross_entropy(forward(x), y)
+                (loss / accumulate if accumulate > 1 else loss).backward()
+            opt.step()
+
+    return loop
+
+
+VARIANTS: dict[str, tuple[dict[str, Any], Callable[[], list[Any]]]] = {
+    # name: (RunConfig options, hooks); every row but the first also has TF's default hooks off unless named.
+    "no hooks": ({"log_step_count_steps": None, "save_summary_steps": None}, list),
+    "default hooks": ({}, list),
+    "+ LoggingTensorHook every step": ({"log_step_count_steps": None, "save_summary_steps": None},
+                                       lambda: [te.LoggingTensorHook(["loss"], every_n_iter=1)]),
+    "+ StepCounterHook every step": ({"log_step_count_steps": None, "save_summary_steps": None},
+                                     lambda: [te.StepCounterHook(every_n_steps=1)]),
+    "+ SummarySaverHook every step": ({"log_step_count_steps": None, "save_summary_steps": 1}, list),
+    "+ ProgressBarHook": ({"log_step_count_steps": None, "save_summary_steps": None, "progress_bar": True}, list),
+    "bf16": ({"precision": "bf16"}, list),
+    "accumulate x2": ({"gradient_accumulation_steps": 2}, list),
+    "compile": ({"compile": True}, list),
+}
+
+
+def measure_variants(case: Case, n: int, rounds: int, seed: int, names: Sequence[str]) -> None:
+    """Marginal µs/step of each variant: one Estimator (and one hand loop) per variant, trained N and 2N more
+    steps per round; the default-hooks row is the reference for the hooks' costs."""
+    batches = make_batches(case, 2 * n + 2, seed)
+    print(f"[variants, {case.name}] N={n}, {rounds} rounds; µs/step, medians (marginal: (t(2N) - t(N)) / N)")
+    print(f"  {'variant':34} {'estimator':>10} {'hand':>10} {'overhead':>9} {'vs no hooks':>12}")
+    baseline = None
+    for name in names:
+        options, hooks = VARIANTS[name]
+        torch.manual_seed(seed)
+        model_dir = tempfile.mkdtemp(prefix="te_variant_")
+        with contextlib.redirect_stderr(io.StringIO()):  # the progress bar row draws to stderr
+            est = te.Estimator(model_fn, model_dir=model_dir, model=case.build(),
+                               optimizer=lambda p: torch.optim.SGD(p, lr=_lr()),
+                               config=te.RunConfig(device="cpu", save_checkpoints_steps=1000,
+                                                   **{"progress_bar": False, **options}))
+            hand = _hand_variant(name if name in ("bf16", "accumulate x2", "compile") else "plain", case.build())
+            est.train(lambda: batches[:20], hooks=hooks())  # warm-up (compilation, lazy state)
+            hand(batches[:20])
+            est_times, hand_times = [], []
+            for _ in range(rounds):
+                start = clock(); est.train(lambda: batches[:n], hooks=hooks()); t1 = clock() - start
+                start = clock(); est.train(lambda: batches[: 2 * n], hooks=hooks()); t2 = clock() - start
+                est_times.append((t2 - t1) / n * 1e6)
+                start = clock(); hand(batches[:n]); h1 = clock() - start
+                start = clock(); hand(batches[: 2 * n]); h2 = clock() - start
+                hand_times.append((h2 - h1) / n * 1e6)
+        shutil.rmtree(model_dir, ignore_errors=True)
+        est_us, hand_us = statistics.median(est_times), statistics.median(hand_times)
+        baseline = est_us if name == "no hooks" else baseline
+        delta = f"{est_us - baseline:+.1f}" if baseline is not None and name != "no hooks" else ""
+        print(f"  {name:34} {est_us:10.1f} {hand_us:10.1f} {est_us - hand_us:+9.1f} {delta:>12}")
+
+
 def measure_import(runs: int) -> float | None:
     """Median seconds that ``import torch_estimator`` adds after ``import torch``, in fresh interpreters."""
     code = (
@@ -303,6 +378,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--skip-import", action="store_true")
     parser.add_argument("--progress-bar", action="store_true", help="let the Estimator show its tqdm bar")
     parser.add_argument("--strict", action="store_true", help="exit with status 1 when a target fails")
+    parser.add_argument("--variants", nargs="*", metavar="NAME",
+                        help=f"also measure variants on the MLP (all when none named): {', '.join(VARIANTS)}")
     parser.add_argument("--only", choices=sorted(SIDES),
                         help="run one side once for --steps steps and exit (for perf stat; see the docstring)")
     args = parser.parse_args(argv)
@@ -348,6 +425,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             target = False
         ok &= target
+    if args.variants is not None:
+        names = args.variants or list(VARIANTS)
+        unknown = sorted(set(names) - set(VARIANTS))
+        if unknown:
+            raise SystemExit(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
+        measure_variants(cases["mlp"], 200 if args.quick else 1000, 2 if args.quick else 7, args.seed, names)
     if args.quick:
         print("(--quick: few rounds; the figures are a smoke test, not a measurement)")
     return 1 if args.strict and not ok else 0

@@ -116,3 +116,14 @@ def test_a_dead_process_makes_the_others_fail_instead_of_hanging(tmp_path):
         assert "error" in survivor
     latest = ckpt.latest_checkpoint(str(tmp_path))
     assert latest is not None and ckpt.read_checkpoint(latest).global_step <= 8
+
+
+@pytest.mark.slow
+def test_the_mnist_example_runs_under_torchrun(tmp_path):
+    example = Path(__file__).resolve().parents[1] / "examples" / "mnist.py"
+    run = _torchrun(2, str(example), "--synthetic", "--steps", "30", "--learning-rate", "0.05",
+                    "--model-dir", str(tmp_path), "--predict", "2", timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert [ckpt._step_of(p) for p in ckpt.read_index(str(tmp_path)).paths][-1] == 30
+    assert len([f for f in os.listdir(tmp_path) if f.startswith("events.out.tfevents")]) == 1  # the chief's
+    assert run.stdout.count("'global_step': np.int64(30)") == 2  # both processes evaluated (sharded) step 30
