@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
+import itertools
 import logging
 import math
 import os
@@ -432,8 +433,8 @@ class Estimator:
         return self._checkpoints
 
     def _save(self, global_step: int, source: Any) -> str:
-        if self._unchecked and not bool(torch.isfinite(self._losses[: self._unchecked]).all()):
-            raise NanLossDuringTrainingError("Refusing to save a checkpoint of non-finite weights.")  # the loop checks first
+        if not self._all_finite():  # the loop checks first; this guards every write
+            raise NanLossDuringTrainingError("Refusing to save a checkpoint of non-finite weights.")
         path = self._checkpoint_manager().save(
             global_step, model=self._model, optimizer=self._optimizer, lr_scheduler=self._lr_scheduler,
             grad_scaler=self._scaler, input_state=self._capture_input(source),
@@ -663,7 +664,7 @@ class Estimator:
             values = self._fetch(wanted, spec, context.global_step) if wanted else _NO_VALUES
             context.global_step = self._global_step = self._global_step + 1
             self._synced = None  # memory is now ahead of the last save (which set it)
-            if ("loss" in values or self._unchecked == _LOSS_BUFFER) and not self._finite_or_stop(context):
+            if ("loss" in values or len(self._pending_losses) >= _LOSS_BUFFER) and not self._finite_or_stop(context):
                 values = _NO_VALUES
             hooks.after_run(context, values)
             if saver is not None and saver.should_save(self._global_step) and self._finite_or_stop(context):
@@ -690,49 +691,54 @@ class Estimator:
 
     def _next_micro_batches(self, batches: Iterator[tuple[Any, Any, int]]) -> list[tuple[Any, Any, int]] | None:
         """The next ``gradient_accumulation_steps`` batches, on the device; None when the input ends."""
-        micro = []
-        for _ in range(self._config.gradient_accumulation_steps):
-            batch = next(batches, None)
-            if batch is None:
-                if micro:
-                    logger.warning("The input ended inside an accumulation of %d micro-batches; %d were dropped.",
-                                   self._config.gradient_accumulation_steps, len(micro))
-                return None
-            features, labels, size = batch
-            channels_last = self._config.channels_last
+        micro, count, channels_last = [], self._config.gradient_accumulation_steps, self._config.channels_last
+        for features, labels, size in itertools.islice(batches, count):
             micro.append((to_device(features, self._device, channels_last), to_device(labels, self._device, channels_last), size))
-        return micro
+        if len(micro) == count:
+            return micro
+        if micro:
+            logger.warning("The input ended inside an accumulation of %d micro-batches; %d were dropped.", count, len(micro))
+        return None
 
     def _train_step(self, micro_batches: list[tuple[Any, Any, int]]) -> EstimatorSpec:
         """Forward and backward through model_fn for each micro-batch, then one update: the spec's train_op,
         or the Estimator's optimizer (with unscaling, clipping and the scheduler)."""
-        count, losses = len(micro_batches), []
         if self._optimizer is not None:
             self._optimizer.zero_grad(set_to_none=True)
-        for i, (features, labels, _) in enumerate(micro_batches):
-            sync = self._ddp.no_sync() if self._ddp is not None and i < count - 1 else _NO_CONTEXT
-            with sync:
-                spec = self._forward(features, labels, ModeKeys.TRAIN)
-                if spec.train_op is not None:
-                    if count > 1:
-                        raise ValueError("gradient_accumulation_steps > 1 needs the Estimator's optimizer; "
-                                         "a custom train_op makes its own updates.")
-                    spec.train_op(spec.loss)
-                elif self._optimizer is None:
-                    raise ValueError(
-                        "TRAIN needs a way to step: give the Estimator an `optimizer` (e.g. optimizer=lambda p: "
-                        "torch.optim.SGD(p, lr=0.01)) or return EstimatorSpec(mode, loss=..., train_op=callable)."
-                    )
-                else:
-                    loss = spec.loss / count if count > 1 else spec.loss
-                    (self._scaler.scale(loss) if self._scaler.is_enabled() else loss).backward()
-            if count > 1:
-                losses.append(spec.loss.detach())
+        if len(micro_batches) == 1:
+            features, labels, _ = micro_batches[0]
+            spec = self._forward_backward(features, labels, 1)
+        else:
+            spec = self._accumulate(micro_batches)
         if spec.train_op is None:
             self._apply_gradients()
-        if count > 1:
-            spec = spec.replace(loss=torch.stack(losses).mean())
-        self._track_loss(spec.loss)
+        self._pending_losses.append(spec.loss.detach())
+        return spec
+
+    def _accumulate(self, micro_batches: list[tuple[Any, Any, int]]) -> EstimatorSpec:
+        """Gradients of ``k`` micro-batches (DDP synchronises only the last); the spec's loss is their mean."""
+        count, losses = len(micro_batches), []
+        for i, (features, labels, _) in enumerate(micro_batches):
+            with self._ddp.no_sync() if self._ddp is not None and i < count - 1 else _NO_CONTEXT:
+                spec = self._forward_backward(features, labels, count)
+            losses.append(spec.loss.detach())
+        return spec.replace(loss=torch.stack(losses).mean())
+
+    def _forward_backward(self, features: Any, labels: Any, count: int) -> EstimatorSpec:
+        spec = self._forward(features, labels, ModeKeys.TRAIN)
+        if spec.train_op is not None:
+            if count > 1:
+                raise ValueError("gradient_accumulation_steps > 1 needs the Estimator's optimizer; "
+                                 "a custom train_op makes its own updates.")
+            spec.train_op(spec.loss)
+        elif self._optimizer is None:
+            raise ValueError(
+                "TRAIN needs a way to step: give the Estimator an `optimizer` (e.g. optimizer=lambda p: "
+                "torch.optim.SGD(p, lr=0.01)) or return EstimatorSpec(mode, loss=..., train_op=callable)."
+            )
+        else:
+            loss = spec.loss / count if count > 1 else spec.loss
+            (self._scaler.scale(loss) if self._scaler.is_enabled() else loss).backward()
         return spec
 
     def _forward(self, features: Any, labels: Any, mode: str) -> EstimatorSpec:
@@ -774,26 +780,24 @@ class Estimator:
         return more if wanted is None else wanted | (more or set())
 
     def _start_finite_tracking(self, hooks: HookList) -> None:
-        # Each step's loss is copied into a device buffer (one small copy, no sync); the host looks at the
-        # buffer only where it waits anyway (a fetched loss, a save, the end) or when the buffer is full.
-        self._losses = torch.empty(_LOSS_BUFFER, dtype=torch.float32, device=self._device)
-        self._loss_slots = self._losses.unbind()  # views made once, not per step
-        self._unchecked, self._checked_step = 0, self._global_step
+        # Each step's detached loss is kept (a reference, no device work); the host looks at them, stacked,
+        # only where it waits anyway (a fetched loss, a save, the end) or after _LOSS_BUFFER steps.
+        self._pending_losses: list[torch.Tensor] = []
+        self._checked_step = self._global_step
         policies = [h.fail_on_nan_loss for h in hooks.hooks if isinstance(h, NanTensorHook)]
         self._fail_on_nan = not policies or any(policies)
 
-    def _track_loss(self, loss: torch.Tensor) -> None:
-        self._loss_slots[self._unchecked].copy_(loss.detach())
-        self._unchecked += 1
+    def _all_finite(self) -> bool:
+        return not self._pending_losses or bool(torch.isfinite(torch.stack(self._pending_losses)).all())
 
     def _finite_or_stop(self, context: RunContext) -> bool:
         """True while every loss so far was finite; else raise, or (``NanTensorHook(False)``) log and stop."""
-        if not self._unchecked:
+        if not self._pending_losses:
             return True
-        bad = ~torch.isfinite(self._losses[: self._unchecked])
+        bad = ~torch.isfinite(torch.stack(self._pending_losses).float())
         if not bool(bad.any()):
-            self._checked_step += self._unchecked
-            self._unchecked = 0
+            self._checked_step += len(self._pending_losses)
+            self._pending_losses = []
             return True
         self._synced = None  # memory holds broken weights: restore from disk next time
         step = self._checked_step + int(bad.int().argmax()) + 1
