@@ -695,3 +695,12 @@ def test_mixed_precision_trains_and_checkpoints_the_scaler(make_estimator, data,
     assert np.isfinite(est.evaluate(_eval_fn(data))["loss"])
     state = ckpt.read_checkpoint(est.latest_checkpoint()).state
     assert ("grad_scaler" in state) == (precision == "fp16")
+
+
+def test_scalar_predictions_cannot_be_split_into_examples(tmp_path, data):
+    def model_fn(features, model):
+        return te.EstimatorSpec(te.ModeKeys.PREDICT, predictions=model(features["x"]).sum())
+
+    est = te.Estimator(model_fn, model_dir=str(tmp_path), model=TinyNet())
+    with pytest.raises(ValueError, match="must have a batch dimension to yield single examples"):
+        list(est.predict(_predict_fn(data)))

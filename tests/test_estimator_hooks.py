@@ -231,3 +231,13 @@ def test_profiler_hook_writes_chrome_traces(make_estimator, data, tmp_path):
     with open(hook.traces[0], encoding="utf-8") as handle:
         trace = json.load(handle)
     assert trace["traceEvents"]
+
+
+def test_nan_stop_mode_still_hands_hooks_their_values(tmp_path, data, caplog):
+    est = te.Estimator(_nan_after(3), model_dir=str(tmp_path), model=TinyNet(), optimizer=lambda p: torch.optim.SGD(p, lr=0.1),
+                       config=te.RunConfig(device="cpu", save_checkpoints_steps=100, log_step_count_steps=1))
+    with caplog.at_level(logging.INFO, logger="torch_estimator"):
+        est.train(_train_fn(data), steps=10, hooks=[te.NanTensorHook(fail_on_nan_loss=False)])
+    assert "loss = nan, step = 2" in caplog.text  # the logging hook still got the (NaN) loss
+    assert caplog.text.count("Model diverged") == 1
+    assert [ckpt._step_of(p) for p in ckpt.read_index(str(tmp_path)).paths] == [0]

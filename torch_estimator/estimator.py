@@ -135,6 +135,17 @@ def _to_host(value: Any) -> Any:
     return value
 
 
+def _found_inf(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) -> bool:
+    """Whether the fp16 gradients overflowed (the scaler will skip the step), after ``unscale_``.
+    ``GradScaler.step`` reads the same flags on the host; reading them first adds no wait for the device,
+    unlike reading the new scale after ``update()`` would."""
+    state = getattr(scaler, "_per_optimizer_states", {}).get(id(optimizer), {})
+    flags = state.get("found_inf_per_device")
+    if flags is None:  # a scaler whose internals differ: fall back to reading the scale
+        return False
+    return bool(sum(flag.item() for flag in flags.values()))
+
+
 def _check_positive(name: str, value: Any) -> None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
         raise ValueError(f"`{name}` must be an int > 0 or None; received {value!r}.")
@@ -664,8 +675,8 @@ class Estimator:
             values = self._fetch(wanted, spec, context.global_step) if wanted else _NO_VALUES
             context.global_step = self._global_step = self._global_step + 1
             self._synced = None  # memory is now ahead of the last save (which set it)
-            if ("loss" in values or len(self._pending_losses) >= _LOSS_BUFFER) and not self._finite_or_stop(context):
-                values = _NO_VALUES
+            if "loss" in values or len(self._pending_losses) >= _LOSS_BUFFER:
+                self._finite_or_stop(context)  # the host waits for the loss anyway: look at the NaN check too
             hooks.after_run(context, values)
             if saver is not None and saver.should_save(self._global_step) and self._finite_or_stop(context):
                 if saver.save(self._global_step):
@@ -751,18 +762,17 @@ class Estimator:
         """Clip (after unscaling under fp16), step the optimizer, and the scheduler unless fp16 skipped the step."""
         config, optimizer, scaler = self._config, self._optimizer, self._scaler
         clip = config.gradient_clip_norm is not None or config.gradient_clip_value is not None
-        if scaler.is_enabled() and clip:
-            scaler.unscale_(optimizer)
+        if scaler.is_enabled():
+            scaler.unscale_(optimizer)  # clip the true gradients; the overflow check below reads its flags
         if config.gradient_clip_norm is not None:
             torch.nn.utils.clip_grad_norm_(self._model.parameters(), config.gradient_clip_norm)
         if config.gradient_clip_value is not None:
             torch.nn.utils.clip_grad_value_(self._model.parameters(), config.gradient_clip_value)
         stepped = True
         if scaler.is_enabled():
-            scale = scaler.get_scale()  # the scaler reads found_inf on the host in step() anyway
+            stepped = not _found_inf(scaler, optimizer)  # read on the host, as scaler.step() reads it anyway
             scaler.step(optimizer)
             scaler.update()
-            stepped = scaler.get_scale() >= scale  # a lowered scale means the step was skipped
         else:
             optimizer.step()
         if self._lr_scheduler is not None and stepped:
@@ -784,14 +794,19 @@ class Estimator:
         # only where it waits anyway (a fetched loss, a save, the end) or after _LOSS_BUFFER steps.
         self._pending_losses: list[torch.Tensor] = []
         self._checked_step = self._global_step
+        self._diverged = False
         policies = [h.fail_on_nan_loss for h in hooks.hooks if isinstance(h, NanTensorHook)]
         self._fail_on_nan = not policies or any(policies)
 
     def _all_finite(self) -> bool:
-        return not self._pending_losses or bool(torch.isfinite(torch.stack(self._pending_losses)).all())
+        return not self._diverged and (
+            not self._pending_losses or bool(torch.isfinite(torch.stack(self._pending_losses)).all())
+        )
 
     def _finite_or_stop(self, context: RunContext) -> bool:
         """True while every loss so far was finite; else raise, or (``NanTensorHook(False)``) log and stop."""
+        if self._diverged:
+            return False
         if not self._pending_losses:
             return True
         bad = ~torch.isfinite(torch.stack(self._pending_losses).float())
@@ -807,6 +822,7 @@ class Estimator:
                 f"checkpoint of the broken weights was written. Lower the learning rate or check the input."
             )
         logger.error("Model diverged with loss = NaN at global step %d; stopping without saving.", step)
+        self._diverged = True
         context.request_stop()
         return False
 
@@ -1017,6 +1033,9 @@ class Estimator:
             if keys:
                 raise ValueError("`predict_keys` only applies to dict predictions; model_fn returned a Tensor.")
             array = _to_host(predictions)
+            if single and np.ndim(array) == 0:
+                raise ValueError("Predictions must have a batch dimension to yield single examples; model_fn returned "
+                                 "a 0-dimensional tensor. Use yield_single_examples=False.")
             yield from (array if single else [array])
             return
         if keys:
