@@ -36,9 +36,8 @@ from .conftest import TinyNet, classifier_fn
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# The Estimator side of these behaviours is a small diff to estimator.py (see the issue 7 closing note):
-# restore through ckpt.restore_latest, ckpt.check_model_dir at construction, the CheckpointManager at train().
-# Set to False when it is applied (the marked tests then run as usual), and remove the switch later.
+# The Estimator's side of these behaviours: it restores through ckpt.restore_latest, checks model_dir with
+# ckpt.check_model_dir at construction, and creates its CheckpointManager when train() starts.
 
 
 def _train_fn(data, **kwargs):
