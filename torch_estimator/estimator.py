@@ -401,11 +401,6 @@ class Estimator:
     # ------------------------------------------------------------------------------------------------
     # Keeping memory and disk in step.
 
-    @staticmethod
-    def _identity(path: str) -> tuple[str, int, int]:
-        stat = os.stat(path)
-        return (os.path.abspath(path), stat.st_mtime_ns, stat.st_size)
-
     def _prepare(self, checkpoint_path: str | None = None, mode: str = ModeKeys.TRAIN) -> str | None:
         """Restore ``checkpoint_path`` (default: the latest) unless memory already holds it; warm-start a
         fresh model. Returns the checkpoint the model now holds, or None."""
@@ -450,7 +445,7 @@ class Estimator:
             global_step, model=self._model, optimizer=self._optimizer, lr_scheduler=self._lr_scheduler,
             grad_scaler=self._scaler, input_state=self._capture_input(source),
         )
-        self._synced = self._identity(path)
+        self._synced = ckpt.checkpoint_identity(path)
         return path
 
     @staticmethod
@@ -617,7 +612,7 @@ class Estimator:
         distribute.barrier()
         latest = self.latest_checkpoint()
         if not self._dist.is_chief and latest is not None and ckpt._step_of(latest) == self._global_step:
-            self._synced = self._identity(latest)
+            self._synced = ckpt.checkpoint_identity(latest)
 
     def _check_listeners(self, listeners: Any) -> list[Any]:
         listeners = list(listeners or [])

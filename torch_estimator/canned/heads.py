@@ -494,6 +494,18 @@ def _class_names(n_classes: int, vocabulary: tuple[str, ...] | None) -> list[str
     return list(vocabulary) if vocabulary is not None else [str(i) for i in range(n_classes)]
 
 
+def _classifier_exports(predictions: Mapping[str, torch.Tensor], classes_key: str, n_classes: int,
+                        vocabulary: tuple[str, ...] | None, **extra: Any) -> dict[str, Any]:
+    """TF's classifier signatures: the classification output as the default and under its own key, any
+    ``extra`` outputs, and every prediction under ``predict``."""
+    classification = ClassificationOutput(
+        scores=predictions[PredictionKeys.PROBABILITIES], classes=predictions[classes_key],
+        labels=_class_names(n_classes, vocabulary),
+    )
+    return {DEFAULT_SERVING_KEY: classification, CLASSIFY_SERVING_KEY: classification, **extra,
+            PREDICT_SERVING_KEY: PredictOutput(dict(predictions))}
+
+
 def _all_ids(logits: torch.Tensor, n_classes: int) -> torch.Tensor:
     """``[batch, n_classes]`` of ``0..n-1``, following the logits' batch size (traced dynamically)."""
     ids = torch.arange(n_classes, device=logits.device)
@@ -589,16 +601,8 @@ class BinaryClassHead(Head):
         return updates
 
     def export_outputs(self, predictions: Mapping[str, torch.Tensor]) -> dict[str, Any]:
-        classification = ClassificationOutput(
-            scores=predictions[PredictionKeys.PROBABILITIES], classes=predictions[PredictionKeys.ALL_CLASS_IDS],
-            labels=_class_names(2, self._label_vocabulary),
-        )
-        return {
-            DEFAULT_SERVING_KEY: classification,
-            CLASSIFY_SERVING_KEY: classification,
-            REGRESS_SERVING_KEY: RegressionOutput(predictions[PredictionKeys.LOGISTIC]),
-            PREDICT_SERVING_KEY: PredictOutput(dict(predictions)),
-        }
+        return _classifier_exports(predictions, PredictionKeys.ALL_CLASS_IDS, 2, self._label_vocabulary,
+                                   **{REGRESS_SERVING_KEY: RegressionOutput(predictions[PredictionKeys.LOGISTIC])})
 
 
 def _threshold_updates(thresholds: tuple[float, ...], labels: torch.Tensor, probabilities: torch.Tensor,
@@ -692,15 +696,7 @@ class MultiClassHead(Head):
         }
 
     def export_outputs(self, predictions: Mapping[str, torch.Tensor]) -> dict[str, Any]:
-        classification = ClassificationOutput(
-            scores=predictions[PredictionKeys.PROBABILITIES], classes=predictions[PredictionKeys.ALL_CLASS_IDS],
-            labels=_class_names(self._n_classes, self._label_vocabulary),
-        )
-        return {
-            DEFAULT_SERVING_KEY: classification,
-            CLASSIFY_SERVING_KEY: classification,
-            PREDICT_SERVING_KEY: PredictOutput(dict(predictions)),
-        }
+        return _classifier_exports(predictions, PredictionKeys.ALL_CLASS_IDS, self._n_classes, self._label_vocabulary)
 
 
 class MultiLabelHead(Head):
@@ -826,15 +822,7 @@ class MultiLabelHead(Head):
         return updates
 
     def export_outputs(self, predictions: Mapping[str, torch.Tensor]) -> dict[str, Any]:
-        classification = ClassificationOutput(
-            scores=predictions[PredictionKeys.PROBABILITIES], classes=predictions[PredictionKeys.CLASSES],
-            labels=_class_names(self._n_classes, self._label_vocabulary),
-        )
-        return {
-            DEFAULT_SERVING_KEY: classification,
-            CLASSIFY_SERVING_KEY: classification,
-            PREDICT_SERVING_KEY: PredictOutput(dict(predictions)),
-        }
+        return _classifier_exports(predictions, PredictionKeys.CLASSES, self._n_classes, self._label_vocabulary)
 
 
 class RegressionHead(Head):
