@@ -177,6 +177,20 @@ class FeatureColumn:
         return None
 
 
+class _KeyedColumn(FeatureColumn):
+    """A column that reads the one raw feature named by its ``key`` field, and is named after it."""
+
+    key: str
+
+    @property
+    def name(self) -> str:
+        return self.key
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return (self.key,)
+
+
 class DenseColumn(FeatureColumn):
     """A column that gives a dense ``[batch, dimension]`` float tensor: a DNN can read it.
 
@@ -219,7 +233,7 @@ class _Buffers(nn.Module):
 
 
 @dataclasses.dataclass(frozen=True)
-class NumericColumn(DenseColumn):
+class NumericColumn(_KeyedColumn, DenseColumn):
     """Real values of shape ``shape`` per example (``numeric_column``)."""
 
     key: str
@@ -227,14 +241,6 @@ class NumericColumn(DenseColumn):
     default_value: float | None = None
     dtype: torch.dtype = torch.float32
     normalizer_fn: Callable[[torch.Tensor], torch.Tensor] | None = None
-
-    @property
-    def name(self) -> str:
-        return self.key
-
-    @property
-    def keys(self) -> tuple[str, ...]:
-        return (self.key,)
 
     @property
     def dimension(self) -> int:
@@ -304,7 +310,7 @@ class BucketizedColumn(DenseColumn, CategoricalColumn):
 
 
 @dataclasses.dataclass(frozen=True)
-class VocabularyListColumn(CategoricalColumn):
+class VocabularyListColumn(_KeyedColumn, CategoricalColumn):
     """Values looked up in a vocabulary (``categorical_column_with_vocabulary_list``).
 
     Id ``i`` is ``vocabulary_list[i]``; a value outside it gets ``default_value`` (``-1``: no value), or with
@@ -317,14 +323,6 @@ class VocabularyListColumn(CategoricalColumn):
     dtype: type = str
     default_value: int = MISSING
     num_oov_buckets: int = 0
-
-    @property
-    def name(self) -> str:
-        return self.key
-
-    @property
-    def keys(self) -> tuple[str, ...]:
-        return (self.key,)
 
     @property
     def num_buckets(self) -> int:
@@ -356,7 +354,7 @@ class VocabularyListColumn(CategoricalColumn):
 
 
 @dataclasses.dataclass(frozen=True)
-class IdentityColumn(CategoricalColumn):
+class IdentityColumn(_KeyedColumn, CategoricalColumn):
     """Integer ids used as they are (``categorical_column_with_identity``).
 
     Ids must be in ``[0, num_buckets)`` (or ``-1``, no value); others get ``default_value`` when it is
@@ -366,14 +364,6 @@ class IdentityColumn(CategoricalColumn):
     key: str
     num_buckets: int
     default_value: int | None = None
-
-    @property
-    def name(self) -> str:
-        return self.key
-
-    @property
-    def keys(self) -> tuple[str, ...]:
-        return (self.key,)
 
     def _ids(self, features: Mapping[str, torch.Tensor], states: Mapping[str, nn.Module]) -> torch.Tensor:
         values = _categorical_input(features, self.key, self.name)
@@ -392,7 +382,7 @@ class IdentityColumn(CategoricalColumn):
 
 
 @dataclasses.dataclass(frozen=True)
-class HashBucketColumn(CategoricalColumn):
+class HashBucketColumn(_KeyedColumn, CategoricalColumn):
     """Values spread over ``hash_bucket_size`` ids (``categorical_column_with_hash_bucket``).
 
     The id is ``value mod hash_bucket_size``, where a string's value is its :func:`fingerprint` (TF hashed
@@ -402,14 +392,6 @@ class HashBucketColumn(CategoricalColumn):
     key: str
     hash_bucket_size: int
     dtype: type = str
-
-    @property
-    def name(self) -> str:
-        return self.key
-
-    @property
-    def keys(self) -> tuple[str, ...]:
-        return (self.key,)
 
     @property
     def num_buckets(self) -> int:
