@@ -177,3 +177,13 @@ def test_the_console_script_is_installed(exported):
         pytest.skip(f"no console script at {script}: run pip install -e . to install it")
     result = subprocess.run([script, "show", "--dir", exported[1]], capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0 and 'SignatureDef key: "serving_default"' in result.stdout
+
+
+def test_run_prints_no_deprecation_noise(exported):
+    environment = {**os.environ, "PYTHONWARNINGS": "always"}  # would show every warning torch raises
+    command = [sys.executable, "-m", "torch_estimator.cli", "run", "--dir", exported[1],
+               "--input_exprs", "x=[[1.0, 2.0, 3.0, 4.0]]"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False, env=environment)
+    assert result.returncode == 0, result.stderr
+    assert "Result for output key probabilities" in result.stdout
+    assert "deprecated" not in result.stderr.lower() and "WARNING" not in result.stderr, result.stderr

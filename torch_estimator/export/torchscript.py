@@ -6,13 +6,12 @@ their parameters are the artifact's parameters; each method takes and returns ``
 in Python, ``torch::jit::load(path, device, extra)`` in C++.
 
 TorchScript is deprecated upstream and torch 2.14 warns (``FutureWarning``) on every ``torch.jit`` call.
-This module silences those warnings around its own calls and logs one note per process instead.
+This module silences those warnings, and only those, around its own calls (docs/formats.md says it once).
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -22,32 +21,14 @@ import torch
 
 __all__ = ["ServingModule", "quiet_torchscript", "trace", "save", "load", "MODEL_FILE"]
 
-logger = logging.getLogger("torch_estimator")
-
 MODEL_FILE = "model.pt"
-_noted = False
 
 SignatureFunction = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
-
-
-def note_deprecation_once() -> None:
-    """Log, once per process, why TorchScript is still written and what the warnings were."""
-    global _noted
-    if _noted:
-        return
-    _noted = True
-    logger.warning(
-        "TorchScript is deprecated upstream (torch warns on every torch.jit call and may turn that into an "
-        "error after 2.14). torch_estimator silences those warnings around its own calls: model.pt remains "
-        "loadable by torch.jit.load and libtorch. Export with format='all' to also write model.pt2 "
-        "(torch.export), the forward path."
-    )
 
 
 @contextlib.contextmanager
 def quiet_torchscript() -> Iterator[None]:
     """Silence torch's TorchScript deprecation warnings (only those) inside the block."""
-    note_deprecation_once()
     with warnings.catch_warnings():
         for category in (FutureWarning, DeprecationWarning):
             warnings.filterwarnings("ignore", message=r"`?torch\.jit\.", category=category)

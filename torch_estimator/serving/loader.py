@@ -57,7 +57,6 @@ SIGNATURE_FILE = "signature.json"
 TORCHSCRIPT_FILE = "model.pt"
 PT2_FILE = "model.pt2"
 _PT2_DEFAULT_PROGRAM = "model"
-_noted = False
 
 
 class InvalidInputError(ValueError):
@@ -69,11 +68,8 @@ class InvalidInputError(ValueError):
 
 @contextlib.contextmanager
 def _quiet_torchscript() -> Iterator[None]:
-    """torch warns on every torch.jit call (TorchScript is deprecated upstream): say it once instead."""
-    global _noted
-    if not _noted:
-        _noted = True
-        logger.info("Loading TorchScript: torch's deprecation warnings for torch.jit are silenced around this call.")
+    """Silence torch's deprecation warnings for torch.jit (only those) inside the block: TorchScript is
+    deprecated upstream, and docs/formats.md says so once instead of every load."""
     with warnings.catch_warnings():
         for category in (FutureWarning, DeprecationWarning):
             warnings.filterwarnings("ignore", message=r"`?torch\.jit\.", category=category)
