@@ -185,6 +185,16 @@ def test_keep_checkpoint_max_zero_keeps_all(tmp_path):
     assert len(ckpt.read_index(str(tmp_path)).paths) == 8
 
 
+def test_keep_every_n_hours_none_keeps_nothing_for_its_age(tmp_path, monkeypatch):
+    clock = iter([0.0] + [3600.0 * 1e6 * i for i in range(1, 20)])  # a million hours between saves
+    monkeypatch.setattr(ckpt.time, "time", lambda: next(clock))
+    manager = ckpt.CheckpointManager(str(tmp_path), keep_checkpoint_max=2, keep_checkpoint_every_n_hours=None)
+    for step in range(5):
+        manager.save(step, model=TinyNet())
+    on_disk = sorted(ckpt._step_of(f) for f in os.listdir(tmp_path) if f.endswith(".safetensors"))
+    assert on_disk == [3, 4] and not ckpt.read_index(str(tmp_path)).kept_forever
+
+
 def test_keep_every_n_hours_keeps_extra_checkpoints_out_of_the_index(tmp_path, monkeypatch):
     clock = iter([0.0] + [3600.0 * 0.4 * i for i in range(1, 20)])
     monkeypatch.setattr(ckpt.time, "time", lambda: next(clock))

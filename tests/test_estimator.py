@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 
@@ -63,6 +64,30 @@ def test_model_fn_with_unknown_argument_is_rejected(tmp_path):
 
     with pytest.raises(ValueError, match="unexpected argument 'extra'"):
         te.Estimator(model_fn, model_dir=str(tmp_path), model=TinyNet())
+
+
+def test_partial_model_fn_with_bound_keywords_is_valid(tmp_path, data):
+    # TF's test_partial_model_fn_args: keywords bound by functools.partial are the partial's, not the
+    # Estimator's, even after them every argument becomes keyword-only.
+    seen = {}
+
+    def model_fn(features, labels, foo, mode, params, config, model, bar):
+        seen.update(foo=foo, bar=bar, params=params, mode=mode, has_config=config is not None)
+        return classifier_fn(features, labels, mode, model)
+
+    partial = functools.partial(functools.partial(model_fn, foo=45.0), bar=46.0)
+    est = te.Estimator(partial, model_dir=str(tmp_path), model=TinyNet(), params={"lr": 0.1},
+                       optimizer=lambda p: torch.optim.SGD(p, lr=0.1), config=te.RunConfig(device="cpu"))
+    est.train(_train_fn(data), steps=1)
+    assert seen == {"foo": 45.0, "bar": 46.0, "params": {"lr": 0.1}, "mode": te.ModeKeys.TRAIN, "has_config": True}
+
+
+def test_partial_model_fn_still_rejects_unbound_unknown_arguments(tmp_path):
+    def model_fn(features, labels, mode, foo, extra):
+        raise AssertionError
+
+    with pytest.raises(ValueError, match="unexpected argument 'extra'"):
+        te.Estimator(functools.partial(model_fn, foo=1), model_dir=str(tmp_path), model=TinyNet())
 
 
 def test_model_fn_without_features_is_rejected(tmp_path):
@@ -390,6 +415,12 @@ def test_stop_requested_by_a_hook(make_estimator, data):
     est = make_estimator(save_checkpoints_steps=100)
     est.train(_train_fn(data), steps=10, hooks=[StopAtTwo()])
     assert ckpt._step_of(est.latest_checkpoint()) == 2
+
+
+def test_keep_checkpoint_every_n_hours_none_trains_and_rotates(make_estimator, data, tmp_path):
+    est = make_estimator(save_checkpoints_steps=2, keep_checkpoint_max=2, keep_checkpoint_every_n_hours=None)
+    est.train(_train_fn(data), steps=8)
+    assert _steps_on_disk(tmp_path / "model") == [6, 8]
 
 
 # ----------------------------------------------------------------------------------------------------------

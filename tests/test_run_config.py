@@ -119,11 +119,10 @@ INVALID = [
     ("keep_checkpoint_max", -1, r"`keep_checkpoint_max` must be an int >= 0 or None; received -1"),
     ("keep_checkpoint_max", False, r"`keep_checkpoint_max` must be an int >= 0 or None; received False"),
     ("keep_checkpoint_max", 2.0, r"`keep_checkpoint_max` must be an int >= 0 or None; received 2.0"),
-    ("keep_checkpoint_every_n_hours", 0, r"`keep_checkpoint_every_n_hours` must be a number > 0; received 0"),
-    ("keep_checkpoint_every_n_hours", -2.0, r"`keep_checkpoint_every_n_hours` must be a number > 0; received -2.0"),
-    ("keep_checkpoint_every_n_hours", True, r"`keep_checkpoint_every_n_hours` must be a number > 0; received True"),
-    ("keep_checkpoint_every_n_hours", None, r"`keep_checkpoint_every_n_hours` must be a number > 0; received None"),
-    ("keep_checkpoint_every_n_hours", "1", r"`keep_checkpoint_every_n_hours` must be a number > 0; received '1'"),
+    ("keep_checkpoint_every_n_hours", 0, r"`keep_checkpoint_every_n_hours` must be a number > 0 or None; received 0"),
+    ("keep_checkpoint_every_n_hours", -2.0, r"`keep_checkpoint_every_n_hours` must be a number > 0 or None; received -2.0"),
+    ("keep_checkpoint_every_n_hours", True, r"`keep_checkpoint_every_n_hours` must be a number > 0 or None; received True"),
+    ("keep_checkpoint_every_n_hours", "1", r"`keep_checkpoint_every_n_hours` must be a number > 0 or None; received '1'"),
     ("log_step_count_steps", 0, r"`log_step_count_steps` must be an int >= 1 or None; received 0"),
     ("log_step_count_steps", -1, r"`log_step_count_steps` must be an int >= 1 or None; received -1"),
     ("log_step_count_steps", True, r"`log_step_count_steps` must be an int >= 1 or None; received True"),
@@ -151,6 +150,7 @@ VALID = [
     ("keep_checkpoint_max", 0),
     ("keep_checkpoint_max", None),
     ("keep_checkpoint_every_n_hours", 0.5),
+    ("keep_checkpoint_every_n_hours", None),  # TF's: no checkpoint kept for its age
     ("log_step_count_steps", None),
     ("log_step_count_steps", 1),
     ("device", "cuda:1"),
@@ -259,6 +259,11 @@ def test_replace_returns_a_new_config():
 def test_replace_unknown_field_is_an_error():
     with pytest.raises(ValueError, match=r"RunConfig.replace: cannot replace \['task_type'\]; allowed fields are"):
         RunConfig().replace(task_type="chief")
+
+
+def test_replace_keep_every_n_hours_with_none():
+    config = RunConfig(keep_checkpoint_every_n_hours=2.0).replace(keep_checkpoint_every_n_hours=None)
+    assert config.keep_checkpoint_every_n_hours is None
 
 
 def test_replace_validates_again():

@@ -32,6 +32,7 @@ import errno
 import hashlib
 import json
 import logging
+import math
 import os
 import random
 import re
@@ -774,10 +775,12 @@ class CheckpointManager:
         PermissionError: If ``model_dir`` is not writable.
     """
 
-    def __init__(self, model_dir: str, keep_checkpoint_max: int | None = 5, keep_checkpoint_every_n_hours: float = 10000.0) -> None:
+    def __init__(self, model_dir: str, keep_checkpoint_max: int | None = 5,
+                 keep_checkpoint_every_n_hours: float | None = 10000.0) -> None:
         self.model_dir = check_model_dir(model_dir)
         self._max = keep_checkpoint_max or 0
-        self._every_secs = keep_checkpoint_every_n_hours * 3600.0
+        hours = math.inf if keep_checkpoint_every_n_hours is None else keep_checkpoint_every_n_hours  # None: never
+        self._every_secs = hours * 3600.0
         self._next_keep_time = time.time() + self._every_secs
         try:
             os.makedirs(model_dir, exist_ok=True)

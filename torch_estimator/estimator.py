@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import inspect
 import itertools
 import logging
@@ -72,12 +73,23 @@ _NO_VALUES: Mapping[str, Any] = {}
 _NO_CONTEXT = contextlib.nullcontext()
 
 
+def _partial_keywords(fn: Callable[..., Any]) -> frozenset[str]:
+    """The keyword arguments a ``functools.partial`` (or a chain of them) binds: they are not the
+    Estimator's to fill, whatever their names (TF's ``fn_args``)."""
+    bound: set[str] = set()
+    while isinstance(fn, functools.partial):
+        bound.update(fn.keywords)
+        fn = fn.func
+    return frozenset(bound)
+
+
 def _model_fn_args(model_fn: Callable[..., Any], params: Any) -> frozenset[str]:
     if model_fn is None or not callable(model_fn):
         raise ValueError(f"`model_fn` must be a callable returning an EstimatorSpec; received {model_fn!r}.")
     names = set()
+    bound = _partial_keywords(model_fn)
     for name, parameter in inspect.signature(model_fn).parameters.items():
-        if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+        if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD) or name in bound:
             continue
         if name not in _MODEL_FN_ARGS:
             raise ValueError(

@@ -66,7 +66,8 @@ class RunConfig:
             600 (TF's default); giving one clears the other; giving both is an error; both ``None``
             disables checkpointing. A private marker tells "not given" from ``None`` for this one rule.
         keep_checkpoint_max: Keep at most N recent checkpoints; 0 or None keeps all.
-        keep_checkpoint_every_n_hours: Additionally keep one checkpoint per N hours forever.
+        keep_checkpoint_every_n_hours: Additionally keep one checkpoint per N hours forever; None keeps
+            none for its age (only ``keep_checkpoint_max`` applies).
         log_step_count_steps: Log loss and steps/sec every N steps; None disables both.
         device: ``"auto"`` (CUDA, then MPS, then CPU) or an explicit device such as ``"cuda:1"``.
         precision: ``"32"``, ``"bf16"`` or ``"fp16"`` (autocast; fp16 adds a checkpointed gradient scaler).
@@ -95,7 +96,7 @@ class RunConfig:
     save_checkpoints_steps: int | None = _UNSET
     save_checkpoints_secs: int | float | None = _UNSET
     keep_checkpoint_max: int | None = 5
-    keep_checkpoint_every_n_hours: float = 10000.0
+    keep_checkpoint_every_n_hours: float | None = 10000.0
     log_step_count_steps: int | None = 100
     device: str = "auto"
     precision: str = "32"
@@ -144,8 +145,8 @@ class RunConfig:
             raise ValueError(f"RunConfig `save_checkpoints_secs` must be a number > 0 or None; received {secs!r}.")
         _check_int("keep_checkpoint_max", self.keep_checkpoint_max, 0, allow_none=True)
         hours = self.keep_checkpoint_every_n_hours
-        if isinstance(hours, bool) or not isinstance(hours, (int, float)) or hours <= 0:
-            raise ValueError(f"RunConfig `keep_checkpoint_every_n_hours` must be a number > 0; received {hours!r}.")
+        if hours is not None and (isinstance(hours, bool) or not isinstance(hours, (int, float)) or hours <= 0):
+            raise ValueError(f"RunConfig `keep_checkpoint_every_n_hours` must be a number > 0 or None; received {hours!r}.")
         _check_int("log_step_count_steps", self.log_step_count_steps, 1, allow_none=True)
         if not isinstance(self.device, str) or not self.device:
             raise ValueError(
