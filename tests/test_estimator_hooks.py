@@ -233,6 +233,17 @@ def test_profiler_hook_writes_chrome_traces(make_estimator, data, tmp_path):
     assert trace["traceEvents"]
 
 
+def test_profiler_hook_every_step_skips_the_first_as_tf(make_estimator, data, tmp_path):
+    # TF's test_run_metadata_saves: with save_steps=1 the first step is not saved, the second is.
+    hook = te.ProfilerHook(save_steps=1, output_dir=str(tmp_path / "profile"))
+    est = make_estimator()
+    est.train(_train_fn(data), steps=1, hooks=[hook])
+    assert hook.traces == [] and not os.path.exists(tmp_path / "profile")
+    est.train(_train_fn(data), steps=3, hooks=[hook])  # a new run: its first step (2) is skipped too
+    assert [p.rsplit(".step", 1)[1] for p in hook.traces] == ["3.pt.trace.json", "4.pt.trace.json"]
+    assert sorted(os.listdir(tmp_path / "profile")) == sorted(os.path.basename(p) for p in hook.traces)
+
+
 def test_nan_stop_mode_still_hands_hooks_their_values(tmp_path, data, caplog):
     est = te.Estimator(_nan_after(3), model_dir=str(tmp_path), model=TinyNet(), optimizer=lambda p: torch.optim.SGD(p, lr=0.1),
                        config=te.RunConfig(device="cpu", save_checkpoints_steps=100, log_step_count_steps=1))

@@ -450,7 +450,8 @@ class ProgressBarHook(Hook):
 class ProfilerHook(Hook):
     """Profiles one step every N steps or seconds with ``torch.profiler`` and writes a Chrome trace,
     ``<output_dir>/<host>_<pid>.step<N>.pt.trace.json``, that Perfetto, chrome://tracing and TensorBoard's
-    PyTorch profiler plugin open. As TF's, it does not profile the very first step.
+    PyTorch profiler plugin open. As TF's, it never profiles the first step of a run (with ``save_steps=1``
+the first trace is of the second step).
 
     Raises:
         ValueError: Unless exactly one of ``save_steps``/``save_secs`` is given and positive.
@@ -468,16 +469,20 @@ class ProfilerHook(Hook):
         self._timer = SecondOrStepTimer(every_secs=save_secs, every_steps=save_steps)
         self._output_dir, self._show_memory, self._record_shapes = output_dir, show_memory, record_shapes
         self._profiler: Any = None
+        self._first_step = 0
         self.traces: list[str] = []
 
     def begin(self) -> None:
         self._timer.reset()
 
     def after_restore(self, run_context: RunContext) -> None:
-        self._timer.update_last_triggered_step(run_context.global_step)  # never the first step
+        self._timer.update_last_triggered_step(run_context.global_step)
+        self._first_step = run_context.global_step + 1
 
     def before_run(self, run_context: RunContext) -> None:
-        if self._timer.should_trigger_for_step(run_context.global_step + 1):
+        step = run_context.global_step + 1
+        # The first step of a run is never profiled (it pays for warm-up), even with save_steps=1: TF's.
+        if step != self._first_step and self._timer.should_trigger_for_step(step):
             import torch
 
             activities = [torch.profiler.ProfilerActivity.CPU]
