@@ -33,6 +33,26 @@ def test_dataframe_labels_become_a_dict_and_no_labels_gives_features_only():
     assert sorted(only) == ["age", "color"]  # features alone
 
 
+def _frames_with_dataframe_labels():
+    index = np.arange(100, 104)
+    x = pd.DataFrame({"a": np.arange(4), "b": np.arange(32, 36)}, index=index)
+    y = pd.DataFrame({"a_target": np.arange(10, 14), "b_target": np.arange(50, 54)}, index=index)
+    return x, y
+
+
+@pytest.mark.parametrize("renamed", [{"a_target": "a", "b_target": "b"}, {"a_target": "a", "b_target": "a_n"}])
+def test_label_columns_may_share_names_with_feature_columns(renamed):
+    # TF's testPandasInputFnYIsDataFrame_HandlesOverlappingColumns(InTargets).
+    x, y = _frames_with_dataframe_labels()
+    y = y.rename(columns=renamed)
+    batches = list(te.pandas_input_fn(x, y, batch_size=2, shuffle=False, num_epochs=1)())
+    features, targets = batches[0]
+    assert features["a"].tolist() == [0, 1] and features["b"].tolist() == [32, 33]
+    first, second = renamed["a_target"], renamed["b_target"]
+    assert targets[first].tolist() == [10, 11] and targets[second].tolist() == [50, 51]
+    assert [t[first].tolist() for _, t in batches] == [[10, 11], [12, 13]]
+
+
 def test_trains_a_canned_estimator_on_a_dataframe(tmp_path):
     rng = np.random.default_rng(0)
     data = pd.DataFrame({"x": rng.normal(size=200).astype("float32"), "c": rng.choice(["a", "b"], 200)})

@@ -92,6 +92,16 @@ def test_empty_array_x_is_rejected():
         numpy_input_fn(np.zeros((0, 3)), shuffle=False)
 
 
+def test_array_x_without_values_is_rejected():
+    # TF's testNumpyInputFnWithXIsEmptyArray: two examples of no values (checked before the lengths).
+    with pytest.raises(ValueError, match=r"x cannot be an empty array; received shape \(2, 0\)"):
+        numpy_input_fn(np.array([[], []]), np.arange(4), shuffle=False)
+    with pytest.raises(ValueError, match=r"x\['a'\] cannot be an empty array; received shape \(10, 0\)"):
+        numpy_input_fn({"a": np.zeros((10, 0)), "b": TEN}, shuffle=False)
+    with pytest.raises(ValueError, match=r"y cannot be an empty array"):
+        numpy_input_fn(TEN, np.zeros((10, 0)), shuffle=False)
+
+
 def test_scalar_array_x_is_rejected():
     with pytest.raises(ValueError, match=r"`x` must have at least one example; received shape \(\)"):
         numpy_input_fn(np.array(1.0), shuffle=False)

@@ -318,6 +318,11 @@ def _check_array(name: str, data: Any, kind: str = "a numpy array") -> np.ndarra
         raise TypeError(f"numpy_input_fn `{name}` must be {kind}; received {_describe(data)}.")
     if data.ndim == 0 or len(data) == 0:
         raise ValueError(f"numpy_input_fn `{name}` must have at least one example; received shape {data.shape}.")
+    if data.size == 0:  # examples without values, e.g. np.array([[], []])
+        raise ValueError(
+            f"numpy_input_fn: {name} cannot be an empty array; received shape {data.shape}: every example "
+            f"needs at least one value."
+        )
     return data
 
 
@@ -376,6 +381,13 @@ def numpy_input_fn(
         ValueError: If ``shuffle`` is not a bool, sizes disagree, keys collide or counts are not positive.
         TypeError: If ``x`` or ``y`` is not an array or a dict of arrays.
     """
+    return _array_input_fn(x, y, batch_size, num_epochs, shuffle, seed, shared_keys=False)
+
+
+def _array_input_fn(x: Any, y: Any, batch_size: int, num_epochs: int | None, shuffle: bool | None,
+                    seed: int | None, *, shared_keys: bool) -> Callable[..., NumpyInput]:
+    """:func:`numpy_input_fn`; ``shared_keys`` lets label keys repeat feature keys (a DataFrame's labels
+    may be named as its features: they are separate dicts)."""
     if not isinstance(shuffle, bool):
         raise ValueError(
             f"numpy_input_fn `shuffle` must be given explicitly as True or False (True is recommended for "
@@ -390,7 +402,7 @@ def numpy_input_fn(
     lengths = {**_lengths("x", x), **_lengths("y", y)}
     if len(set(lengths.values())) > 1:
         raise ValueError(f"numpy_input_fn: x and y must have the same number of examples; received {lengths}.")
-    if isinstance(x, dict) and isinstance(y, dict) and set(x) & set(y):
+    if not shared_keys and isinstance(x, dict) and isinstance(y, dict) and set(x) & set(y):
         raise ValueError(f"numpy_input_fn: x and y have duplicate keys {sorted(set(x) & set(y))}.")
 
     def input_fn(mode: str | None = None, config: Any = None, input_context: InputContext | None = None) -> NumpyInput:

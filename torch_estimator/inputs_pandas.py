@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from .canned.feature_columns import encode_features
-from .inputs import NumpyInput, numpy_input_fn
+from .inputs import NumpyInput, _array_input_fn
 
 __all__ = ["pandas_input_fn"]
 
@@ -64,7 +64,8 @@ def pandas_input_fn(
 
     Args:
         x: A pandas DataFrame of features; its index is not a feature.
-        y: None, a Series (labels are a tensor) or a DataFrame (labels are a dict), indexed as ``x``.
+        y: None, a Series (labels are a tensor) or a DataFrame (labels are a dict), indexed as ``x``; its
+            columns may have the names of columns of ``x``.
         batch_size, num_epochs, shuffle, seed: As for :func:`~torch_estimator.inputs.numpy_input_fn`;
             ``shuffle`` must be given.
         queue_capacity, num_threads: Accepted for TF compatibility; there is no queue here.
@@ -99,6 +100,6 @@ def pandas_input_fn(
         if not np.array_equal(x.index, y.index):
             raise ValueError(f"Index for x and y are mismatched.\nIndex for x: {x.index}\nIndex for y: {y.index}\n")
         labels = _labels(y)
-    return numpy_input_fn(encode_features(x), labels, batch_size=batch_size, num_epochs=num_epochs, shuffle=shuffle,
-                          seed=seed)
+    # Label columns may share names with feature columns (TF's): features and labels are separate dicts.
+    return _array_input_fn(encode_features(x), labels, batch_size, num_epochs, shuffle, seed, shared_keys=True)
 
