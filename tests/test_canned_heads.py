@@ -251,8 +251,14 @@ def test_multiclass_float_labels():
 
 @pytest.mark.parametrize("n_classes", [1, 0, 2.5, True])
 def test_multiclass_bad_n_classes(n_classes):
-    with pytest.raises(ValueError, match="`n_classes` must be an int >= 2"):
+    with pytest.raises(ValueError, match="`n_classes` must be an int >= 3"):
         MultiClassHead(n_classes)
+
+
+def test_multiclass_two_classes_is_binary_class_heads_job():
+    # As TF: two classes take a BinaryClassHead ("n_classes must be > 2").
+    with pytest.raises(ValueError, match="n_classes must be > 2; received 2. Use BinaryClassHead"):
+        MultiClassHead(n_classes=2)
 
 
 def test_multiclass_vocabulary_mismatch():

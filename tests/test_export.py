@@ -435,7 +435,7 @@ def test_receiver_fn_must_return_a_receiver(tmp_path):
 
 def test_export_outputs_values_must_be_export_outputs(tmp_path):
     est = train_estimator(tmp_path / "model", make_model_fn(lambda p, logits: {"serving_default": logits}))
-    with pytest.raises(TypeError, match=r"export_outputs\['serving_default'\]` must be a PredictOutput"):
+    with pytest.raises(TypeError, match=r"export_outputs\['serving_default'\]` must be an ExportOutput"):
         est.export_saved_model(tmp_path / "exports", raw_receiver_fn())
     _assert_nothing_written(tmp_path / "exports")
 

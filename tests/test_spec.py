@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from torch_estimator import metrics
+from torch_estimator.export import PredictOutput, RegressionOutput
 from torch_estimator.hooks import Hook
 from torch_estimator.spec import EstimatorSpec, ModeKeys
 
@@ -281,8 +282,16 @@ def test_eval_metric_ops_with_non_str_key_is_rejected():
 
 
 def test_export_outputs_dict_is_accepted():
-    outputs = {"serving_default": object()}
+    outputs = {"serving_default": PredictOutput(PREDICTIONS), "regression": RegressionOutput(torch.zeros(2, 1))}
     assert EstimatorSpec(ModeKeys.PREDICT, predictions=PREDICTIONS, export_outputs=outputs).export_outputs is outputs
+
+
+@pytest.mark.parametrize("value", [torch.zeros(4, 1), {"y": torch.zeros(4, 1)}, object()])
+def test_export_outputs_value_that_is_not_an_export_output_is_rejected_at_construction(value):
+    # TF's: the spec checks each value's class when it is built, not when it is exported.
+    with pytest.raises(TypeError, match=r"(?s)`export_outputs\['predict'\]` must be an ExportOutput .*Wrap tensors as PredictOutput"):
+        EstimatorSpec(ModeKeys.PREDICT, predictions=PREDICTIONS,
+                      export_outputs={"serving_default": PredictOutput(PREDICTIONS), "predict": value})
 
 
 def test_export_outputs_that_is_not_a_dict_is_rejected():

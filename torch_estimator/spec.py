@@ -35,6 +35,20 @@ class ModeKeys:
     ALL = (TRAIN, EVAL, PREDICT)
 
 
+class ExportOutput:
+    """Base class of export outputs (``torch_estimator.export.PredictOutput`` and friends): the named
+    tensors a signature returns, and its TF Serving method name. Defined here, with the spec that holds
+    them, so that a spec checks its ``export_outputs`` when it is built."""
+
+    method_name: str = "tensorflow/serving/predict"
+    class_labels: list[str] | None = None
+
+    @property
+    def outputs(self) -> dict[str, torch.Tensor]:
+        """The signature's outputs, name to Tensor."""
+        raise NotImplementedError
+
+
 _HOOK_METHODS = ("begin", "before_run", "after_run", "end")
 _HOOK_FIELDS = ("training_chief_hooks", "training_hooks", "evaluation_hooks", "prediction_hooks")
 
@@ -93,7 +107,8 @@ class EstimatorSpec:
             GANs). When omitted in TRAIN, the Estimator's ``optimizer`` steps on ``loss``.
         eval_metric_ops: A dict of metric name to a ``torch_estimator.metrics`` result or an object with
             ``update``/``compute``/``reset`` methods (torchmetrics' protocol). Read in EVAL.
-        export_outputs: A dict of signature name to export output, used when exporting.
+        export_outputs: A dict of signature name to ``ExportOutput`` (``PredictOutput``,
+            ``ClassificationOutput``, ``RegressionOutput``), used when exporting.
         training_chief_hooks: Hooks run on the chief process only, in TRAIN.
         training_hooks: Hooks run on every process in TRAIN.
         evaluation_hooks: Hooks run in EVAL.
@@ -161,11 +176,8 @@ class EstimatorSpec:
             )
         if self.eval_metric_ops is not None:
             self._check_metrics(self.eval_metric_ops)
-        if self.export_outputs is not None and not isinstance(self.export_outputs, Mapping):
-            raise TypeError(
-                f"EstimatorSpec `export_outputs` must be a dict of signature name to export output; "
-                f"received {_describe(self.export_outputs)}."
-            )
+        if self.export_outputs is not None:
+            self._check_export_outputs(self.export_outputs)
         if self.fetches is not None:
             _check_tensor_map("fetches", self.fetches, allow_tensor=False)
         if self.summaries is not None:
@@ -177,6 +189,21 @@ class EstimatorSpec:
             value = getattr(self, field)
             if value != ():
                 object.__setattr__(self, field, _check_hooks(field, value))
+
+    @staticmethod
+    def _check_export_outputs(export_outputs: Any) -> None:
+        if not isinstance(export_outputs, Mapping):
+            raise TypeError(
+                f"EstimatorSpec `export_outputs` must be a dict of signature name to export output; "
+                f"received {_describe(export_outputs)}."
+            )
+        for key, value in export_outputs.items():
+            if not isinstance(value, ExportOutput):
+                raise TypeError(
+                    f"EstimatorSpec `export_outputs[{key!r}]` must be an ExportOutput (PredictOutput, "
+                    f"ClassificationOutput or RegressionOutput from torch_estimator.export); received "
+                    f"{_describe(value)}. Wrap tensors as PredictOutput({{name: tensor}})."
+                )
 
     @staticmethod
     def _check_metrics(metrics: Any) -> None:

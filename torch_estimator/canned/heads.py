@@ -633,7 +633,8 @@ class MultiClassHead(Head):
     all class ids with their names), ``predict``.
 
     Raises:
-        ValueError: For ``n_classes < 2`` or a vocabulary that does not have ``n_classes`` distinct strings.
+        ValueError: For ``n_classes <= 2`` (two classes take a :class:`BinaryClassHead`) or a vocabulary that
+            does not have ``n_classes`` distinct strings.
     """
 
     def __init__(
@@ -646,7 +647,11 @@ class MultiClassHead(Head):
         name: str | None = None,
     ) -> None:
         super().__init__(weight_column, loss_reduction, loss_fn, name)
-        self._n_classes = _check_n_classes(n_classes, "MultiClassHead", 2)
+        if isinstance(n_classes, numbers.Integral) and not isinstance(n_classes, bool) and n_classes == 2:
+            raise ValueError(
+                "MultiClassHead: n_classes must be > 2; received 2. Use BinaryClassHead for two classes (TF's rule)."
+            )
+        self._n_classes = _check_n_classes(n_classes, "MultiClassHead", 3)
         self._logits_dimension = self._n_classes
         self._label_vocabulary = _check_vocabulary(label_vocabulary, self._n_classes, "MultiClassHead")
 

@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from ..spec import ExportOutput  # the base class lives with the spec that checks it
+
 __all__ = [
     "DEFAULT_SERVING_SIGNATURE_DEF_KEY",
     "PREDICT_METHOD_NAME",
@@ -43,18 +45,6 @@ def _describe(value: Any) -> str:
     if isinstance(value, torch.Tensor):
         return f"Tensor(shape={list(value.shape)}, dtype={value.dtype})"
     return type(value).__name__
-
-
-class ExportOutput:
-    """Base class: the named tensors a signature returns, and its TF Serving method name."""
-
-    method_name: str = PREDICT_METHOD_NAME
-    class_labels: list[str] | None = None
-
-    @property
-    def outputs(self) -> dict[str, torch.Tensor]:
-        """The signature's outputs, name to Tensor."""
-        raise NotImplementedError
 
 
 class PredictOutput(ExportOutput):
