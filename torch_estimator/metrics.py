@@ -1,23 +1,21 @@
 """Streaming evaluation metrics in the style of ``tf.compat.v1.metrics``.
 
-Each metric function is called on one evaluation batch (usually inside a
-``model_fn``) and returns a :class:`MetricUpdate`: the batch's *additive*
-sufficient statistics plus a pure function that turns summed statistics into
-the metric value.  Because the statistics are additive, batches (and, in
-distributed evaluation, processes) are combined by plain summation and the
-metric is finalized exactly once at the end, which reproduces TensorFlow's
-streaming semantics without TF's local variables.
+Each metric function is called on one evaluation batch (usually inside a ``model_fn``) and returns a
+:class:`MetricUpdate`: the batch's *additive* sufficient statistics plus a pure function that turns
+summed statistics into the metric value.  Because the statistics are additive, batches (and, in
+distributed evaluation, processes) are combined by plain summation and the metric is finalized
+exactly once at the end, which reproduces TensorFlow's streaming semantics without TF's local
+variables.
 
-All statistics are computed with torch ops on the inputs' own device and never
-force a host-device synchronization (no ``.item()``, no Python branching on
-tensor values, no data-dependent shapes).  Counts and sums are kept in
-``float64``, except on MPS devices (which have no ``float64``), where
+All statistics are computed with torch ops on the inputs' own device and never force a host-device
+synchronization (no ``.item()``, no Python branching on tensor values, no data-dependent shapes).
+Counts and sums are kept in ``float64``, except on MPS devices (which have no ``float64``), where
 ``float32`` is used.
 
 :class:`MetricAccumulator` sums the updates that a ``model_fn`` returns in
-``EstimatorSpec.eval_metric_ops`` over batches.  It also accepts objects that
-follow the torchmetrics protocol (callable ``update``, ``compute`` and
-``reset`` attributes), which keep their own state.
+``EstimatorSpec.eval_metric_ops`` over batches.  It also accepts objects that follow the
+torchmetrics protocol (callable ``update``, ``compute`` and ``reset`` attributes), which keep their
+own state.
 
 Example:
     >>> import torch
@@ -34,7 +32,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 
@@ -59,8 +58,8 @@ __all__ = [
 Stats = dict[str, torch.Tensor]
 ComputeFn = Callable[[Mapping[str, torch.Tensor]], torch.Tensor]
 
-# TF v1 `auc`: thresholds are padded by this to include predictions of exactly
-# 0 and 1, and this epsilon is added in the rate divisions.
+# TF v1 `auc`: thresholds are padded by this to include predictions of exactly 0 and 1, and this
+# epsilon is added in the rate divisions.
 _THRESHOLD_EPSILON = 1e-7
 _AUC_EPSILON = 1e-6
 _CURVES = ("ROC", "PR")
@@ -72,9 +71,8 @@ class MetricUpdate:
     """One batch's contribution to a streaming metric.
 
     Attributes:
-        stats: Additive sufficient statistics of this batch.  Statistics of
-            several batches (or processes) are combined by summing the tensors
-            key by key.
+        stats: Additive sufficient statistics of this batch.  Statistics of several batches (or
+            processes) are combined by summing the tensors key by key.
         compute: Pure function mapping summed ``stats`` to the metric value.
     """
 
@@ -82,9 +80,7 @@ class MetricUpdate:
     compute: ComputeFn
 
 
-# --------------------------------------------------------------------------
 # Input preparation.
-# --------------------------------------------------------------------------
 
 
 def _stat_dtype(device: torch.device) -> torch.dtype:
@@ -133,10 +129,9 @@ def _broadcast_weights(
 ) -> torch.Tensor:
     """Broadcasts ``weights`` to the shape of ``values`` following TF's rules.
 
-    Weights may be ``None`` (all ones), a scalar, or a tensor whose rank equals
-    that of ``values`` (or differs by a trailing dimension, which is squeezed
-    or added as TF does) and whose every dimension is 1 or equal to the
-    corresponding dimension of ``values``.
+    Weights may be ``None`` (all ones), a scalar, or a tensor whose rank equals that of ``values``
+    (or differs by a trailing dimension, which is squeezed or added as TF does) and whose every
+    dimension is 1 or equal to the corresponding dimension of ``values``.
 
     Raises:
         ValueError: If ``weights`` cannot be broadcast to ``values``.
@@ -168,8 +163,8 @@ def _prepare(
     """Converts, shape-checks and flattens labels, predictions and weights.
 
     Returns:
-        Flat ``(labels, predictions, weights)`` on the predictions' device, with
-        weights in the statistics dtype.
+        Flat ``(labels, predictions, weights)`` on the predictions' device, with weights in the
+        statistics dtype.
 
     Raises:
         ValueError: On incompatible shapes.
@@ -182,9 +177,7 @@ def _prepare(
     return labels.reshape(-1), predictions.reshape(-1), weights.reshape(-1)
 
 
-# --------------------------------------------------------------------------
 # Shared statistics and finalizers.
-# --------------------------------------------------------------------------
 
 
 def _safe_div(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
@@ -223,10 +216,9 @@ def _confusion_counts(
 ) -> Stats:
     """Weighted confusion counts at each of the increasing ``thresholds``.
 
-    An example counts as predicted positive at a threshold when its score is
-    strictly greater.  Binary metrics use the single threshold 0 with
-    ``score = prediction != 0``.  Works by a stable sort and cumulative sums
-    (deterministic, no scatter, no host-device sync).
+    An example counts as predicted positive at a threshold when its score is strictly greater.
+    Binary metrics use the single threshold 0 with ``score = prediction != 0``.  Works by a stable
+    sort and cumulative sums (deterministic, no scatter, no host-device sync).
 
     Args:
         labels: Flat labels; nonzero means positive.
@@ -278,16 +270,14 @@ def _recall_value(stats: Mapping[str, torch.Tensor]) -> torch.Tensor:
     return _safe_div(stats["tp"], stats["tp"] + stats["fn"])
 
 
-# --------------------------------------------------------------------------
 # Public metrics.
-# --------------------------------------------------------------------------
 
 
 def accuracy(labels: Any, predictions: Any, weights: Any = None) -> MetricUpdate:
     """Weighted fraction of predictions that equal the labels.
 
-    As in TF, ``predictions`` are cast to the dtype of ``labels`` before the
-    comparison.  A zero total weight gives an accuracy of 0.
+    As in TF, ``predictions`` are cast to the dtype of ``labels`` before the comparison.  A zero
+    total weight gives an accuracy of 0.
 
     Args:
         labels: Ground truth tensor or array.
@@ -432,9 +422,9 @@ def recall(labels: Any, predictions: Any, weights: Any = None) -> MetricUpdate:
 def _auc_thresholds(num_thresholds: int, device: torch.device) -> torch.Tensor:
     """TF v1 thresholds as float32: ``-eps``, ``i / (n - 1)`` for ``0 < i < n - 1``, ``1 + eps``.
 
-    Built on ``device`` directly (no host-to-device copy).  The interior points
-    are divided in the statistics dtype, i.e. in float64 like TF's Python
-    floats except on MPS, and then rounded to float32 as TF does.
+    Built on ``device`` directly (no host-to-device copy).  The interior points are divided in the
+    statistics dtype, i.e. in float64 like TF's Python floats except on MPS, and then rounded to
+    float32 as TF does.
     """
     step = torch.arange(1, num_thresholds - 1, dtype=_stat_dtype(device), device=device)
     interior = (step / (num_thresholds - 1)).to(torch.float32)
@@ -492,11 +482,10 @@ def auc(
 ) -> MetricUpdate:
     """Approximate area under the ROC or PR curve, as ``tf.compat.v1.metrics.auc``.
 
-    Uses TF v1's thresholds ``[-1e-7, 1/(n-1), ..., (n-2)/(n-1), 1 + 1e-7]``
-    and counts an example as predicted positive at a threshold when its
-    prediction (cast to float32, as TF does) is strictly greater.  Labels are
-    cast to bool.  Predictions are expected in ``[0, 1]``; unlike TF this is not
-    asserted, since that would need a host-device sync.
+    Uses TF v1's thresholds ``[-1e-7, 1/(n-1), ..., (n-2)/(n-1), 1 + 1e-7]`` and counts an example
+    as predicted positive at a threshold when its prediction (cast to float32, as TF does) is
+    strictly greater.  Labels are cast to bool.  Predictions are expected in ``[0, 1]``; unlike TF
+    this is not asserted, since that would need a host-device sync.
 
     Args:
         labels: Ground truth; cast to bool.
@@ -504,17 +493,16 @@ def auc(
         weights: ``None``, a scalar, or weights broadcastable to ``predictions``.
         num_thresholds: Number of thresholds (at least 2).
         curve: ``"ROC"`` or ``"PR"``.
-        summation_method: ``"trapezoidal"`` (TF's default), ``"minoring"``,
-            ``"majoring"`` or ``"careful_interpolation"`` (which, as in TF,
-            means trapezoidal for ROC).
+        summation_method: ``"trapezoidal"`` (TF's default), ``"minoring"``, ``"majoring"`` or
+            ``"careful_interpolation"`` (which, as in TF, means trapezoidal for ROC).
 
     Returns:
-        A :class:`MetricUpdate` with stats ``tp``, ``fp``, ``tn`` and ``fn``,
-        each of shape ``[num_thresholds]``.
+        A :class:`MetricUpdate` with stats ``tp``, ``fp``, ``tn`` and ``fn``, each of shape
+        ``[num_thresholds]``.
 
     Raises:
-        ValueError: On a bad ``curve``, ``summation_method`` or
-            ``num_thresholds``, or incompatible shapes.
+        ValueError: On a bad ``curve``, ``summation_method`` or ``num_thresholds``, or incompatible
+            shapes.
     """
     if curve not in _CURVES:
         raise ValueError(f"curve must be either ROC or PR, {curve!r} unknown.")
@@ -593,17 +581,14 @@ def mean_absolute_error(labels: Any, predictions: Any, weights: Any = None) -> M
     return _mean_update((labels - predictions).abs(), weights)
 
 
-# --------------------------------------------------------------------------
 # Accumulation.
-# --------------------------------------------------------------------------
 
 
 def is_metric(obj: Any) -> bool:
     """Whether ``obj`` follows the torchmetrics protocol.
 
-    Such objects have callable ``update``, ``compute`` and ``reset``
-    attributes.  A :class:`MetricUpdate` is *not* such an object; check it with
-    ``isinstance``.
+    Such objects have callable ``update``, ``compute`` and ``reset`` attributes.  A
+    :class:`MetricUpdate` is *not* such an object; check it with ``isinstance``.
 
     Args:
         obj: Any object.
@@ -634,11 +619,10 @@ def _to_numpy(value: Any) -> Any:
 class MetricAccumulator:
     """Accumulates ``eval_metric_ops`` values over batches; finalizes once.
 
-    Every batch must provide the same metric names.  A :class:`MetricUpdate`
-    has its stats summed in place (no host-device sync); an object following
-    the torchmetrics protocol (see :func:`is_metric`) is expected to be
-    updated by the user's ``model_fn`` itself and is only remembered, then
-    computed and reset by :meth:`compute`.
+    Every batch must provide the same metric names.  A :class:`MetricUpdate` has its stats summed in
+    place (no host-device sync); an object following the torchmetrics protocol (see
+    :func:`is_metric`) is expected to be updated by the user's ``model_fn`` itself and is only
+    remembered, then computed and reset by :meth:`compute`.
 
     Example:
         >>> import torch
@@ -666,14 +650,13 @@ class MetricAccumulator:
         The whole batch is validated before any state changes.
 
         Args:
-            metric_ops: Mapping from metric name to a :class:`MetricUpdate` or
-                a torchmetrics-protocol object; ``None`` means no metrics.
+            metric_ops: Mapping from metric name to a :class:`MetricUpdate` or a
+                torchmetrics-protocol object; ``None`` means no metrics.
 
         Raises:
             TypeError: If a value is neither kind of metric.
-            ValueError: If the metric names, a metric's kind, its stat keys or
-                stat shapes differ from earlier batches, or a different
-                protocol object is passed under the same name.
+            ValueError: If the metric names, a metric's kind, its stat keys or stat shapes differ
+                from earlier batches, or a different protocol object is passed under the same name.
         """
         metric_ops = dict(metric_ops or {})
         if self._names is not None and set(metric_ops) != set(self._names):
@@ -747,8 +730,8 @@ class MetricAccumulator:
     def stats(self) -> dict[str, dict[str, torch.Tensor]]:
         """Returns the current summed stats of every :class:`MetricUpdate` metric.
 
-        The tensors are the accumulator's own buffers (not copies); protocol
-        objects are not included.
+        The tensors are the accumulator's own buffers (not copies); protocol objects are not
+        included.
 
         Returns:
             ``{metric name: {stat key: summed tensor}}``.
@@ -760,19 +743,18 @@ class MetricAccumulator:
     ) -> dict[str, Any]:
         """Finalizes all metrics and resets the protocol objects.
 
-        Summed stats are left untouched, so calling :meth:`reset` before the
-        next evaluation is the caller's job.
+        Summed stats are left untouched, so calling :meth:`reset` before the next evaluation is the
+        caller's job.
 
         Args:
-            reduce: Optional function applied to every summed stat tensor
-                before finalizing, e.g. an all-reduce SUM across processes in
-                distributed evaluation.  It must return the reduced tensor and
-                should not modify its input.  Protocol objects are not passed
+            reduce: Optional function applied to every summed stat tensor before finalizing, e.g. an
+                all-reduce SUM across processes in distributed evaluation.  It must return the
+                reduced tensor and should not modify its input.  Protocol objects are not passed
                 through it (torchmetrics synchronizes itself).
 
         Returns:
-            ``{metric name: value}``; tensor results become numpy scalars
-            (0-dim) or ``np.ndarray``, other results are returned as is.
+            ``{metric name: value}``; tensor results become numpy scalars (0-dim) or ``np.ndarray``,
+            other results are returned as is.
         """
         results: dict[str, Any] = {}
         for name in self._names or []:
