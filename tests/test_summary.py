@@ -1,0 +1,109 @@
+"""Tests for torch_estimator.summary: TensorBoard event files as TF's Estimator wrote them."""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import numpy as np
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from torch_estimator import summary
+
+
+def _events(logdir: str) -> EventAccumulator:
+    summary.flush_all()
+    accumulator = EventAccumulator(logdir, size_guidance={"histograms": 0, "images": 0, "tensors": 0})
+    accumulator.Reload()
+    return accumulator
+
+
+def test_one_writer_and_one_event_file_per_directory(tmp_path):
+    logdir = str(tmp_path / "train")
+    first = summary.writer_for(logdir)
+    assert summary.writer_for(logdir + os.sep) is first  # the same directory, spelled differently
+    assert summary.writer_for(str(tmp_path / "eval")) is not first
+    summary.write_summaries(logdir, {"loss": 1.0}, step=1)
+    summary.write_summaries(logdir, {"loss": 0.5}, step=2)
+    summary.flush_all()
+    assert len(glob.glob(os.path.join(logdir, "events.out.tfevents.*"))) == 1
+    assert summary.read_scalars(logdir) == {1: {"loss": 1.0}, 2: {"loss": 0.5}}
+
+
+def test_values_are_written_by_kind(tmp_path):
+    logdir = str(tmp_path)
+    summary.write_summaries(
+        logdir,
+        {
+            "scalar/float": 0.25,
+            "scalar/int": 3,
+            "scalar/numpy": np.float32(2.5),
+            "scalar/one_element": np.array([[7.0]]),
+            "histogram": np.arange(10.0),
+            "histogram/tensor": torch.ones(3, 2),
+            "image": summary.Image(np.zeros((3, 4, 5), dtype=np.float32)),
+            "text": summary.Text("hello"),
+            "text/plain": "world",
+            "skipped": None,
+        },
+        step=4,
+    )
+    events = _events(logdir)
+    tags = events.Tags()
+    assert sorted(tags["scalars"]) == ["scalar/float", "scalar/int", "scalar/numpy", "scalar/one_element"]
+    assert [event.value for event in events.Scalars("scalar/one_element")] == [7.0]
+    assert sorted(tags["histograms"]) == ["histogram", "histogram/tensor"]
+    histogram = events.Histograms("histogram")[0]
+    assert (histogram.step, histogram.histogram_value.num, histogram.histogram_value.max) == (4, 10.0, 9.0)
+    assert tags["images"] == ["image"]
+    image = events.Images("image")[0]
+    assert (image.step, image.width, image.height) == (4, 5, 4)
+    assert sorted(tag for tag in tags["tensors"] if tag.startswith("text")) == ["text/plain/text_summary", "text/text_summary"]
+    assert "skipped" not in str(tags)
+
+
+def test_an_unwritable_value_names_its_tag(tmp_path):
+    with pytest.raises(TypeError, match=r"Summary 'bad': cannot write a dict; give a number, a tensor"):
+        summary.write_summaries(str(tmp_path), {"bad": {"nested": 1}}, step=1)
+
+
+def test_host_summaries_evaluates_callables_and_copies_tensors():
+    calls = []
+
+    def lazy() -> torch.Tensor:
+        calls.append(1)
+        return torch.tensor(2.0)
+
+    copied = []
+
+    def to_host(value: torch.Tensor) -> np.ndarray:
+        copied.append(value)
+        return value.detach().cpu().numpy()
+
+    image = summary.Image(torch.zeros(1, 2, 2), "CHW")
+    values = summary.host_summaries({"lazy": lazy, "tensor": torch.arange(3.0), "image": image, "n": 1.5}, to_host)
+    assert calls == [1]
+    assert len(copied) == 3
+    assert float(values["lazy"]) == 2.0
+    np.testing.assert_array_equal(values["tensor"], [0.0, 1.0, 2.0])
+    assert isinstance(values["image"], summary.Image) and values["image"].dataformats == "CHW"
+    assert isinstance(values["image"].tensor, np.ndarray)
+    assert values["n"] == 1.5
+
+
+def test_read_scalars_keeps_what_precedes_a_torn_write(tmp_path):
+    logdir = str(tmp_path)
+    for step in range(1, 4):
+        summary.write_summaries(logdir, {"loss": float(step)}, step=step)
+    summary.flush_all()
+    (path,) = glob.glob(os.path.join(logdir, "events.out.tfevents.*"))
+    with open(path, "ab") as file:
+        file.write(b"\x10\x00\x00\x00\x00\x00\x00\x00torn")  # a record header promising more than is there
+    assert summary.read_scalars(logdir) == {1: {"loss": 1.0}, 2: {"loss": 2.0}, 3: {"loss": 3.0}}
+
+
+def test_read_scalars_of_a_directory_without_events_is_empty(tmp_path):
+    assert summary.read_scalars(str(tmp_path)) == {}
+    assert summary.read_scalars(str(tmp_path / "missing")) == {}
