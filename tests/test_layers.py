@@ -1,6 +1,6 @@
 """The package's layering (DESIGN.md, "Layout"): imports only go down.
 
-Layer 1: spec, run_config, distribute, serving/loader — import only each other; serving/loader imports
+Layer 1: spec, run_config, distribute, lock, serving/loader — import only each other; serving/loader imports
 nothing from the package at all (it must load exports where the package is not installed).
 Layer 2: inputs, inputs_pandas, hooks, checkpoint, metrics, summary, export — import layer 1 and each other.
 Layer 3: estimator, training, cli, canned (the canned estimators) — import anything below (and each other);
@@ -41,6 +41,7 @@ LAYERS: dict[str, int] = {
     "inputs_pandas": 2,
     "hooks": 2,
     "checkpoint": 2,
+    "lock": 1,
     "metrics": 2,
     "summary": 2,
     "export": 2,

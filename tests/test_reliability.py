@@ -18,6 +18,7 @@ import pickle
 import random
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -33,6 +34,7 @@ from torch_estimator import checkpoint as ckpt
 from torch_estimator.inputs import numpy_input_fn
 
 from .conftest import TinyNet, classifier_fn
+from .reliability import train_to_step as tr
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -187,6 +189,124 @@ def test_leftover_temporary_files_are_removed_when_training_starts(make_estimato
 
     make_estimator(save_checkpoints_steps=100).train(_train_fn(data), steps=1, hooks=[Look()])
     assert hooks_seen == [False]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# No checkpoint of non-finite weights.
+
+
+class HiddenNaN(torch.nn.Module):
+    """TinyNet plus a parameter seen only through ``where(p > 0, sqrt(p), 0)``: the loss stays finite while the
+    gradient of the negative entry is NaN (0 * d sqrt(p)/dp), so one SGD step makes ``p`` NaN for good."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = TinyNet()
+        self.p = torch.nn.Parameter(torch.tensor([-1.0, 1.0]))
+
+    def forward(self, x):
+        return self.net(x) + torch.where(self.p > 0, torch.sqrt(self.p), torch.zeros_like(self.p)).sum() * 0.01
+
+
+def test_weights_made_nan_by_a_finite_loss_are_never_checkpointed(data, tmp_path):
+    model_dir = tmp_path / "model"
+    est = te.Estimator(classifier_fn, model_dir=str(model_dir), model=HiddenNaN(), optimizer=lambda p: torch.optim.Adam(p, lr=0.1),
+                       config=te.RunConfig(device="cpu", save_checkpoints_steps=5, log_step_count_steps=1, save_summary_steps=None))
+    losses = []
+
+    class Losses(te.Hook):
+        def before_run(self, run_context):
+            return {"loss"}
+
+        def after_run(self, run_context, run_values):
+            losses.append(float(run_values["loss"]))
+
+    with pytest.raises(te.NanLossDuringTrainingError, match=r"became NaN or infinite between global steps 1 and 5 \(they were "
+                                                           r"finite at step 0\), while the loss stayed finite.*'model/p'"):
+        est.train(_train_fn(data), steps=20, hooks=[Losses()])
+    assert len(losses) == 5 and all(np.isfinite(losses))  # every loss was finite: only the weights tell
+    assert sorted(n for n in os.listdir(model_dir) if n.startswith("model.ckpt")) == ["model.ckpt-0.safetensors"]
+    saved = ckpt.read_checkpoint(str(model_dir / "model.ckpt-0.safetensors"))
+    assert all(bool(torch.isfinite(t).all()) for t in saved.model.values())
+    with pytest.raises(te.NanLossDuringTrainingError, match="between global steps 1 and 5"):  # resumes at 0, fails again
+        est.train(_train_fn(data), steps=20)
+
+
+def test_non_finite_optimizer_state_is_named():
+    model = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.Adam(model.parameters())
+    model(torch.ones(1, 2)).sum().backward()
+    optimizer.step()
+    assert ckpt.non_finite_tensors(ckpt.training_state_tensors(model, optimizer)) == []
+    optimizer.state[model.bias]["exp_avg_sq"].fill_(float("inf"))
+    assert ckpt.non_finite_tensors(ckpt.training_state_tensors(model, optimizer)) == ["optimizer/1/exp_avg_sq"]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# One writer per model_dir.
+
+
+def _wait_for(predicate, what, timeout=90.0):
+    deadline = time.time() + timeout
+    while not predicate():
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def test_a_second_trainer_is_refused_naming_the_first_and_a_killed_one_leaves_no_lock(make_estimator, data, tmp_path):
+    model_dir, events = tmp_path / "model", tmp_path / "events"
+    trainer = subprocess.Popen([sys.executable, str(KILL_SCRIPT), str(model_dir), "100000", str(events)],
+                               env={**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        _wait_for(lambda: any(e[0] == "A" and e[1] >= 2 for e in _events(events)) or trainer.poll() is not None, "the trainer")
+        assert trainer.poll() is None, trainer.stderr.read().decode()[-3000:]
+        second = te.Estimator(tr.model_fn, model_dir=str(model_dir), model=tr.Net(), optimizer=lambda p: torch.optim.Adam(p),
+                              config=te.RunConfig(device="cpu", save_checkpoints_steps=2, log_step_count_steps=None))
+        x = np.zeros((8, 32), "float32")
+        y = np.zeros(8, "int64")
+        before = {n: os.stat(model_dir / n).st_size for n in os.listdir(model_dir) if n.startswith("model.ckpt")}
+        with pytest.raises(te.ModelDirLockedError, match=rf"`model_dir` .*model is being trained by process {trainer.pid} on "
+                                                         rf"host {re.escape(socket.gethostname())} \(training since 20.*\): it holds "
+                                                         rf"the lock .*train.lock"):
+            second.train(numpy_input_fn(x, y, batch_size=8, num_epochs=None, shuffle=False), steps=5)
+        for name, size in before.items():  # the refused trainer wrote and removed nothing
+            assert not (model_dir / name).exists() or os.stat(model_dir / name).st_size == size
+        holder = te.lock.read_holder(str(model_dir / "train.lock"))
+        assert holder["pid"] == trainer.pid
+        # Readers never need the lock.
+        assert second.evaluate(numpy_input_fn(x, y, batch_size=8, shuffle=False))["global_step"] >= 2
+        assert len(list(second.predict(numpy_input_fn(x, batch_size=8, shuffle=False)))) == 8
+    finally:
+        trainer.kill()
+        trainer.wait()
+    # SIGKILL released the lock with the process: the next trainer takes it at once (and removes the file after).
+    assert (model_dir / "train.lock").exists()
+    second.train(numpy_input_fn(x, y, batch_size=8, num_epochs=None, shuffle=False), steps=5)
+    assert not (model_dir / "train.lock").exists()
+
+
+def test_training_without_checkpoints_and_reading_need_no_lock(make_estimator, data, tmp_path):
+    (tmp_path / "model").mkdir()
+    with te.lock.ModelDirLock(str(tmp_path / "model")):  # held by another trainer, here one in this process
+        make_estimator(save_checkpoints_steps=None, save_checkpoints_secs=None, save_summary_steps=None).train(_train_fn(data), steps=2)
+        with pytest.raises(te.ModelDirLockedError, match="being trained by process"):
+            make_estimator(save_checkpoints_steps=5).train(_train_fn(data), steps=2)
+        make_estimator().evaluate(_eval_fn(data))
+
+
+def test_train_and_evaluate_holds_the_lock_while_its_evaluations_read(make_estimator, data, tmp_path):
+    est = make_estimator(save_checkpoints_steps=5)
+    seen = []
+
+    class Look(te.Hook):
+        def begin(self):
+            seen.append(te.lock.read_holder(str(tmp_path / "model" / "train.lock")).get("pid"))
+
+    te.train_and_evaluate(est, te.TrainSpec(_train_fn(data), max_steps=10),
+                          te.EvalSpec(_eval_fn(data), steps=None, hooks=[Look()], throttle_secs=0))
+    assert seen and all(pid == os.getpid() for pid in seen)
+    assert not (tmp_path / "model" / "train.lock").exists()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -485,6 +605,19 @@ def _read_only_fs(tensors, filename, metadata=None):
     raise OSError(errno.EROFS, "Read-only file system", filename)
 
 
+def _while_locked(e):
+    with te.lock.ModelDirLock(str(e.dir)):  # another trainer holds model_dir (here, in this process)
+        e.est().train(e.train_fn(), steps=1)
+
+
+def _hidden_nan_fn(features, labels, mode, model):
+    """A finite loss with a NaN gradient: where() selects 0, but sqrt's gradient of a negative number is NaN."""
+    logits = model(features["x"])
+    shifted = model.out.bias[0] - 10.0
+    penalty = torch.where(shifted > 0, torch.sqrt(shifted), torch.zeros_like(shifted))
+    return te.EstimatorSpec(mode, loss=torch.nn.functional.cross_entropy(logits, labels) + penalty)
+
+
 def _cfg(**kwargs):
     return lambda env: te.RunConfig(**kwargs)
 
@@ -583,6 +716,8 @@ CASES = [
     pytest.param(lambda e: e.est(model_dir=e.dir / "checkpoint" / "run1").train(e.train_fn(), steps=1), ValueError, r"`model_dir` .*checkpoint/run1 cannot be created: .*checkpoint is a file, not a directory", id="model_dir-inside-a-file-train"),
     _needs_diff(lambda e: e.est(model_dir=e.dir / "checkpoint" / "run1"), ValueError, r"`model_dir` .*checkpoint/run1 cannot be created: .*checkpoint is a file, not a directory", id="model_dir-inside-a-file"),
     pytest.param(lambda e: (setattr(ckpt, "save_file", _read_only_fs), e.est(config=e.quiet).train(e.train_fn(), steps=100)), OSError, r"Could not write the checkpoint .*model.ckpt-105.safetensors: Read-only file system. The previous checkpoints and the index are unchanged", id="model_dir-read-only"),
+    pytest.param(_while_locked, te.ModelDirLockedError, rf"`model_dir` .*model is being trained by process {os.getpid()} on host .* \(training since 20.*\): it holds the lock .*model/train.lock. Two trainers in one model_dir would overwrite", id="model_dir-locked-by-another-trainer"),
+    pytest.param(lambda e: e.est(_hidden_nan_fn, config=e.quiet).train(e.train_fn(), steps=1), te.NanLossDuringTrainingError, r"The weights or optimizer state became NaN or infinite at global step 6, while the loss stayed finite.*Non-finite: \['model/out.bias'\]\. Training stopped and no checkpoint of them was written", id="weights-nan-with-a-finite-loss"),
     # --- a checkpoint of another model, or not a checkpoint ------------------------------------------------
     pytest.param(lambda e: e.est(model=Wider()).train(e.train_fn(), steps=1), ValueError, r"model.ckpt-5.safetensors does not match the model: missing keys \['extra.bias', 'extra.weight'\], unexpected keys \[\], mis-shaped \[\]", id="checkpoint-missing-keys"),
     pytest.param(lambda e: e.est(model=Smaller()).evaluate(e.eval_fn()), ValueError, r"does not match the model: missing keys \[\], unexpected keys \['hidden.bias', 'hidden.weight'\], mis-shaped \['out.weight: checkpoint \(2, 8\) vs model \(2, 4\)'\]", id="checkpoint-unexpected-keys"),

@@ -6,7 +6,7 @@ prediction. See ``Estimator`` for an example.
 
 import logging as _logging
 
-from . import canned, checkpoint, early_stopping, export, exporters, hooks, inputs, metrics, summary
+from . import canned, checkpoint, early_stopping, export, exporters, hooks, inputs, lock, metrics, summary
 from .canned import (
     BaselineClassifier,
     BaselineEstimator,
@@ -62,6 +62,7 @@ from .hooks import (
     StopAtStepHook,
     SummarySaverHook,
 )
+from .lock import ModelDirLockedError
 from .run_config import RunConfig
 from .spec import EstimatorSpec, EvalSpec, ModeKeys, TrainSpec
 from .training import run_evaluator, train_and_evaluate
@@ -98,6 +99,7 @@ __all__ = [
     "LinearRegressor",
     "LoggingTensorHook",
     "ModeKeys",
+    "ModelDirLockedError",
     "MultiClassHead",
     "MultiLabelHead",
     "NanLossDuringTrainingError",
@@ -126,6 +128,7 @@ __all__ = [
     "feature_column",
     "hooks",
     "inputs",
+    "lock",
     "make_early_stopping_hook",
     "metrics",
     "pandas_input_fn",

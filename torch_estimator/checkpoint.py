@@ -61,6 +61,9 @@ __all__ = [
     "checkpoint_path_for_step",
     "latest_checkpoint",
     "latest_intact_checkpoint",
+    "make_writable_model_dir",
+    "non_finite_tensors",
+    "training_state_tensors",
     "list_variables",
     "read_index",
     "read_checkpoint",
@@ -148,6 +151,51 @@ def _set_rng_state(state: Mapping[str, Any]) -> None:
     cuda = state.get("cuda")
     if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Finite weights.
+
+
+def training_state_tensors(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> dict[str, torch.Tensor]:
+    """The model's tensors (``model/<name>``) and the optimizer's slots (``optimizer/<param>/<slot>``), by name."""
+    named = {f"model/{k}": v for k, v in model.state_dict().items()}
+    if optimizer is not None:
+        for i, (_, slots) in enumerate(optimizer.state.items()):
+            for slot, value in slots.items():
+                if isinstance(value, torch.Tensor):
+                    named[f"optimizer/{i}/{slot}"] = value
+    return named
+
+
+def non_finite_tensors(tensors: Mapping[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors holding a NaN or an infinity.
+
+    One fused reduction per device and dtype (``torch._foreach_norm`` with ``ord=inf``: the largest
+    magnitude, NaN or infinite exactly when some element is) and a single copy to the host: one wait for
+    the device in all, meant for moments when the host waits anyway (a save).
+
+    Example:
+        >>> non_finite_tensors({"a": torch.ones(3), "b": torch.tensor([1.0, float("nan")]), "c": torch.arange(3)})
+        ['b']
+    """
+    groups: dict[tuple[torch.device, torch.dtype], list[tuple[str, torch.Tensor]]] = {}
+    for name, tensor in tensors.items():
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and tensor.numel() and not tensor.is_sparse:
+            groups.setdefault((tensor.device, tensor.dtype), []).append((name, tensor.detach()))
+    if not groups:
+        return []
+    names, flags = [], []
+    for members in groups.values():
+        values = [t for _, t in members]
+        try:
+            norms = torch._foreach_norm(values, float("inf"))
+        except (RuntimeError, TypeError, NotImplementedError):  # a backend without the fused kernel
+            norms = [t.abs().amax() for t in values]
+        flags.append(torch.isfinite(torch.stack(list(norms))))
+        names.extend(n for n, _ in members)
+    finite = torch.cat([f.to(flags[0].device) for f in flags]).tolist()  # the one wait
+    return [name for name, ok in zip(names, finite) if not ok]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -758,6 +806,27 @@ def check_model_dir(model_dir: str) -> str:
     return model_dir
 
 
+def make_writable_model_dir(model_dir: str) -> str:
+    """Create ``model_dir`` if needed and check that files can be written there.
+
+    Returns:
+        ``model_dir``.
+
+    Raises:
+        ValueError: If ``model_dir`` or one of its parents is a file.
+        PermissionError: If ``model_dir`` is not writable.
+        OSError: If it cannot be created.
+    """
+    check_model_dir(model_dir)
+    try:
+        os.makedirs(model_dir, exist_ok=True)
+    except OSError as error:
+        raise type(error)(error.errno, f"Could not create `model_dir` {model_dir}: {error.strerror}.") from error
+    if not os.access(model_dir, os.W_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, f"`model_dir` {model_dir} is not writable; checkpoints cannot be saved there.")
+    return model_dir
+
+
 _TEMP_RE = re.compile(r"^(model\.ckpt-\d+\.safetensors|" + re.escape(INDEX_NAME) + r")\.tmp\d+$")
 
 
@@ -782,12 +851,7 @@ class CheckpointManager:
         hours = math.inf if keep_checkpoint_every_n_hours is None else keep_checkpoint_every_n_hours  # None: never
         self._every_secs = hours * 3600.0
         self._next_keep_time = time.time() + self._every_secs
-        try:
-            os.makedirs(model_dir, exist_ok=True)
-        except OSError as error:
-            raise type(error)(error.errno, f"Could not create `model_dir` {model_dir}: {error.strerror}.") from error
-        if not os.access(model_dir, os.W_OK | os.X_OK):
-            raise PermissionError(errno.EACCES, f"`model_dir` {model_dir} is not writable; checkpoints cannot be saved there.")
+        make_writable_model_dir(model_dir)
         for name in os.listdir(model_dir):
             if _TEMP_RE.match(name):  # a file, or a staging directory (see _atomic_write)
                 logger.info("Removing %s, left over by an interrupted save.", name)

@@ -57,6 +57,7 @@ from .hooks import (
     check_hooks,
 )
 from .inputs import InputContext, call_input_fn, iterate_batches, to_device
+from .lock import ModelDirLock
 from .metrics import MetricAccumulator
 from .run_config import RunConfig
 from .spec import EstimatorSpec, ModeKeys
@@ -453,12 +454,33 @@ class Estimator:
     def _save(self, global_step: int, source: Any) -> str:
         if not self._all_finite():  # the loop checks first; this guards every write
             raise NanLossDuringTrainingError("Refusing to save a checkpoint of non-finite weights.")
+        self._check_finite_state(global_step)
         path = self._checkpoint_manager().save(
             global_step, model=self._model, optimizer=self._optimizer, lr_scheduler=self._lr_scheduler,
             grad_scaler=self._scaler, input_state=self._capture_input(source),
         )
         self._synced = ckpt.checkpoint_identity(path)
         return path
+
+    def _check_finite_state(self, global_step: int) -> None:
+        """Refuse to save weights or optimizer state holding NaN or infinity (a finite loss can hide a NaN
+        gradient): one fused check and one wait for the device, at a save, where the host waits anyway."""
+        bad = ckpt.non_finite_tensors(ckpt.training_state_tensors(self._model, self._optimizer))
+        if not bad:
+            self._finite_step = global_step
+            return
+        self._synced = None  # memory holds broken weights: restore from disk next time
+        since = getattr(self, "_finite_step", None)
+        when = (f"at global step {global_step}" if since is None or since >= global_step - 1
+                else f"between global steps {since + 1} and {global_step} (they were finite at step {since})")
+        raise NanLossDuringTrainingError(
+            f"The weights or optimizer state became NaN or infinite {when}, while the loss stayed finite: a "
+            f"non-finite gradient (e.g. sqrt or log of 0 or of a negative number hidden by torch.where or a mask) "
+            f"or a non-finite optimizer setting. Non-finite: {bad[:8]}{' …' if len(bad) > 8 else ''}. Training "
+            f"stopped and no checkpoint of them was written; the newest checkpoint in {self.model_dir} is intact. "
+            f"Make the gradient finite (clamp the input of sqrt/log before torch.where selects it) or check the "
+            f"optimizer's settings."
+        )
 
     @staticmethod
     def _capture_input(source: Any) -> dict[str, Any] | None:
@@ -587,7 +609,28 @@ class Estimator:
         _check_positive("max_steps", max_steps)
         hooks = check_hooks("hooks", hooks)
         listeners = self._check_listeners(saving_listeners)
+        with self._training_lock():
+            return self._train_locked(input_fn, hooks, steps, max_steps, listeners)
+
+    @contextlib.contextmanager
+    def _training_lock(self) -> Iterator[None]:
+        """While the chief trains with checkpoints, it holds ``model_dir``'s lock (one writer per model_dir)
+        and a checkpoint writer made under it; both end with the block, whatever ends it."""
+        if not (self._config.checkpointing_enabled and self._dist.is_chief):
+            yield
+            return
+        ckpt.make_writable_model_dir(self.model_dir)
+        with ModelDirLock(self.model_dir):
+            self._checkpoints = None  # a fresh writer: another trainer may have written since the last call
+            try:
+                yield
+            finally:
+                self._checkpoints = None
+
+    def _train_locked(self, input_fn: Callable[..., Any], hooks: list[Any], steps: int | None,
+                      max_steps: int | None, listeners: list[Any]) -> Estimator:
         path = self._prepare()
+        self._finite_step: int | None = self._global_step if path is not None else None
         if max_steps is not None and max_steps <= self._global_step:
             logger.info("Skipping training since max_steps has already saved.")
             return self
