@@ -619,13 +619,19 @@ class Estimator:
         if not (self._config.checkpointing_enabled and self._dist.is_chief):
             yield
             return
+        created = not os.path.isdir(self.model_dir)
         ckpt.make_writable_model_dir(self.model_dir)
-        with ModelDirLock(self.model_dir):
-            self._checkpoints = None  # a fresh writer: another trainer may have written since the last call
-            try:
-                yield
-            finally:
-                self._checkpoints = None
+        try:
+            with ModelDirLock(self.model_dir):
+                self._checkpoints = None  # a fresh writer: another trainer may have written since the last call
+                try:
+                    yield
+                finally:
+                    self._checkpoints = None
+        finally:
+            if created:  # a train() that failed before writing anything leaves no empty model_dir behind
+                with contextlib.suppress(OSError):
+                    os.rmdir(self.model_dir)
 
     def _train_locked(self, input_fn: Callable[..., Any], hooks: list[Any], steps: int | None,
                       max_steps: int | None, listeners: list[Any]) -> Estimator:
