@@ -13,6 +13,9 @@ Run it from the repository root (``pip install -e .[examples]`` once, or just ru
                                                                # installed, else downloaded by torchvision
     python examples/mnist.py --synthetic --steps 200           # no data at all: a seeded toy problem
 
+``--export-dir DIR`` exports the trained model for serving into ``DIR/<version>`` (as the tutorial's
+``export_savedmodel``); ``torch-estimator serve --model_base_path DIR --model_name mnist`` serves it.
+
 ``--steps`` defaults to 20000, the tutorial's value (tens of minutes on a laptop CPU, about a minute on a
 GPU); the tutorial's learning rate of 0.001 with plain SGD learns slowly, so for a quick look try
 ``--steps 500 --learning-rate 0.05``. Checkpoints and summaries go to ``--model-dir`` (default
@@ -27,11 +30,16 @@ and ``t10k-labels-idx1-ubyte`` (each optionally ``.gz``), either directly or in 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
+import io
 import logging
 import os
+import re
+import shutil
 import struct
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -48,7 +56,7 @@ except ImportError:  # running from a checkout without `pip install -e .`
     import torch_estimator as te
 
 __all__ = ["CNN", "model_fn", "read_idx", "find_idx_files", "load_idx_dataset", "synthetic_dataset",
-           "load_dataset", "main"]
+           "load_dataset", "DataUnavailable", "main"]
 
 logger = logging.getLogger("mnist")
 
@@ -216,22 +224,68 @@ def synthetic_dataset(num_train: int = 2000, num_eval: int = 500, seed: int = 0)
     return (*draw(num_train), *draw(num_eval))
 
 
+class DataUnavailable(Exception):
+    """No data for the flags given (no files, no network): ``main`` prints the message as one line, status 2."""
+
+
+_OFFLINE_FIXES = ("use --dataset fashion-mnist (Debian's dataset-fashion-mnist package), --data-dir DIR "
+                  "(a directory with the four IDX files) or --synthetic (no data at all)")
+
+
 def _download_with_torchvision(dataset: str, root: str) -> Dataset:
+    """Download ``dataset`` into ``root/<MNIST|FashionMNIST>/raw`` with torchvision, then read its IDX files.
+
+    The download goes to a temporary directory inside ``root`` that is moved into place only once complete:
+    a failed download (no network) leaves nothing behind, not even ``root`` when this call created it.
+
+    Raises:
+        DataUnavailable: torchvision is missing or the download failed; the message names the offline options.
+    """
+    folder = TORCHVISION_FOLDERS[dataset]
+    try:
+        return load_idx_dataset(root, dataset)  # downloaded by an earlier run
+    except FileNotFoundError:
+        pass
     try:
         import torchvision
     except ImportError as error:
-        raise SystemExit(
-            f"Downloading {dataset} needs torchvision (pip install torchvision); or pass --data-dir with the "
-            f"IDX files, or --synthetic."
-        ) from error
+        raise DataUnavailable(f"downloading {dataset} needs torchvision (pip install torchvision); or "
+                              f"{_OFFLINE_FIXES}.") from error
     cls = torchvision.datasets.MNIST if dataset == "mnist" else torchvision.datasets.FashionMNIST
-    train, test = cls(root=root, train=True, download=True), cls(root=root, train=False, download=True)
-    return (*_images_and_labels(train.data.numpy(), train.targets.numpy(), root),
-            *_images_and_labels(test.data.numpy(), test.targets.numpy(), root))
+    root_path = Path(root)
+    created = [p for p in (root_path, *root_path.parents) if not p.exists()]
+    root_path.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder}-download-", dir=root_path))
+    try:
+        # torchvision prints each URL it tries and each failure on stdout; its tqdm bar (stderr) stays.
+        with contextlib.redirect_stdout(io.StringIO()):
+            cls(root=staging, train=True, download=True)
+            cls(root=staging, train=False, download=True)
+        target = root_path / folder / "raw"
+        target.mkdir(parents=True, exist_ok=True)
+        for file in (staging / folder / "raw").iterdir():
+            os.replace(file, target / file.name)
+    except (RuntimeError, OSError) as error:  # URLError is an OSError; torchvision wraps its retries in one
+        reason = " ".join(str(error).split())
+        first = re.search(r"<urlopen error [^>]*>", reason)  # the first mirror's failure says enough
+        reason = first.group(0) if first else reason if len(reason) <= 160 else reason[:157] + "..."
+        raise DataUnavailable(f"cannot download {dataset} into {root_path / folder} ({reason}); to work "
+                              f"offline, {_OFFLINE_FIXES}.") from error
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        for directory in created:  # innermost first: only the directories this call made, if still empty
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+    return load_idx_dataset(root, dataset)
 
 
 def load_dataset(dataset: str, data_dir: str | None, synthetic: bool = False, seed: int = 0) -> Dataset:
-    """The data the flags ask for: synthetic, IDX files in ``data_dir``, Debian's Fashion-MNIST, or a download."""
+    """The data the flags ask for: synthetic, IDX files in ``data_dir``, Debian's Fashion-MNIST, or a download
+    into ``./data`` (kept for the next run).
+
+    Raises:
+        DataUnavailable: Nothing on disk and the download failed.
+    """
     if synthetic:
         return synthetic_dataset(seed=seed)
     if data_dir is not None:
@@ -258,6 +312,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seeds the model's initialisation and the shuffle")
     parser.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', 'cuda:1', 'mps', ...")
     parser.add_argument("--predict", type=int, default=5, metavar="N", help="predict the first N eval images")
+    parser.add_argument("--export-dir", "--export_dir", metavar="DIR",
+                        help="after training, export for serving into DIR/<version> "
+                             "(torch-estimator serve --model_base_path DIR serves it)")
+    parser.add_argument("--log-full-tensors", action="store_true",
+                        help="log the whole probabilities batch every 50 steps (TF's dump: 100 rows of 10) "
+                             "instead of its first row")
     parser.add_argument("--train-and-evaluate", action="store_true",
                         help="train_and_evaluate: evaluate every --eval-every steps, export the most accurate model, "
                              "stop early when accuracy stops improving")
@@ -273,6 +333,23 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def serving_input_receiver_fn() -> te.export.ServingInputReceiver:
     """Clients send flat 784-pixel images in [0, 1] as "x"."""
     return te.build_raw_serving_input_receiver_fn({"x": te.TensorSpec([None, 784], torch.float32)})()
+
+
+def first_row_formatter(values: dict[str, Any]) -> str:
+    """``LoggingTensorHook(formatter=...)``: each batch as its first row and the shape it came from, e.g.
+    ``probabilities[0] = [0.09 0.11 ... 0.1] (argmax 2; batch of shape (100, 10))``, one short line."""
+    parts = []
+    for tag, value in values.items():
+        array = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+        if array.ndim < 2:
+            parts.append(f"{tag} = {np.array2string(array, precision=3, threshold=10)}")
+            continue
+        row = array[0]
+        text = np.array2string(row, threshold=10, max_line_width=1000,
+                               formatter={"float_kind": lambda v: f"{v:.3f}"})
+        parts.append(f"{tag}[0] = {text} "
+                     f"(argmax {int(row.argmax())}; batch of shape {tuple(array.shape)})")
+    return ", ".join(parts)
 
 
 def train_and_evaluate(
@@ -303,7 +380,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:%(name)s:%(message)s")
     logging.getLogger("torch_estimator").setLevel(logging.INFO)
 
-    train_x, train_y, eval_x, eval_y = load_dataset(args.dataset, args.data_dir, args.synthetic, args.seed)
+    try:
+        train_x, train_y, eval_x, eval_y = load_dataset(args.dataset, args.data_dir, args.synthetic, args.seed)
+    except (DataUnavailable, FileNotFoundError) as error:
+        print(f"mnist.py: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
     logger.info("%s: %d training and %d evaluation images", "synthetic" if args.synthetic else args.dataset,
                 len(train_x), len(eval_x))
 
@@ -320,8 +401,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         optimizer=lambda parameters: torch.optim.SGD(parameters, lr=args.learning_rate),
     )
 
-    # Log the softmax probabilities every 50 steps, as the tutorial's logging_hook on "softmax_tensor".
-    logging_hook = te.LoggingTensorHook(tensors={"probabilities": "probabilities"}, every_n_iter=50)
+    # Log the softmax probabilities every 50 steps, as the tutorial's logging_hook on "softmax_tensor": its
+    # first row by default (the tutorial's dump of the whole 100x10 batch with --log-full-tensors).
+    logging_hook = te.LoggingTensorHook(tensors={"probabilities": "probabilities"}, every_n_iter=50,
+                                        formatter=None if args.log_full_tensors else first_row_formatter)
     train_input_fn = te.inputs.numpy_input_fn(
         {"x": train_x}, train_y, batch_size=args.batch_size, num_epochs=None, shuffle=True
     )
@@ -341,6 +424,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         for i, prediction in enumerate(mnist_classifier.predict(predict_input_fn)):
             print(f"image {i}: predicted {int(prediction['classes'])} "
                   f"(p={float(prediction['probabilities'].max()):.3f}), label {int(eval_y[i])}")
+
+    if args.export_dir is not None and mnist_classifier.config.is_chief:
+        # As the tutorial's export_savedmodel(FLAGS.export_dir, serving_input_receiver_fn).
+        export_path = mnist_classifier.export_saved_model(args.export_dir, serving_input_receiver_fn)
+        print(f"exported to {export_path}; serve it with: torch-estimator serve --model_base_path "
+              f"{args.export_dir} --model_name mnist")
     return eval_results
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import math
+import os
 import struct
+import subprocess
 import sys
 from pathlib import Path
 
@@ -208,3 +210,114 @@ def test_main_fashion_mnist(tmp_path):
                          "--learning-rate", "0.1", "--model-dir", str(tmp_path), "--device", "cpu"])
     assert int(result["global_step"]) == 50
     assert float(result["accuracy"]) > 0.5
+
+
+# ----------------------------------------------------------------------------------------------------
+# No data and no network: one line, status 2, nothing left behind.
+
+
+def _offline_env() -> dict[str, str]:
+    """The environment of a process whose downloads fail at once: every proxy is a closed local port."""
+    env = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy", "all_proxy", "no_proxy")}
+    closed = "http://127.0.0.1:9"  # the discard port: nothing listens there, the connection is refused
+    env.update(http_proxy=closed, https_proxy=closed, HTTP_PROXY=closed, HTTPS_PROXY=closed, no_proxy="", NO_PROXY="",
+               PYTHONPATH=str(EXAMPLE.parent.parent))
+    return env
+
+
+def test_offline_without_data_is_one_line_and_leaves_nothing(tmp_path):
+    result = subprocess.run([sys.executable, str(EXAMPLE), "--steps", "1"], cwd=tmp_path, env=_offline_env(),
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mnist.py: error: cannot download mnist into data/MNIST"), lines
+    for fix in ("--dataset fashion-mnist", "--data-dir", "--synthetic"):
+        assert fix in lines[0]
+    assert list(tmp_path.iterdir()) == []  # no empty data/MNIST, no partial download
+
+
+def test_offline_keeps_what_was_already_in_the_data_directory(tmp_path):
+    (tmp_path / "data" / "MNIST" / "raw").mkdir(parents=True)
+    (tmp_path / "data" / "MNIST" / "raw" / "train-images-idx3-ubyte").write_bytes(b"partial")
+    (tmp_path / "data" / "notes.txt").write_text("mine")
+    result = subprocess.run([sys.executable, str(EXAMPLE)], cwd=tmp_path, env=_offline_env(),
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 2 and "cannot download mnist" in result.stderr
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == [
+        "data", "data/MNIST", "data/MNIST/raw", "data/MNIST/raw/train-images-idx3-ubyte", "data/notes.txt"]
+
+
+def test_a_data_dir_without_the_files_is_one_line(tmp_path):
+    result = subprocess.run([sys.executable, str(EXAMPLE), "--data-dir", str(tmp_path)], cwd=tmp_path,
+                            env=_offline_env(), capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 2
+    assert result.stderr.startswith("mnist.py: error: No complete mnist IDX data set in") and result.stderr.count("\n") == 1
+
+
+# ----------------------------------------------------------------------------------------------------
+# The logging hook's summary line, and --export-dir served by `torch-estimator serve`.
+
+
+def test_first_row_formatter_is_one_short_line():
+    probabilities = torch.full((100, 10), 0.05)
+    probabilities[0, 3] = 0.55
+    probabilities[0, 4] = 1e-6
+    line = mnist.first_row_formatter({"probabilities": probabilities})
+    assert line == ("probabilities[0] = [0.050 0.050 0.050 0.550 0.000 0.050 0.050 0.050 0.050 0.050] "
+                    "(argmax 3; batch of shape (100, 10))")
+    assert mnist.first_row_formatter({"step": np.int64(7)}) == "step = 7"
+
+
+def _run_example(tmp_path, *argv):
+    return subprocess.run([sys.executable, str(EXAMPLE), *argv], cwd=tmp_path, env=_offline_env(),
+                          capture_output=True, text=True, timeout=600, check=False)
+
+
+@pytest.mark.slow
+def test_the_logging_hook_logs_a_summary_by_default_and_the_full_dump_on_request(tmp_path):
+    short = _run_example(tmp_path, "--synthetic", "--steps", "51", "--model-dir", "a", "--predict", "0", "--device", "cpu")
+    assert short.returncode == 0, short.stderr
+    dumps = [line for line in short.stderr.splitlines() if "probabilities" in line]
+    assert len(dumps) == 2 and all("(argmax " in line and "batch of shape (100, 10)" in line for line in dumps)
+    full = _run_example(tmp_path, "--synthetic", "--steps", "1", "--model-dir", "b", "--predict", "0", "--device", "cpu",
+                        "--log-full-tensors")
+    assert full.returncode == 0, full.stderr
+    start = full.stderr.index("probabilities = [[")
+    assert full.stderr[start:].count("]") >= 100  # TF's dump: every row of the batch
+
+
+@pytest.mark.slow
+def test_export_dir_is_served_as_is(tmp_path):
+    import json
+    import re
+    import signal
+    import urllib.request
+
+    result = _run_example(tmp_path, "--synthetic", "--steps", "5", "--model-dir", "run", "--predict", "0",
+                          "--device", "cpu", "--export_dir", "exports")
+    assert result.returncode == 0, result.stderr
+    (version,) = os.listdir(tmp_path / "exports")
+    assert version.isdigit() and f"exported to exports/{version}" in result.stdout
+    env = {**os.environ, "PYTHONPATH": str(EXAMPLE.parent.parent)}
+    server = subprocess.Popen([sys.executable, "-m", "torch_estimator.cli", "serve", "--model_base_path", "exports",
+                               "--model_name", "mnist", "--port", "0"], cwd=tmp_path, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        url = None
+        for line in server.stdout:
+            found = re.search(r"http://[0-9.]+:\d+", line)
+            if found:
+                url = found.group(0)
+                break
+        assert url, "the server printed no URL"
+        body = json.dumps({"instances": [{"x": [0.5] * 784}, {"x": [0.0] * 784}]}).encode()
+        request = urllib.request.Request(f"{url}/v1/models/mnist:predict", data=body, method="POST")
+        with urllib.request.urlopen(request, timeout=60) as response:
+            predictions = json.loads(response.read())["predictions"]
+        assert len(predictions) == 2
+        assert set(predictions[0]) == {"classes", "probabilities"}
+        assert sum(predictions[0]["probabilities"]) == pytest.approx(1.0, abs=1e-5)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=60)
