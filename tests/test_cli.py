@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -148,9 +149,82 @@ def test_a_missing_input_file_is_one_line(capsys, exported, tmp_path):
     assert "Input 'x': file" in _one_line_error(capsys, "run", "--dir", exported[1], "--inputs", f"x={tmp_path / 'no.npy'}")
 
 
-def test_a_non_literal_expression_is_one_line(capsys, exported):
+def test_a_non_whitelisted_expression_is_one_line(capsys, exported):
     err = _one_line_error(capsys, "run", "--dir", exported[1], "--input_exprs", "x=__import__('os').getcwd()")
-    assert "is not a Python literal" in err
+    assert "Input 'x': --input_exprs does not allow calling __import__('os').getcwd; it takes numbers" in err
+
+
+def test_a_tag_set_other_than_serve_is_one_line(capsys, exported):
+    err = _one_line_error(capsys, "run", "--dir", exported[1], "--tag_set", "train", "--input_exprs", "x=[[1,2,3,4]]")
+    assert "--tag_set 'train' not found" in err and "--tag_set serve" in err
+
+
+def test_input_examples_run_as_classify_reads_them(capsys, exported):
+    x, _ = data(2, seed=18)
+    examples = [{"x": row} for row in x.tolist()]
+    status, out, _ = _main(capsys, "run", "--dir", exported[1], "--input_examples", f"examples={examples}")
+    assert status == 0 and out.startswith(f"Result for output key classes:\n{predict(exported[0], x)['classes']}")
+
+
+def test_input_examples_with_an_unknown_feature_is_one_line(capsys, exported):
+    err = _one_line_error(capsys, "run", "--dir", exported[1], "--input_examples", "e=[{'x': [1, 2, 3, 4], 'y': [1]}]")
+    assert "features ['y'] that the signature does not take" in err
+
+
+# The real command in a subprocess, as saved_model_cli is used.
+
+
+def _cli(*argv: str, cwd=None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(cli.__file__)))}
+    return subprocess.run([sys.executable, "-m", "torch_estimator.cli", *argv], capture_output=True, text=True,
+                          timeout=120, check=False, env=env, cwd=cwd)
+
+
+def test_saved_model_cli_flags_in_a_real_process(exported, tmp_path):
+    x, _ = data(3, seed=19)
+    np.savez(tmp_path / "batch.npz", features=x.astype(np.float32), other=x[:1])
+    (tmp_path / "batch.json").write_text(json.dumps({"x": x.tolist()}))
+    expected = predict(exported[0], x)["classes"]
+    runs = {
+        "npz": ("--inputs", f"x={tmp_path / 'batch.npz'}[features]"),
+        "json": ("--inputs", f"x={tmp_path / 'batch.json'}[x]"),
+        "expr": ("--input_exprs", f"x=np.array({x.tolist()}, dtype=np.float32)"),
+    }
+    for label, flags in runs.items():
+        result = _cli("run", "--dir", exported[1], "--tag_set", "serve", "--signature_def", "serving_default", *flags)
+        assert result.returncode == 0, (label, result.stderr)
+        assert result.stdout.startswith(f"Result for output key classes:\n{expected}\n"), label
+    ones = _cli("run", "--dir", exported[1], "--tag_set", "serve", "--signature_def", "classify",
+                "--input_exprs", f"x=np.ones((2,{NUM_FEATURES}))")
+    assert ones.returncode == 0, ones.stderr
+    assert ones.stdout.startswith("Result for output key scores:\n[[")
+
+
+def test_an_attack_expression_is_refused_and_never_run(exported, tmp_path):
+    marker = tmp_path / "pwned"
+    attacks = [
+        f"x=__import__('os').system('touch {marker}')",
+        f"x=np.array(open('{marker}', 'w'))",
+        "x=np.ones.__globals__['os'].system('true')",
+        "x=[c for c in ().__class__.__base__.__subclasses__()]",
+        "x=np.lib.npyio.os.system('true')",
+        "x=(lambda: 1)()",
+    ]
+    for attack in attacks:
+        result = _cli("run", "--dir", exported[1], "--input_exprs", attack)
+        assert result.returncode == 1, attack
+        assert result.stderr.startswith("torch-estimator: error: Input 'x': --input_exprs does not allow"), result.stderr
+        assert result.stderr.count("\n") == 1 and result.stdout == ""
+    assert not marker.exists()
+
+
+def test_an_unreadable_file_is_named_without_a_pickle_warning(exported, tmp_path):
+    (tmp_path / "notes.npy").write_text("hello, this is not an array\n")
+    result = _cli("run", "--dir", exported[1], "--inputs", f"x={tmp_path / 'notes.npy'}")
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.startswith(f"torch-estimator: error: Input 'x': '{tmp_path / 'notes.npy'}' is not a .npy, "
+                                    f".npz or JSON file (it starts with b'hello, t'")
+    assert "pickle" not in result.stderr.lower() and result.stderr.count("\n") == 1
 
 
 def test_a_shape_mismatch_is_one_line(capsys, exported):

@@ -5,15 +5,15 @@ Usage::
     torch-estimator show --dir EXPORT                       # the signature keys
     torch-estimator show --dir EXPORT --signature_def KEY   # one signature's inputs and outputs
     torch-estimator show --dir EXPORT --all                 # everything
-    torch-estimator run --dir EXPORT --inputs 'x=batch.npy' [--input_exprs 'x=[[0.5, 1.0]]']
-                        [--signature_def KEY] [--outdir DIR [--overwrite]]
+    torch-estimator run --dir EXPORT [--tag_set serve] [--signature_def KEY] [--outdir DIR [--overwrite]]
+                        (--inputs 'x=batch.npy' | --input_exprs 'x=np.ones((2,784))' | --input_examples ...)
     torch-estimator serve --model_base_path DIR --model_name NAME [--port 8501] [--host 127.0.0.1]
                           [--poll_secs 1] [--threads N] [--batching ...]   # see docs/serving.md
 
-``EXPORT`` is a version directory or a base directory (its highest numeric version). ``--inputs`` takes
-``name=file.npy``, ``name=file.npz`` (its only array) or ``name=file.npz[key]``; ``--input_exprs`` takes
-``name=<Python literal>`` (read with ``ast.literal_eval``, never ``eval``). Both flags may repeat or separate
-entries with ``;``. Errors print one line on stderr and exit with status 1 (2 for bad usage).
+``EXPORT`` is a version directory or a base directory (its highest numeric version). ``run`` takes
+``saved_model_cli run``'s flags; its inputs are read by :mod:`torch_estimator.cli_inputs` (files without
+pickle, numpy expressions against a whitelist, never ``eval``). Input flags may repeat or separate entries
+with ``;``. Errors print one line on stderr and exit with status 1 (2 for bad usage).
 
 Each command is a ``_add_<name>(subparsers)`` function listed in ``COMMANDS``.
 """
@@ -21,7 +21,6 @@ Each command is a ``_add_<name>(subparsers)`` function listed in ``COMMANDS``.
 from __future__ import annotations
 
 import argparse
-import ast
 import os
 import re
 import sys
@@ -30,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from . import cli_inputs
 from .serving import loader
 
 __all__ = ["main", "COMMANDS"]
@@ -127,57 +127,43 @@ def _entries(values: Sequence[str] | None, flag: str) -> list[tuple[str, str]]:
     return pairs
 
 
-def _read_file(spec: str, name: str) -> np.ndarray:
-    match = re.fullmatch(r"(.+?)(?:\[([^\[\]]+)\])?", spec)
-    path, key = (match.group(1), match.group(2)) if match else (spec, None)
-    if not os.path.isfile(path):
-        raise CommandError(f"Input {name!r}: file {path!r} not found.")
-    try:
-        data = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as error:
-        raise CommandError(f"Input {name!r}: cannot read {path!r} as .npy or .npz ({error}).") from error
-    if isinstance(data, np.ndarray):
-        if key is not None:
-            raise CommandError(f"Input {name!r}: {path!r} is a .npy file; [key] applies to .npz files only.")
-        return data
-    with data:
-        keys = list(data.keys())
-        if key is None:
-            if len(keys) != 1:
-                raise CommandError(f"Input {name!r}: {path!r} holds arrays {keys}; pick one with {path}[key].")
-            key = keys[0]
-        if key not in keys:
-            raise CommandError(f"Input {name!r}: {path!r} has no array {key!r}; it holds {keys}.")
-        return data[key]
-
-
-def _parse_expr(text: str, name: str) -> np.ndarray:
-    try:
-        value = ast.literal_eval(text)
-    except (ValueError, SyntaxError) as error:
-        raise CommandError(f"Input {name!r}: {text!r} is not a Python literal (numbers in nested lists).") from error
-    try:
-        return np.asarray(value)
-    except ValueError as error:
-        raise CommandError(f"Input {name!r}: {text!r} is not a rectangular array ({error}).") from error
-
-
-def _gather_inputs(args: argparse.Namespace) -> dict[str, Any]:
+def _gather_inputs(args: argparse.Namespace) -> tuple[dict[str, Any], list[tuple[str, list[dict[str, Any]]]]]:
+    """The arrays of --inputs and --input_exprs, and the example lists of --input_examples (converted once the
+    signature is known), each read and checked before the model is loaded."""
     inputs: dict[str, Any] = {}
-    sources = [(n, v, _read_file) for n, v in _entries(args.inputs, "--inputs")]
-    sources += [(n, v, _parse_expr) for n, v in _entries(args.input_exprs, "--input_exprs")]
+    examples: list[tuple[str, list[dict[str, Any]]]] = []
+    sources = [(n, v, cli_inputs.read_input_file) for n, v in _entries(args.inputs, "--inputs")]
+    sources += [(n, v, cli_inputs.evaluate_expression) for n, v in _entries(args.input_exprs, "--input_exprs")]
     for name, value, read in sources:
         if name in inputs:
             raise CommandError(f"Input {name!r} is given more than once.")
         inputs[name] = read(value, name)
-    if not inputs:
-        raise CommandError("No inputs: give --inputs name=file.npy or --input_exprs 'name=[...]'.")
-    return inputs
+    for name, value in _entries(args.input_examples, "--input_examples"):
+        examples.append((name, cli_inputs.parse_examples(value, name)))
+    if not inputs and not examples:
+        raise CommandError("No inputs: give --inputs name=file.npy, --input_exprs 'name=np.ones((2, 784))' or "
+                           "--input_examples 'name=[{\"x\": [1.0]}]'.")
+    if examples and (inputs or len(examples) > 1):
+        raise CommandError("--input_examples gives every input of the signature: use it alone, once.")
+    return inputs, examples
+
+
+def _check_tag_set(tag_set: str | None) -> None:
+    if tag_set is None:
+        return
+    tags = {tag.strip() for tag in tag_set.split(",") if tag.strip()}
+    if tags != {"serve"}:
+        raise CommandError(f"--tag_set {tag_set!r} not found: a torch_estimator export has the one tag-set 'serve' "
+                           f"(TF's exports for serving), so pass --tag_set serve or leave it out.")
 
 
 def _run(args: argparse.Namespace) -> None:
-    inputs = _gather_inputs(args)
+    _check_tag_set(args.tag_set)
+    inputs, examples = _gather_inputs(args)
     model = loader.load(args.dir, format=args.format)
+    if examples:
+        name, rows = examples[0]
+        inputs = cli_inputs.examples_to_inputs(rows, model.signature_def(args.signature_def)["inputs"], name)
     outputs = model(inputs, args.signature_def)
     arrays = {name: value.cpu().numpy() for name, value in outputs.items()}
     if args.outdir is None:
@@ -195,13 +181,20 @@ def _run(args: argparse.Namespace) -> None:
 
 
 def _add_run(subparsers: Any) -> None:
-    parser = subparsers.add_parser("run", help="run a signature on inputs", description="Run a signature on inputs.")
+    parser = subparsers.add_parser(
+        "run", help="run a signature on inputs",
+        description="Run a signature on inputs, as saved_model_cli run (its flags are accepted).")
     parser.add_argument("--dir", required=True, help="a version directory, or a base directory (its highest version)")
+    parser.add_argument("--tag_set", metavar="serve", help="accepted for saved_model_cli's sake: only 'serve'")
     parser.add_argument("--signature_def", metavar="KEY", help="the signature to run (default: serving_default)")
     parser.add_argument("--inputs", action="append", metavar="NAME=FILE",
-                        help="name=file.npy, name=file.npz or name=file.npz[key]; repeat or separate with ';'")
-    parser.add_argument("--input_exprs", action="append", metavar="NAME=LITERAL",
-                        help="name=<Python literal>, e.g. 'x=[[1.0, 2.0]]'; repeat or separate with ';'")
+                        help="name=file.npy, name=file.npz[key] or name=file.json[key] ([key]: when the file holds "
+                             "several); repeat or separate with ';'. Pickle files are refused")
+    parser.add_argument("--input_exprs", action="append", metavar="NAME=EXPR",
+                        help="name=<expression>, e.g. 'x=np.ones((2,784))', evaluated against a whitelist (never "
+                             "eval): " + cli_inputs.ALLOWED.replace("%", "%%") + "; repeat or separate with ';'")
+    parser.add_argument("--input_examples", action="append", metavar="NAME=EXAMPLES",
+                        help="name=[{feature: [values]}, ...]: examples as :classify takes them, one input per feature")
     parser.add_argument("--outdir", help="save each output as <outdir>/<output key>.npy instead of printing")
     parser.add_argument("--overwrite", action="store_true", help="replace existing files in --outdir")
     parser.add_argument(
