@@ -51,7 +51,8 @@ GOLDEN = """{
     }
   },
   "global_step": 2,
-  "torch_version": "TORCH_VERSION"
+  "torch_version": "TORCH_VERSION",
+  "device": "cpu"
 }
 """
 

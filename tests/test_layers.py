@@ -45,6 +45,7 @@ LAYERS: dict[str, int] = {
     "metrics": 2,
     "summary": 2,
     "export": 2,
+    "export.aoti": 2,  # model.aoti.pt2: compiles with torch's AOTInductor, loads with serving.loader's checks
     "exporters": 2,
     "early_stopping": 2,
     "estimator": 3,

@@ -81,7 +81,7 @@ def test_a_foreign_signature_is_rejected(tmp_path, exported):
 
 
 def test_an_unknown_format_is_an_error(exported):
-    with pytest.raises(ValueError, match="`format` must be 'torchscript', 'pt2' or None; received 'onnx'"):
+    with pytest.raises(ValueError, match="`format` must be 'torchscript', 'pt2', 'aoti' or None; received 'onnx'"):
         loader.load(exported[2], format="onnx")
 
 

@@ -337,7 +337,7 @@ def test_a_model_name_that_cannot_appear_in_a_url_is_an_error(tmp_path, name):
     ("max_body_bytes", 1.5, "`max_body_bytes` must be an integer >= 1; received 1.5"),
     ("num_torch_threads", 0, "`num_torch_threads` must be None or an integer >= 1"),
     ("max_cached_versions", -1, "`max_cached_versions` must be an integer >= 0"),
-    ("format", "onnx", "`format` must be 'torchscript', 'pt2' or None; received 'onnx'"),
+    ("format", "onnx", "`format` must be 'torchscript', 'pt2', 'aoti' or None; received 'onnx'"),
     ("batching", "yes", "`batching` must be a bool"),
 ])
 def test_config_checks_each_field(field, value, message):

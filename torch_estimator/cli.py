@@ -71,7 +71,7 @@ def _signature_lines(signature: dict[str, Any], indent: str = "") -> list[str]:
 
 
 def _header(path: str, version: int | None, document: dict[str, Any]) -> str:
-    names = (loader.TORCHSCRIPT_FILE, loader.PT2_FILE)
+    names = (loader.TORCHSCRIPT_FILE, loader.PT2_FILE, loader.AOTI_FILE)
     artifacts = [name for name in names if os.path.isfile(os.path.join(path, name))]
     return (
         f"Export {path} (version {version if version is not None else '-'}, global step "
@@ -198,7 +198,7 @@ def _add_run(subparsers: Any) -> None:
     parser.add_argument("--outdir", help="save each output as <outdir>/<output key>.npy instead of printing")
     parser.add_argument("--overwrite", action="store_true", help="replace existing files in --outdir")
     parser.add_argument(
-        "--format", choices=("torchscript", "pt2"), help="which artifact (default: model.pt if present)"
+        "--format", choices=loader.FORMATS, help="which artifact (default: model.pt if present)"
     )
     parser.set_defaults(func=_run)
 
@@ -253,7 +253,7 @@ def _add_serve(subparsers: Any) -> None:
     parser.add_argument("--max_cached_versions", type=int, default=1,
                         help="older versions kept loaded for /versions/N requests (default 1; 0: latest only)")
     parser.add_argument("--device", default="cpu", help="where the model runs (default cpu)")
-    parser.add_argument("--format", choices=("torchscript", "pt2"), help="which artifact (default: model.pt if present)")
+    parser.add_argument("--format", choices=loader.FORMATS, help="which artifact (default: model.pt if present)")
     parser.set_defaults(func=_serve)
 
 

@@ -1052,7 +1052,8 @@ class Estimator:
             serving_input_receiver_fn: Returns a ``ServingInputReceiver`` (what clients send).
             assets_extra: ``{destination relative to assets.extra/: source path}`` files to copy.
             checkpoint_path: Export this checkpoint; default the latest, else the warm-start one.
-            format: ``"torchscript"`` (``model.pt``), ``"pt2"`` (``torch.export``) or ``"all"``.
+            format: ``"torchscript"`` (``model.pt``), ``"pt2"`` (``torch.export``), ``"all"`` (both) or
+                ``"aoti"`` (``model.aoti.pt2``, compiled by AOTInductor: faster, tied to this torch and machine).
 
         Returns:
             The export directory.

@@ -7,6 +7,8 @@ artifact with a declared signature.
   ``Dict[str, Tensor] -> Dict[str, Tensor]`` with a dynamic batch dimension, ``signature.json`` embedded.
   It loads with plain ``torch.jit.load`` (no torch_estimator needed) and from C++ with libtorch.
 - ``model.pt2`` with ``format="pt2"`` or ``"all"``: the same signatures through ``torch.export``.
+- ``model.aoti.pt2`` with ``format="aoti"``: the same signatures compiled by AOTInductor (faster; runs only
+  with the torch release and on the kind of device and CPU it was compiled for).
 - ``signature.json``: inputs and outputs (dtype, shape with -1 for dynamic dimensions) per signature.
 - ``assets.extra/``: the user's extra files.
 

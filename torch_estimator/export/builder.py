@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from . import pt2, torchscript
+from . import aoti, pt2, torchscript
 from .outputs import DEFAULT_SERVING_SIGNATURE_DEF_KEY, ExportOutput, resolve_export_outputs
 from .receivers import ServingInputReceiver, dtype_name
 from .signature import SIGNATURE_FILE, SignatureDef, dumps, function_names, output_info, signature_document
@@ -45,7 +45,7 @@ __all__ = ["export_saved_model", "FORMATS", "ASSETS_EXTRA", "MAX_DIRECTORY_CREAT
 
 logger = logging.getLogger("torch_estimator")
 
-FORMATS = {"torchscript": ("torchscript",), "pt2": ("pt2",), "all": ("torchscript", "pt2")}
+FORMATS = {"torchscript": ("torchscript",), "pt2": ("pt2",), "aoti": ("aoti",), "all": ("torchscript", "pt2")}
 ASSETS_EXTRA = "assets.extra"
 MAX_DIRECTORY_CREATION_ATTEMPTS = 10  # TF's export_utils constant
 
@@ -85,7 +85,9 @@ def export_saved_model(
         global_step: Recorded in ``signature.json``.
         device: Where ``model`` lives; sample inputs are made there.
         assets_extra: ``{path relative to assets.extra/: source file or directory}`` to copy.
-        format: ``"torchscript"`` (``model.pt``), ``"pt2"`` (``model.pt2``) or ``"all"`` (both).
+        format: ``"torchscript"`` (``model.pt``), ``"pt2"`` (``model.pt2``), ``"all"`` (both) or ``"aoti"``
+            (``model.aoti.pt2``: compiled by AOTInductor, tens of seconds per signature; it runs only with this
+            torch release on this kind of device and CPU).
 
     Returns:
         The export directory, ``<export_dir_base>/<unix seconds>``.
@@ -112,7 +114,7 @@ def export_saved_model(
     rng_devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=rng_devices):  # export leaves the training RNG streams alone
         plan = _plan(receiver, predict_fn, device)
-        text = dumps(signature_document(plan.signatures, global_step))
+        text = dumps(signature_document(plan.signatures, global_step, device.type))
         export_dir, temp_dir = _claim_export_dir(os.fspath(export_dir_base))
         try:
             for name in FORMATS[format]:
@@ -297,9 +299,8 @@ def _write_torchscript(
                     f" {len(warned)} times" if len(warned) > 1 else "", warned[0])
 
 
-def _write_pt2(
-    temp_dir: str, plan: _Plan, model: torch.nn.Module | None, text: str, device: torch.device
-) -> None:
+def _export_programs(plan: _Plan, model: torch.nn.Module | None) -> dict[str, torch.export.ExportedProgram]:
+    """One ``torch.export`` program per signature, by program name (``model.pt2``'s and ``model.aoti.pt2``'s)."""
     programs = {}
     for sig in plan.signatures:
         try:
@@ -312,6 +313,13 @@ def _write_pt2(
                 f"torch.export could not capture signature {sig.key!r}: {type(error).__name__}: {_lines(error, 2)} "
                 f"{TRACING_HINT} Or export with format='torchscript'."
             ) from error
+    return programs
+
+
+def _write_pt2(
+    temp_dir: str, plan: _Plan, model: torch.nn.Module | None, text: str, device: torch.device
+) -> None:
+    programs = _export_programs(plan, model)
     path = os.path.join(temp_dir, pt2.MODEL_FILE)
     pt2.save(programs, path, text)
     loaded, embedded = pt2.load(path)
@@ -321,7 +329,27 @@ def _write_pt2(
     _verify(plan, lambda sig, inputs: modules[pt2.program_name(sig.function)](inputs), pt2.MODEL_FILE, [])
 
 
-_WRITERS = {"torchscript": _write_torchscript, "pt2": _write_pt2}
+def _write_aoti(
+    temp_dir: str, plan: _Plan, model: torch.nn.Module | None, text: str, device: torch.device
+) -> None:
+    programs = {aoti.model_name(sig.function): program for sig, program in
+                zip(plan.signatures, _export_programs(plan, model).values())}
+    path = os.path.join(temp_dir, aoti.MODEL_FILE)
+    try:
+        seconds = aoti.compile_package(programs, path, text)
+    except Exception as error:
+        raise ValueError(
+            f"AOTInductor could not compile the export: {type(error).__name__}: {_lines(error, 2)}. It needs a "
+            f"C++ compiler (g++ or $CXX) and, for CUDA, triton. Or export with format='torchscript'."
+        ) from error
+    runners, embedded = aoti.load(path, device)
+    if embedded != text:
+        raise ExportVerificationError(f"{path} does not hold the signature.json written into it.")
+    _verify(plan, lambda sig, inputs: runners[sig.function](inputs), aoti.MODEL_FILE, [])
+    logger.info("AOTInductor compiled %d signature(s) in %.1f s.", len(programs), seconds)
+
+
+_WRITERS = {"torchscript": _write_torchscript, "pt2": _write_pt2, "aoti": _write_aoti}
 
 
 def _lines(error: BaseException, count: int = 1) -> str:

@@ -7,10 +7,12 @@
      "signatures": {"serving_default": {"method_name": "tensorflow/serving/predict", "function": "forward",
        "inputs": {"x": {"dtype": "float32", "shape": [-1, 784]}},
        "outputs": {"classes": {"dtype": "int64", "shape": [-1]}, ...}}},
-     "global_step": 2000, "torch_version": "2.14.1"}
+     "global_step": 2000, "torch_version": "2.14.1", "device": "cpu"}
 
 ``function`` is the TorchScript method to call (``forward`` for the default signature); shapes use ``-1``
 for dynamic dimensions; a classification signature also has ``class_labels`` (a list, or null).
+``torch_version`` and ``device`` (the kind of device the export was verified on) tell where a compiled
+artifact (``model.aoti.pt2``) can run.
 
 Example:
     >>> function_names(["serving_default", "classification", "eval", "alt:predict"], "serving_default")
@@ -121,14 +123,16 @@ def output_info(observations: Sequence[torch.Tensor], where: str) -> dict[str, A
     return {"dtype": dtype_name(first.dtype), "shape": shape}
 
 
-def signature_document(signatures: Sequence[SignatureDef], global_step: int) -> dict[str, Any]:
-    """The ``signature.json`` document (default signature first, then by key)."""
+def signature_document(signatures: Sequence[SignatureDef], global_step: int, device: str = "cpu") -> dict[str, Any]:
+    """The ``signature.json`` document (default signature first, then by key); ``device`` is the kind of
+    device (``"cpu"``, ``"cuda"``) the export was made and verified on."""
     return {
         "format": FORMAT,
         "default_signature": DEFAULT_SERVING_SIGNATURE_DEF_KEY,
         "signatures": {s.key: s.to_json() for s in signatures},
         "global_step": int(global_step),
         "torch_version": str(torch.__version__),
+        "device": device,
     }
 
 

@@ -1,13 +1,15 @@
 """Load a torch_estimator export and call its signatures, checking inputs against ``signature.json``.
 
 This module imports only torch and the standard library (never training code), so it can be copied on
-its own next to a server. It reads ``model.pt`` (TorchScript) or ``model.pt2`` (``torch.export``) and the
-``signature.json`` embedded in it.
+its own next to a server. It reads ``model.pt`` (TorchScript), ``model.pt2`` (``torch.export``) or
+``model.aoti.pt2`` (AOTInductor, compiled) and the ``signature.json`` embedded in it.
 
 Pickle is never used for the loader's own data. ``torch.jit.load`` reads TorchScript's archive format,
 whose unpickler rebuilds only tensors and TorchScript types, not arbitrary Python objects; the archive
 does hold TorchScript *code* that runs when a signature is called, so, as torch's documentation says,
-load only exports you trust. ``model.pt2`` archives store plain tensors as raw bytes.
+load only exports you trust. ``model.pt2`` archives store plain tensors as raw bytes. ``model.aoti.pt2``
+holds native code (a shared library per signature, the weights inside it) that runs when it is loaded: the
+same trust applies; a package with any member torch would unpickle is refused before it is opened.
 
 Serving an export::
 
@@ -42,6 +44,9 @@ __all__ = [
     "SIGNATURE_FILE",
     "TORCHSCRIPT_FILE",
     "PT2_FILE",
+    "AOTI_FILE",
+    "FORMATS",
+    "IncompatibleArtifactError",
     "InvalidInputError",
     "ExportedModel",
     "load",
@@ -56,7 +61,14 @@ FORMAT = "torch_estimator.export/1"
 SIGNATURE_FILE = "signature.json"
 TORCHSCRIPT_FILE = "model.pt"
 PT2_FILE = "model.pt2"
+AOTI_FILE = "model.aoti.pt2"
+FORMATS = ("torchscript", "pt2", "aoti")
 _PT2_DEFAULT_PROGRAM = "model"
+
+
+class IncompatibleArtifactError(ValueError):
+    """A compiled artifact (``model.aoti.pt2``) was built for another torch, device kind or CPU: loading it
+    could crash the process, so it is refused before any of its code is loaded."""
 
 
 class InvalidInputError(ValueError):
@@ -77,7 +89,7 @@ def _quiet_torchscript() -> Iterator[None]:
 
 
 def _is_export_dir(path: str) -> bool:
-    return any(os.path.isfile(os.path.join(path, name)) for name in (SIGNATURE_FILE, TORCHSCRIPT_FILE, PT2_FILE))
+    return any(os.path.isfile(os.path.join(path, name)) for name in (SIGNATURE_FILE, TORCHSCRIPT_FILE, PT2_FILE, AOTI_FILE))
 
 
 def list_versions(base_dir: str | os.PathLike[str]) -> list[int]:
@@ -127,7 +139,7 @@ def _parse_document(text: str, source: str) -> dict[str, Any]:
 
 def read_document(export_dir: str | os.PathLike[str]) -> tuple[str, int | None, dict[str, Any]]:
     """``(export directory, version, signature.json)`` without loading the model: the file beside the
-    artifact, else the copy embedded in ``model.pt`` or ``model.pt2`` (both are zip archives).
+    artifact, else the copy embedded in ``model.pt``, ``model.pt2`` or ``model.aoti.pt2`` (zip archives).
 
     Raises:
         FileNotFoundError: If there is no export there.
@@ -138,7 +150,7 @@ def read_document(export_dir: str | os.PathLike[str]) -> tuple[str, int | None, 
     if os.path.isfile(beside):
         with open(beside, encoding="utf-8") as file:
             return path, version, _parse_document(file.read(), beside)
-    for name in (TORCHSCRIPT_FILE, PT2_FILE):
+    for name in (TORCHSCRIPT_FILE, PT2_FILE, AOTI_FILE):
         archive = os.path.join(path, name)
         if os.path.isfile(archive):
             with zipfile.ZipFile(archive) as zipped:
@@ -212,7 +224,7 @@ class ExportedModel:
     Attributes:
         path: The version directory loaded.
         version: Its number (the directory name), or None if it is not numeric.
-        format: ``"torchscript"`` or ``"pt2"``.
+        format: ``"torchscript"``, ``"pt2"`` or ``"aoti"``.
         signatures: ``signature.json``'s ``signatures``: key to ``method_name``, ``function``, ``inputs``,
             ``outputs`` (and ``class_labels`` for classification).
         default_signature: The key used when ``__call__`` gets no signature (``serving_default``).
@@ -332,6 +344,181 @@ def _load_pt2(path: str, device: torch.device) -> tuple[str, dict[str, Any]]:
         runners[function] = contents.exported_programs[program].module()
     return text, runners
 
+# ----------------------------------------------------------------------------------------------------------
+# model.aoti.pt2: AOTInductor's package, one compiled model per signature.
+
+_AOTI_DEFAULT_MODEL = "model"
+_AOTI_CODE_DIR = "data/aotinductor/"
+_AOTI_ARCHIVE_RECORDS = {"archive_format", "archive_version", "byteorder", ".data/version", ".data/serialization_id"}
+# The CPU features AOTInductor records (AOTI_CPU_ISA) and the /proc/cpuinfo flags each one needs.
+_CPU_FLAGS = {
+    "AVX2": ("avx2", "fma"),
+    "AVX512": ("avx512f", "avx512bw", "avx512vl", "avx512dq"),
+    "AVX512_VNNI": ("avx512_vnni",),
+    "AVX512_BF16": ("avx512_bf16",),
+    "AMX_TILE": ("amx_tile",),
+}
+
+
+def _aoti_model_name(function: str) -> str:
+    return _AOTI_DEFAULT_MODEL if function == "forward" else function
+
+
+def _aoti_members(path: str) -> tuple[dict[str, list[str]], str]:
+    """``({model name: its files}, signature.json text)``; refuses any member torch would unpickle.
+
+    A package written by torch_estimator holds compiled code (``.so``, ``.cpp``, JSON metadata) per model
+    with the weights inside the ``.so``, and ``extra/signature.json``. Packages can also carry pickled
+    weights (``data/weights/``), constants (``data/constants/``) or exported programs (``models/``), which
+    torch reads with ``torch.load``/``pickle``: such a package is refused, never opened.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = [info.filename for info in archive.infolist() if not info.is_dir()]
+            prefix = names[0].split("/", 1)[0] + "/" if names and "/" in names[0] else ""
+            models: dict[str, list[str]] = {}
+            text = None
+            for name in names:
+                member = name[len(prefix):] if name.startswith(prefix) else name
+                parts = member.split("/")
+                if member in _AOTI_ARCHIVE_RECORDS or (parts[0] == "extra" and member != "extra/" + SIGNATURE_FILE):
+                    continue
+                if member == "extra/" + SIGNATURE_FILE:
+                    text = archive.read(name).decode("utf-8")
+                elif member.startswith(_AOTI_CODE_DIR) and len(parts) == 4 and not _names_pickled_data(parts[3]):
+                    models.setdefault(parts[2], []).append(parts[3])
+                else:
+                    raise ValueError(
+                        f"{path} holds {member!r}, which is not part of a torch_estimator AOTInductor package "
+                        f"(torch would read it with pickle); refusing to load it. Re-export with format='aoti'."
+                    )
+    except zipfile.BadZipFile as error:
+        raise ValueError(f"{path} is not an AOTInductor package (a zip archive): {error}.") from error
+    if text is None:
+        raise ValueError(f"{path} holds no extra/{SIGNATURE_FILE}: it was not written by torch_estimator's export.")
+    return models, text
+
+
+def _names_pickled_data(filename: str) -> bool:
+    """A model's file that points torch at pickled data: pickled weights' or torchbind objects' configs."""
+    return filename == "weights_config.json" or filename.startswith("custom_obj")
+
+
+def _cpu_flags() -> set[str] | None:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as file:
+            for line in file:
+                if line.startswith("flags"):
+                    return set(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return None
+
+
+def _check_aoti_compatible(path: str, document: dict[str, Any], metadata: Mapping[str, str], device: torch.device) -> None:
+    """Refuse a package compiled for another torch release, device kind, CPU or GPU architecture."""
+    built = str(document.get("torch_version", "")).split("+")[0]
+    running = torch.__version__.split("+")[0]
+    if built != running:
+        raise IncompatibleArtifactError(
+            f"{path} was compiled by torch {built or 'of unknown version'} but this is torch {running}: "
+            f"AOTInductor's compiled code is tied to the torch that built it. Export again with torch {running} "
+            f"(or load model.pt, which any torch loads)."
+        )
+    kind = str(document.get("device") or metadata.get("AOTI_DEVICE_KEY") or "cpu")
+    if kind != device.type:
+        raise IncompatibleArtifactError(
+            f"{path} was compiled for {kind} but device={str(device)!r} was requested: AOTInductor's code runs "
+            f"only on the kind of device it was compiled for. Load it with device={kind!r}, or export on "
+            f"{device.type}."
+        )
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise IncompatibleArtifactError(f"{path} was compiled for cuda but no GPU is available here.")
+        wanted = metadata.get("AOTI_COMPUTE_CAPABILITY", "")
+        major, minor = torch.cuda.get_device_capability(device)
+        if wanted and wanted != f"{major}{minor}":
+            raise IncompatibleArtifactError(
+                f"{path} was compiled for GPUs of compute capability {wanted} but {device} has {major}{minor}: "
+                f"export again on this kind of GPU."
+            )
+    elif kind == "cpu":
+        features = str(metadata.get("AOTI_CPU_ISA", "")).split()
+        flags = _cpu_flags()
+        missing = [f for f in features if flags is not None and not set(_CPU_FLAGS.get(f, ())) <= flags]
+        if missing or (metadata.get("AOTI_MACHINE") and metadata["AOTI_MACHINE"] != _machine()):
+            raise IncompatibleArtifactError(
+                f"{path} was compiled for a {metadata.get('AOTI_MACHINE')} CPU with {' '.join(features) or 'no'} "
+                f"vector instructions, which this machine lacks ({', '.join(missing) or _machine()}): running "
+                f"it would crash the process. Export again on this kind of machine, or load model.pt."
+            )
+
+
+def _machine() -> str:
+    return os.uname().machine if hasattr(os, "uname") else ""
+
+
+class _CompiledSignature:
+    """One compiled model of the package as ``Dict[str, Tensor] -> Dict[str, Tensor]``.
+
+    Its call spec (the input and output names, in the order of the compiled code's arguments and results)
+    is read once here, so a call is one native run and no Python tree flattening.
+    """
+
+    def __init__(self, runner: Any, path: str, name: str) -> None:
+        from torch.utils import _pytree as pytree
+
+        self._runner = runner
+        in_spec, out_spec = (pytree.treespec_loads(spec) for spec in runner.get_call_spec())
+        try:
+            (positions,), keywords = pytree.tree_unflatten(list(range(in_spec.num_leaves)), in_spec)
+            outputs = pytree.tree_unflatten(list(range(out_spec.num_leaves)), out_spec)
+            if keywords or not isinstance(positions, dict) or not isinstance(outputs, dict):
+                raise TypeError
+        except (TypeError, ValueError) as error:
+            raise ValueError(
+                f"Model {name!r} in {path} does not take and return a dict of tensors: it was not compiled by "
+                f"torch_estimator's export."
+            ) from error
+        self.input_names = sorted(positions, key=positions.__getitem__)
+        self.output_names = sorted(outputs, key=outputs.__getitem__)
+
+    def __call__(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        results = self._runner.boxed_run([inputs[name].contiguous() for name in self.input_names])
+        return dict(zip(self.output_names, results))
+
+
+def load_aoti_package(path: str, device: torch.device | str = "cpu") -> tuple[str, dict[str, Any]]:
+    """``(embedded signature.json text, {function: runner})`` of a ``model.aoti.pt2``, every signature.
+
+    The package is checked before any of its code is loaded: only compiled code, its metadata and
+    ``signature.json`` (no member torch would unpickle), the same torch release, device kind and CPU
+    features (or GPU architecture). Each signature's model is then loaded with torch's
+    ``AOTIModelPackageLoader``, what ``torch._inductor.aoti_load_package`` uses (which loads the default one).
+
+    Raises:
+        IncompatibleArtifactError: For another torch, device kind, CPU or GPU.
+        ValueError: For a package that is not a torch_estimator export's, or holds pickled members.
+    """
+    device = torch.device(device)
+    models, text = _aoti_members(path)
+    document = _parse_document(text, f"The {SIGNATURE_FILE} embedded in {path}")
+    functions = {}
+    for key, signature in document["signatures"].items():
+        function = signature.get("function")
+        name = _aoti_model_name(function) if isinstance(function, str) else None
+        if name not in models:
+            raise ValueError(f"{path} has no compiled model {name!r} for signature {key!r}; it holds {sorted(models)}.")
+        functions[function] = name
+    package_loader = torch._C._aoti.AOTIModelPackageLoader
+    for name in sorted(set(functions.values())):
+        _check_aoti_compatible(path, document, package_loader.load_metadata_from_package(path, name), device)
+    index = -1 if device.type == "cpu" or device.index is None else device.index
+    runners: dict[str, Any] = {}
+    for function, name in functions.items():
+        runners[function] = _CompiledSignature(package_loader(path, name, False, 1, index), path, name)
+    return text, runners
+
 
 def load(
     export_dir: str | os.PathLike[str], *, device: torch.device | str = "cpu", format: str | None = None
@@ -341,25 +528,29 @@ def load(
     Args:
         export_dir: The directory.
         device: Where to run (TorchScript is mapped there; ``model.pt2`` runs where it was exported).
-        format: ``"torchscript"`` or ``"pt2"``; default ``model.pt`` when present, else ``model.pt2``.
+        format: ``"torchscript"``, ``"pt2"`` or ``"aoti"`` (``model.aoti.pt2``, compiled: runs only on the
+            torch release, device kind and CPU or GPU it was compiled for); default: the first of
+            ``model.pt``, ``model.pt2`` and ``model.aoti.pt2`` present.
 
     Returns:
         An :class:`ExportedModel`.
 
     Raises:
         FileNotFoundError: If there is no export there.
+        IncompatibleArtifactError: If ``model.aoti.pt2`` was compiled for another torch, device or CPU.
         ValueError: If the files are not a torch_estimator export, or ``format`` is unknown.
     """
     path, version = resolve_export_dir(export_dir)
-    files = {"torchscript": os.path.join(path, TORCHSCRIPT_FILE), "pt2": os.path.join(path, PT2_FILE)}
+    names = {"torchscript": TORCHSCRIPT_FILE, "pt2": PT2_FILE, "aoti": AOTI_FILE}
+    files = {key: os.path.join(path, name) for key, name in names.items()}
     if format is None:
-        format = "torchscript" if os.path.isfile(files["torchscript"]) else "pt2"
+        format = next((key for key in FORMATS if os.path.isfile(files[key])), "torchscript")
     if format not in files:
-        raise ValueError(f"`format` must be 'torchscript', 'pt2' or None; received {format!r}.")
+        raise ValueError(f"`format` must be 'torchscript', 'pt2', 'aoti' or None; received {format!r}.")
     if not os.path.isfile(files[format]):
         raise FileNotFoundError(f"No {os.path.basename(files[format])} in {path!r}.")
     device = torch.device(device)
-    loader = _load_torchscript if format == "torchscript" else _load_pt2
+    loader = {"torchscript": _load_torchscript, "pt2": _load_pt2, "aoti": load_aoti_package}[format]
     text, runners = loader(files[format], device)
     return ExportedModel(path, version, format, json.loads(text), runners, device)
 

@@ -108,7 +108,7 @@ class ServerConfig:
         queue_timeout_secs: The most time a request waits for an inference slot (then 503).
         shutdown_timeout_secs: How long :meth:`ModelServer.stop` waits for requests in flight.
         device: Where models run (``"cpu"``, ``"cuda"``, ...).
-        format: ``"torchscript"`` or ``"pt2"``; default ``model.pt`` when present.
+        format: ``"torchscript"``, ``"pt2"`` or ``"aoti"``; default ``model.pt`` when present.
         self_check: Run each version on drawn inputs before serving it.
     """
 
@@ -154,7 +154,7 @@ class ServerConfig:
              "an integer >= 0")
         for name in ("idle_timeout_secs", "request_timeout_secs", "queue_timeout_secs", "shutdown_timeout_secs"):
             need(number(getattr(self, name)) and getattr(self, name) > 0, name, "a number > 0")
-        need(self.format in (None, "torchscript", "pt2"), "format", "'torchscript', 'pt2' or None")
+        need(self.format in (None, *loader.FORMATS), "format", "'torchscript', 'pt2', 'aoti' or None")
         need(isinstance(self.batching, bool), "batching", "a bool")
         need(isinstance(self.self_check, bool), "self_check", "a bool")
 
