@@ -39,6 +39,11 @@ LAYERS: dict[str, int] = {
     "serving.server": 2,
     "inputs": 2,
     "inputs_pandas": 2,
+    "inputs_tfrecord": 2,
+    "tfrecord": 2,
+    "tf_example": 2,
+    "tf_checkpoint": 2,
+    "tf_convert": 2,
     "hooks": 2,
     "checkpoint": 2,
     "lock": 1,
@@ -58,6 +63,7 @@ LAYERS: dict[str, int] = {
     "canned.heads": 2,
     "canned.feature_columns": 2,
     "canned.optimizers": 2,
+    "canned.parse_spec": 2,
 }
 ROOT = ""  # torch_estimator/__init__.py
 

@@ -27,6 +27,7 @@ from .canned import (
 )
 from .canned import feature_columns as feature_column  # TF's tf.feature_column
 from .inputs_pandas import pandas_input_fn
+from .inputs_tfrecord import tfrecord_input_fn
 from .checkpoint import WarmStartSettings
 from .early_stopping import (
     make_early_stopping_hook,
@@ -139,5 +140,6 @@ __all__ = [
     "stop_if_no_decrease_hook",
     "stop_if_no_increase_hook",
     "summary",
+    "tfrecord_input_fn",
     "train_and_evaluate",
 ]

@@ -423,3 +423,16 @@ def _array_input_fn(x: Any, y: Any, batch_size: int, num_epochs: int | None, shu
         return NumpyInput(x, y, batch_size, num_epochs, shuffle, chosen, shard=shard, pad=mode != "eval")
 
     return input_fn
+
+
+# TFRecord input and TF's parsing specs live in inputs_tfrecord (which builds on this module); they are
+# reachable here as te.inputs.<name>, as TF users expect, and imported on first use.
+_TFRECORD_NAMES = ("tfrecord_input_fn", "TFRecordInput", "FixedLenFeature", "VarLenFeature", "FixedLenSequenceFeature")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _TFRECORD_NAMES:
+        from . import inputs_tfrecord
+
+        return getattr(inputs_tfrecord, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -58,6 +58,7 @@ from .heads import (
 )
 from .linear import LinearClassifier, LinearEstimator, LinearRegressor
 from .optimizers import CombinedOptimizer, Ftrl, get_optimizer_factory
+from .parse_spec import make_parse_example_spec
 
 __all__ = [
     "BaselineClassifier",
@@ -100,6 +101,7 @@ __all__ = [
     "get_optimizer_factory",
     "indicator_column",
     "make_feature_spec",
+    "make_parse_example_spec",
     "numeric_column",
     "regressor_head",
 ]
