@@ -979,12 +979,18 @@ class WarmStartSettings:
 def warm_start(model: torch.nn.Module, settings: WarmStartSettings) -> list[str]:
     """Copy the selected tensors from ``settings``' checkpoint into ``model``.
 
+    A TensorFlow ``model_dir`` or checkpoint prefix is read and mapped by :mod:`.tf_convert`.
+
     Returns:
         The names that were initialised.
 
     Raises:
         ValueError: If nothing matches, a selected name is missing from the checkpoint, or shapes differ.
     """
+    from . import tf_checkpoint, tf_convert
+
+    if tf_checkpoint.is_tf_checkpoint(settings.ckpt_to_initialize_from):  # a TensorFlow model_dir or prefix
+        return tf_convert.warm_start_from_tf(model, settings)
     path = settings.resolve_path()
     checkpoint = read_checkpoint(path)
     patterns = [settings.vars_to_warm_start] if isinstance(settings.vars_to_warm_start, str) else list(settings.vars_to_warm_start)

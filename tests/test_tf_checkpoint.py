@@ -1,0 +1,164 @@
+"""Reading TensorFlow checkpoints, mapping them to torch models, warm start and convert-checkpoint, against
+model_dirs that TensorFlow 2.15 wrote (tests/fixtures/tf/make_fixtures.py)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import torch_estimator as te
+from torch_estimator import cli
+from torch_estimator.tf_checkpoint import TFCheckpoint, TFCheckpointError, is_tf_checkpoint
+from torch_estimator.tf_convert import map_tf_variables
+
+FIXTURES = Path(__file__).parent / "fixtures" / "tf"
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "mnist.py"
+
+
+def _load_mnist():
+    spec = importlib.util.spec_from_file_location("examples_mnist_tf", EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+mnist = _load_mnist()
+
+
+def small_cnn() -> nn.Module:
+    """The tutorial CNN with the fixture's smaller layers (8 and 16 filters, 32 dense units)."""
+    model = mnist.CNN()
+    model.conv1, model.conv2 = nn.Conv2d(1, 8, 5, padding="same"), nn.Conv2d(8, 16, 5, padding="same")
+    model.dense, model.logits = nn.Linear(7 * 7 * 16, 32), nn.Linear(32, 10)
+    return model
+
+
+def snapshot(directory: Path) -> dict[str, tuple[int, int]]:
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in directory.rglob("*")}
+
+
+def predictions(name: str) -> tuple[np.ndarray, np.ndarray]:
+    with np.load(FIXTURES / f"{name}_predictions.npz", allow_pickle=False) as data:
+        return data["x"], data["probabilities"]
+
+
+def test_reader_lists_tensorflows_variables():
+    reader = TFCheckpoint(FIXTURES / "cnn")
+    assert os.path.basename(reader.prefix) == "model.ckpt-5"
+    assert reader.shapes() == {
+        "conv2d/bias": (8,), "conv2d/kernel": (5, 5, 1, 8), "conv2d_1/bias": (16,), "conv2d_1/kernel": (5, 5, 8, 16),
+        "dense/bias": (32,), "dense/kernel": (784, 32), "dense_1/bias": (10,), "dense_1/kernel": (32, 10),
+        "global_step": (),
+    }
+    assert reader.read("global_step") == 5 and reader.dtype_name("global_step") == "int64"
+    assert TFCheckpoint(str(FIXTURES / "dnn" / "model.ckpt-5.index")).prefix == reader.prefix.replace("cnn", "dnn")
+
+
+def test_estimator_warm_started_from_the_tf_cnn_predicts_what_tf_predicted(tmp_path):
+    before = snapshot(FIXTURES)
+    images, expected = predictions("cnn")
+    estimator = te.Estimator(mnist.model_fn, model_dir=str(tmp_path / "model"), model=small_cnn(),
+                             warm_start_from=str(FIXTURES / "cnn"))
+    got = [p["probabilities"] for p in estimator.predict(te.inputs.numpy_input_fn({"x": images}, shuffle=False))]
+    np.testing.assert_allclose(np.stack(got), expected, atol=1e-5)
+    assert snapshot(FIXTURES) == before  # nothing written next to the TF files
+
+
+@pytest.mark.parametrize("name", ["dnn", "linear"])
+def test_canned_estimators_warm_start_from_tf_canned_model_dirs(tmp_path, name):
+    inputs, expected = predictions(name)
+    columns = [te.feature_column.numeric_column("x", shape=[4])]
+    kwargs = {"feature_columns": columns, "n_classes": 3, "model_dir": str(tmp_path / "model"),
+              "warm_start_from": str(FIXTURES / name)}
+    estimator = te.DNNClassifier(hidden_units=[8, 6], **kwargs) if name == "dnn" else te.LinearClassifier(**kwargs)
+    got = [p["probabilities"] for p in estimator.predict(te.inputs.numpy_input_fn({"x": inputs}, shuffle=False))]
+    np.testing.assert_allclose(np.stack(got), expected, atol=1e-5)
+
+
+def test_user_mapping_and_rename_rules():
+    values, _ = TFCheckpoint(FIXTURES / "dnn").read_all()
+    model = nn.Sequential()
+    model.add_module("first", nn.Linear(4, 8))
+    model.add_module("second", nn.Linear(8, 6))
+    mapped = map_tf_variables(values, model, var_name_to_prev_var_name={"first.weight": "dnn/hiddenlayer_0/kernel"},
+                              rename=[(r"dnn/hiddenlayer_0/bias", "first.bias"),
+                                      (r"dnn/hiddenlayer_1/kernel", "second.weight"),
+                                      (r"dnn/hiddenlayer_(\d)/bias", r"second.bias")])
+    assert mapped.sources == {"first.weight": "dnn/hiddenlayer_0/kernel", "first.bias": "dnn/hiddenlayer_0/bias",
+                              "second.weight": "dnn/hiddenlayer_1/kernel", "second.bias": "dnn/hiddenlayer_1/bias"}
+    assert mapped.problems == [] and mapped.missing == []
+    np.testing.assert_array_equal(mapped.tensors["first.weight"].numpy(), values["dnn/hiddenlayer_0/kernel"].T)
+    assert mapped.unmatched == ["dnn/logits/bias", "dnn/logits/kernel"]
+    assert "global_step" in mapped.ignored and "training/Adagrad/decay" in mapped.ignored
+
+
+def test_warm_start_errors_name_what_is_missing_or_mismatched(tmp_path):
+    too_wide = small_cnn()
+    too_wide.dense = nn.Linear(7 * 7 * 16, 64)
+    with pytest.raises(ValueError, match=r"shapes differ: .*dense.weight \(64, 784\) vs TF 'dense/kernel' \(784, 32\)"):
+        te.checkpoint.warm_start(too_wide, te.WarmStartSettings(str(FIXTURES / "cnn")))
+    extra = small_cnn()
+    extra.extra = nn.Linear(2, 2)
+    # Three nn.Linear for two TF dense layers: not matched by order; the message lists both sides.
+    with pytest.raises(ValueError, match=r"model tensors \['dense.bias', .*'extra.weight', .*\] have no TF variable "
+                                         r"\(TF variables left over: \['dense/bias', 'dense/kernel'"):
+        te.checkpoint.warm_start(extra, te.WarmStartSettings(str(FIXTURES / "cnn")))
+    with pytest.raises(ValueError, match="'nope' .* is not in the TF checkpoint"):
+        te.checkpoint.warm_start(small_cnn(), te.WarmStartSettings(str(FIXTURES / "cnn"),
+                                                                   var_name_to_prev_var_name={"dense.bias": "nope"}))
+    only_conv = small_cnn()
+    te.checkpoint.warm_start(only_conv, te.WarmStartSettings(str(FIXTURES / "cnn"), vars_to_warm_start="conv.*"))
+    np.testing.assert_array_equal(only_conv.conv1.bias.detach().numpy(), TFCheckpoint(FIXTURES / "cnn").read("conv2d/bias"))
+
+
+def test_damaged_or_missing_files_get_clear_errors(tmp_path):
+    model_dir = tmp_path / "cnn"
+    shutil.copytree(FIXTURES / "cnn", model_dir)
+    data = model_dir / "model.ckpt-5.data-00000-of-00001"
+    raw = bytearray(data.read_bytes())
+    raw[100] ^= 0xFF
+    data.write_bytes(bytes(raw))
+    reader = TFCheckpoint(model_dir)
+    with pytest.raises(TFCheckpointError, match="fails its checksum: the file is damaged"):
+        reader.read_all()
+    data.unlink()
+    with pytest.raises(TFCheckpointError, match="data file .*data-00000-of-00001 is missing"):
+        reader.read("dense/kernel")
+    index = model_dir / "model.ckpt-5.index"
+    raw = bytearray(index.read_bytes())
+    raw[10] ^= 0xFF
+    index.write_bytes(bytes(raw))
+    with pytest.raises(TFCheckpointError, match="fails its checksum"):
+        TFCheckpoint(model_dir)
+    index.write_bytes(bytes(raw[:20]))
+    with pytest.raises(TFCheckpointError, match="not a TF checkpoint index"):
+        TFCheckpoint(model_dir)
+    (model_dir / "checkpoint").unlink()
+    with pytest.raises(TFCheckpointError, match="has no TF 'checkpoint' file; give a prefix such as"):
+        TFCheckpoint(model_dir)
+    with pytest.raises(TFCheckpointError, match="has no index file"):
+        TFCheckpoint(tmp_path / "nothing")
+
+
+def test_moved_model_dir_with_absolute_paths_is_found(tmp_path):
+    model_dir = tmp_path / "dnn"
+    shutil.copytree(FIXTURES / "dnn", model_dir)
+    (model_dir / "checkpoint").write_text('model_checkpoint_path: "/elsewhere/old/model.ckpt-5"\n')
+    assert TFCheckpoint(model_dir).prefix == str(model_dir / "model.ckpt-5")
+
+
+def test_torch_estimator_model_dirs_are_not_taken_for_tf_ones(tmp_path):
+    estimator = te.LinearRegressor(feature_columns=[te.feature_column.numeric_column("x")], model_dir=str(tmp_path))
+    estimator.train(te.inputs.numpy_input_fn({"x": np.ones(4, np.float32)}, np.ones((4, 1), np.float32),
+                                             batch_size=2, shuffle=False), steps=1)
+    assert (tmp_path / "checkpoint").exists() and not is_tf_checkpoint(tmp_path)
+    assert is_tf_checkpoint(FIXTURES / "dnn") and is_tf_checkpoint(FIXTURES / "dnn" / "model.ckpt-5")
