@@ -349,6 +349,51 @@ def test_regression_loss_metrics_and_export():
     assert isinstance(outputs["serving_default"], RegressionOutput)
 
 
+def _tf_multi_value_fixture():
+    """TF's test_weighted_multi_value_eval: 3d label, 1 example, one weight per value."""
+    logits = torch.tensor([[45.0, 41.0, 44.0]])
+    labels = torch.tensor([[35.0, 42.0, 45.0]])
+    features = {"x": torch.tensor([[42.0, 43.0, 44.0]]), "label_weights": torch.tensor([[1.0, 0.1, 1.5]])}
+    return RegressionHead(weight_column="label_weights", label_dimension=3), logits, labels, features
+
+
+def test_regression_per_value_weights_match_tf():
+    head, logits, labels, features = _tf_multi_value_fixture()
+    # weighted loss = 1*100 + .1*1 + 1.5*1 = 101.6; loss = 101.6 / 3 values; average_loss = 101.6 / 2.6
+    assert float(head.loss(labels, logits, features)) == pytest.approx(33.8666667, rel=1e-6)
+    spec = head.create_estimator_spec(features, te.ModeKeys.EVAL, logits, labels)
+    assert float(spec.loss) == pytest.approx(33.8666667, rel=1e-6)
+    metrics = evaluate(spec.eval_metric_ops)
+    assert sorted(metrics) == ["average_loss", "label/mean", "prediction/mean"]
+    assert metrics["average_loss"] == pytest.approx(39.0769231, rel=1e-6)
+    assert metrics["prediction/mean"] == pytest.approx((45 + 41 * 0.1 + 44 * 1.5) / 2.6, rel=1e-6)
+    assert metrics["label/mean"] == pytest.approx((35 + 42 * 0.1 + 45 * 1.5) / 2.6, rel=1e-6)
+
+
+def test_regression_per_value_weights_as_a_numeric_column():
+    _, logits, labels, features = _tf_multi_value_fixture()
+    head = RegressionHead(label_dimension=3, weight_column=numeric_column("label_weights", shape=(3,)))
+    assert float(head.loss(labels, logits, features)) == pytest.approx(33.8666667, rel=1e-6)
+    with pytest.raises(ValueError, match=r"`weight_column` must have shape \(1,\) or \(3,\); received \(2,\)"):
+        RegressionHead(label_dimension=3, weight_column=numeric_column("w", shape=(2,)))
+    with pytest.raises(ValueError, match=r"`weight_column` must have shape \(1,\); received \(3,\)"):
+        BinaryClassHead(weight_column=numeric_column("w", shape=(3,)))
+
+
+@pytest.mark.parametrize("weights", [torch.ones(2, 2), torch.ones(2, 2, 3), torch.ones(3, 3)])
+def test_regression_weights_of_another_shape_are_rejected(weights):
+    # TF's test_multi_dim_train_weights_wrong_inner_dim / _outer_dim: "weights shape".
+    head = RegressionHead(weight_column="w", label_dimension=3)
+    with pytest.raises(ValueError, match=r"weights shape \(feature 'w'\) must be \[batch_size\] or \[batch_size, 1\] or "
+                                         r"\[batch_size, 3\]; received"):
+        head.loss(torch.zeros(2, 3), torch.zeros(2, 3), {"w": weights})
+
+
+def test_classifier_weights_stay_one_per_example():
+    with pytest.raises(ValueError, match=r"weights shape \(feature 'w'\) must be \[batch_size\] or \[batch_size, 1\]; received \[2, 3\]"):
+        MultiClassHead(3, weight_column="w").loss(torch.tensor([0, 1]), torch.zeros(2, 3), {"w": torch.ones(2, 3)})
+
+
 def test_regression_inverse_link_fn():
     head = RegressionHead(inverse_link_fn=torch.exp)
     predictions = head.predictions(torch.tensor([[0.0], [1.0]]))

@@ -255,12 +255,23 @@ class Head:
             )
         if weight_column is not None and not isinstance(weight_column, (str, NumericColumn)):
             raise ValueError(f"{owner}: `weight_column` must be a feature key, a numeric_column or None; received {weight_column!r}.")
-        if isinstance(weight_column, NumericColumn) and weight_column.shape != (1,):
-            raise ValueError(f"{owner}: `weight_column` must have shape (1,); received {weight_column.shape}.")
         if name is not None and (not isinstance(name, str) or not name):
             raise ValueError(f"{owner}: `name` must be a non-empty string or None; received {name!r}.")
         self._loss_fn_args = _check_loss_fn(loss_fn, owner)
         self._weight_column, self._loss_reduction, self._loss_fn, self._name = weight_column, loss_reduction, loss_fn, name
+
+    def _check_weight_column_shape(self) -> None:
+        """Call once the logits dimension is known: a numeric weight column holds one weight per example
+        (or, for regression, one per label value)."""
+        column = self._weight_column
+        widths = sorted({1, self._weight_width()})
+        if isinstance(column, NumericColumn) and column.shape not in [(w,) for w in widths]:
+            allowed = " or ".join(f"({w},)" for w in widths)
+            raise ValueError(f"{type(self).__name__}: `weight_column` must have shape {allowed}; received {column.shape}.")
+
+    def _weight_width(self) -> int:
+        """The widest weights the head accepts: one per example (per label value for regression)."""
+        return 1
 
     @property
     def name(self) -> str | None:
@@ -315,7 +326,8 @@ class Head:
         return labels.to(logits.device)
 
     def _weights(self, features: Any, logits: torch.Tensor) -> torch.Tensor | None:
-        """``[batch, 1]`` float example weights from the weight column, or None."""
+        """``[batch, 1]`` float example weights (or ``[batch, label_dimension]`` per-value weights where the
+        head takes them) from the weight column, or None."""
         if self._weight_column is None:
             return None
         key = self._weight_column if isinstance(self._weight_column, str) else self._weight_column.key
@@ -325,12 +337,16 @@ class Head:
         weights = features[key]
         if isinstance(weights, np.ndarray):
             weights = torch.from_numpy(weights)
-        if weights.dim() == 1:
+        if not isinstance(weights, torch.Tensor):
+            raise TypeError(f"{type(self).__name__}: weights (feature {key!r}) must be a Tensor; received {type(weights).__name__}.")
+        if weights.dim() == logits.dim() - 1:
             weights = weights.unsqueeze(-1)
-        if weights.shape != (*logits.shape[:-1], 1):
+        width = self._weight_width()
+        if weights.shape[:-1] != logits.shape[:-1] or weights.shape[-1] not in (1, width):
+            allowed = "[batch_size] or [batch_size, 1]" + (f" or [batch_size, {width}]" if width > 1 else "")
             raise ValueError(
-                f"{type(self).__name__}: weights (feature {key!r}) must have shape [batch_size] or [batch_size, 1]; "
-                f"received {list(weights.shape)} for batch size {logits.shape[0]}."
+                f"{type(self).__name__}: weights shape (feature {key!r}) must be {allowed}; received "
+                f"{list(weights.shape)} for logits {list(logits.shape)}."
             )
         return weights.to(device=logits.device, dtype=logits.dtype)
 
@@ -546,6 +562,7 @@ class BinaryClassHead(Head):
         name: str | None = None,
     ) -> None:
         super().__init__(weight_column, loss_reduction, loss_fn, name)
+        self._check_weight_column_shape()
         self._thresholds = _check_threshold_list(thresholds, "BinaryClassHead")
         self._label_vocabulary = _check_vocabulary(label_vocabulary, 2, "BinaryClassHead")
 
@@ -647,6 +664,7 @@ class MultiClassHead(Head):
         name: str | None = None,
     ) -> None:
         super().__init__(weight_column, loss_reduction, loss_fn, name)
+        self._check_weight_column_shape()
         if isinstance(n_classes, numbers.Integral) and not isinstance(n_classes, bool) and n_classes == 2:
             raise ValueError(
                 "MultiClassHead: n_classes must be > 2; received 2. Use BinaryClassHead for two classes (TF's rule)."
@@ -731,6 +749,7 @@ class MultiLabelHead(Head):
         name: str | None = None,
     ) -> None:
         super().__init__(weight_column, loss_reduction, loss_fn, name)
+        self._check_weight_column_shape()
         self._n_classes = _check_n_classes(n_classes, "MultiLabelHead", 2)
         self._logits_dimension = self._n_classes
         self._thresholds = _check_threshold_list(thresholds, "MultiLabelHead")
@@ -858,9 +877,13 @@ class RegressionHead(Head):
             raise ValueError(f"RegressionHead: `inverse_link_fn` must be callable; received {inverse_link_fn!r}.")
         self._logits_dimension = int(label_dimension)
         self._inverse_link_fn = inverse_link_fn
+        self._check_weight_column_shape()
 
     @property
     def label_dimension(self) -> int:
+        return self._logits_dimension
+
+    def _weight_width(self) -> int:
         return self._logits_dimension
 
     def _loss_width(self) -> int:
