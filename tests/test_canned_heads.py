@@ -9,9 +9,11 @@ import torch
 import torch_estimator as te
 from torch_estimator.canned import (
     BinaryClassHead,
+    LogisticRegressionHead,
     LossReduction,
     MultiClassHead,
     MultiLabelHead,
+    PoissonRegressionHead,
     RegressionHead,
     decode_classes,
     encode_labels,
@@ -405,6 +407,60 @@ def test_regression_accepts_flat_labels_and_rejects_bad_dimension():
     assert float(RegressionHead().loss(torch.tensor([1.0, 3.0]), torch.tensor([[0.0], [0.0]]))) == pytest.approx(5.0)
     with pytest.raises(ValueError, match="invalid `label_dimension` 0"):
         RegressionHead(label_dimension=0)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# PoissonRegressionHead, LogisticRegressionHead (TF's test values)
+
+
+def test_poisson_loss_and_predictions_match_tf():
+    head = PoissonRegressionHead()
+    logits = torch.tensor([[0.0], [-1.0], [1.0]])
+    labels = torch.tensor([[1], [2], [3]], dtype=torch.int32)
+    # exp(logits) - labels * logits + Stirling's log(labels!) for labels > 1: [1.0, 3.020, 1.482]
+    assert float(head.loss(labels, logits, {"x": torch.tensor([[42.0]])})) == pytest.approx(1.834, abs=1e-3)
+    predictions = head.predictions(logits)
+    assert sorted(predictions) == ["logits", "predictions"]
+    assert torch.allclose(predictions["predictions"], torch.exp(logits)) and torch.equal(predictions["logits"], logits)
+    partial = PoissonRegressionHead(compute_full_loss=False).loss(labels, logits)
+    assert float(partial) == pytest.approx(float((torch.exp(logits) - labels * logits).mean()), rel=1e-6)
+
+
+def test_poisson_metrics_and_export_are_a_regressions():
+    head = PoissonRegressionHead(name="count")
+    logits, labels = torch.tensor([[0.0], [1.0]]), torch.tensor([[1.0], [4.0]])
+    metrics = evaluate(head.metrics({}, logits, labels))
+    assert sorted(metrics) == ["average_loss/count", "label/mean/count", "prediction/mean/count"]
+    assert metrics["prediction/mean/count"] == pytest.approx((1 + np.e) / 2, rel=1e-6)
+    outputs = head.export_outputs(head.predictions(logits))
+    assert isinstance(outputs["serving_default"], RegressionOutput)
+
+
+def test_poisson_rejects_negative_counts():
+    with pytest.raises(ValueError, match=r"PoissonRegressionHead: labels must be counts >= 0; received \[-2.0\]"):
+        PoissonRegressionHead().loss(torch.tensor([[1.0], [-2.0]]), torch.zeros(2, 1))
+    with pytest.raises(ValueError, match="`compute_full_loss` must be True or False; received 'yes'"):
+        PoissonRegressionHead(compute_full_loss="yes")
+
+
+def test_logistic_regression_loss_and_predictions_match_tf():
+    head = LogisticRegressionHead()
+    logits = torch.tensor([[0.0], [-1.0], [1.0]])
+    labels = torch.tensor([[0.4], [0.6], [0.8]])
+    assert float(head.loss(labels, logits)) == pytest.approx(0.7066, abs=1e-3)  # (0.6931 + 0.9133 + 0.5133) / 3
+    predictions = head.predictions(logits)
+    assert sorted(predictions) == ["logits", "predictions"]
+    assert torch.allclose(predictions["predictions"], torch.sigmoid(logits))
+    spec = head.create_estimator_spec({}, te.ModeKeys.EVAL, logits, labels)
+    assert sorted(evaluate(spec.eval_metric_ops)) == ["average_loss", "label/mean", "prediction/mean"]
+    assert isinstance(head.export_outputs(predictions)["serving_default"], RegressionOutput)
+
+
+@pytest.mark.parametrize("labels", [[[0.4], [1.2], [0.8]], [[0.4], [-0.2], [0.8]]])
+def test_logistic_regression_labels_outside_0_1_are_rejected(labels):
+    # TF's test_train_labels_too_large / _negative.
+    with pytest.raises(ValueError, match=r"Labels must be in range \[0, 1\]"):
+        LogisticRegressionHead().loss(torch.tensor(labels), torch.tensor([[0.0], [-1.0], [1.0]]))
 
 
 # ----------------------------------------------------------------------------------------------------------

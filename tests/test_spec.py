@@ -203,8 +203,15 @@ def test_prediction_with_non_tensor_value_is_rejected():
 
 
 def test_prediction_with_non_str_key_is_rejected():
-    with pytest.raises(TypeError, match="`predictions` keys must be str; received key 0"):
+    with pytest.raises(TypeError, match="`predictions` keys must be str or tuples of str; received key 0"):
         EstimatorSpec(ModeKeys.PREDICT, predictions={0: torch.tensor([1])})
+
+
+def test_prediction_tuple_keys_are_accepted_as_tf_multi_head_makes_them():
+    predictions = {("head1", "logits"): torch.zeros(2, 1), ("head2", "logits"): torch.zeros(2, 3)}
+    assert EstimatorSpec(ModeKeys.PREDICT, predictions=predictions).predictions is predictions
+    with pytest.raises(TypeError, match=r"keys must be str or tuples of str; received key \('head1', 1\)"):
+        EstimatorSpec(ModeKeys.PREDICT, predictions={("head1", 1): torch.zeros(2)})
 
 
 def test_predictions_are_validated_outside_predict():

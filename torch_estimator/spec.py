@@ -61,6 +61,13 @@ def _describe(value: Any) -> str:
     return f"{type(value).__name__} {text[:80] + '...' if len(text) > 80 else text}"
 
 
+def _is_key(key: Any, tuples: bool) -> bool:
+    """A str, or (where ``tuples``) a tuple of str: MultiHead's ``(head name, prediction key)``, as TF's."""
+    if isinstance(key, str):
+        return True
+    return tuples and isinstance(key, tuple) and bool(key) and all(isinstance(k, str) for k in key)
+
+
 def _check_tensor_map(field: str, value: Any, allow_tensor: bool) -> None:
     if allow_tensor and isinstance(value, torch.Tensor):
         return
@@ -68,8 +75,9 @@ def _check_tensor_map(field: str, value: Any, allow_tensor: bool) -> None:
         kind = "a Tensor or a dict of Tensors" if allow_tensor else "a dict of str to Tensor"
         raise TypeError(f"EstimatorSpec `{field}` must be {kind}; received {_describe(value)}.")
     for key, item in value.items():
-        if not isinstance(key, str):
-            raise TypeError(f"EstimatorSpec `{field}` keys must be str; received key {key!r}.")
+        if not _is_key(key, tuples=allow_tensor):
+            kinds = "str or tuples of str" if allow_tensor else "str"
+            raise TypeError(f"EstimatorSpec `{field}` keys must be {kinds}; received key {key!r}.")
         if not isinstance(item, torch.Tensor):
             raise TypeError(f"EstimatorSpec `{field}[{key!r}]` must be a Tensor; received {_describe(item)}.")
 

@@ -1,7 +1,8 @@
 """Canned estimators, heads and feature columns: TF's ready-made models for tabular data.
 
-- Heads (:mod:`.heads`): ``BinaryClassHead``, ``MultiClassHead``, ``MultiLabelHead``, ``RegressionHead``
-  turn logits into a complete ``EstimatorSpec`` (loss, predictions, TF's metrics, TF's export signatures).
+- Heads (:mod:`.heads`): ``BinaryClassHead``, ``MultiClassHead``, ``MultiLabelHead``, ``RegressionHead``,
+  ``PoissonRegressionHead``, ``LogisticRegressionHead`` turn logits into a complete ``EstimatorSpec`` (loss,
+  predictions, TF's metrics, TF's export signatures); ``MultiHead`` (:mod:`.multi_head`) trains several at once.
 - Feature columns (:mod:`.feature_columns`): ``numeric_column``, ``bucketized_column``,
   ``categorical_column_with_*``, ``crossed_column``, ``indicator_column``, ``embedding_column``, and the
   modules ``DenseFeatures`` and ``LinearModel``. String features are fingerprinted on the host by
@@ -9,7 +10,7 @@
 - Estimators: ``DNNClassifier``/``Regressor``/``Estimator``, ``LinearClassifier``/..., ``DNNLinearCombined*``
   (wide & deep), ``Baseline*``; optimizers by TF's names (:mod:`.optimizers`).
 
-Layers: ``heads``, ``feature_columns`` and ``optimizers`` are layer 2 (a custom ``model_fn`` can use them
+Layers: ``heads``, ``multi_head``, ``feature_columns`` and ``optimizers`` are layer 2 (a custom ``model_fn`` can use them
 alone); the estimators build Estimators, layer 3.
 
 Example:
@@ -47,16 +48,19 @@ from .feature_columns import (
 from .heads import (
     BinaryClassHead,
     Head,
+    LogisticRegressionHead,
     LossReduction,
     MetricKeys,
     MultiClassHead,
     MultiLabelHead,
+    PoissonRegressionHead,
     PredictionKeys,
     RegressionHead,
     decode_classes,
     encode_labels,
 )
 from .linear import LinearClassifier, LinearEstimator, LinearRegressor
+from .multi_head import MultiHead
 from .optimizers import CombinedOptimizer, Ftrl, get_optimizer_factory
 from .parse_spec import make_parse_example_spec
 
@@ -81,10 +85,13 @@ __all__ = [
     "LinearEstimator",
     "LinearModel",
     "LinearRegressor",
+    "LogisticRegressionHead",
     "LossReduction",
     "MetricKeys",
     "MultiClassHead",
+    "MultiHead",
     "MultiLabelHead",
+    "PoissonRegressionHead",
     "PredictionKeys",
     "RegressionHead",
     "bucketized_column",

@@ -52,6 +52,8 @@ __all__ = [
     "MultiClassHead",
     "MultiLabelHead",
     "RegressionHead",
+    "PoissonRegressionHead",
+    "LogisticRegressionHead",
     "LossReduction",
     "PredictionKeys",
     "MetricKeys",
@@ -917,3 +919,92 @@ class RegressionHead(Head):
             REGRESS_SERVING_KEY: regression,
             PREDICT_SERVING_KEY: PredictOutput(dict(predictions)),
         }
+
+
+class PoissonRegressionHead(RegressionHead):
+    """Poisson regression of counts: the log-Poisson loss of ``exp(logits)`` (TF's ``PoissonRegressionHead``).
+
+    The loss is ``exp(logits) - labels * logits``, plus with ``compute_full_loss`` the Stirling approximation
+    of ``log(labels!)`` for labels above 1 (TF's ``tf.nn.log_poisson_loss``). Predictions: ``predictions``
+    (``exp(logits)``, the expected count) and ``logits``. Metrics and export as :class:`RegressionHead`.
+
+    Args:
+        label_dimension, weight_column, loss_reduction, name: See :class:`RegressionHead`.
+        compute_full_loss: Include the constant ``log(labels!)`` term.
+
+    Raises:
+        ValueError: For a bad argument; when the loss is computed, for negative labels.
+
+    Example:
+        >>> head = PoissonRegressionHead()
+        >>> logits, labels = torch.tensor([[0.0], [-1.0], [1.0]]), torch.tensor([[1], [2], [3]])
+        >>> round(float(head.loss(labels, logits)), 3)  # TF's test: (1.0 + 3.020 + 1.482) / 3
+        1.834
+        >>> head.predictions(logits)["predictions"].flatten().tolist() == torch.exp(logits).flatten().tolist()
+        True
+    """
+
+    def __init__(
+        self,
+        label_dimension: int = 1,
+        weight_column: str | NumericColumn | None = None,
+        loss_reduction: str = LossReduction.SUM_OVER_BATCH_SIZE,
+        compute_full_loss: bool = True,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(label_dimension, weight_column, loss_reduction, None, torch.exp, name)
+        if not isinstance(compute_full_loss, bool):
+            raise ValueError(f"PoissonRegressionHead: `compute_full_loss` must be True or False; received {compute_full_loss!r}.")
+        self._compute_full_loss = compute_full_loss
+
+    def _processed_labels(self, logits: torch.Tensor, labels: Any) -> torch.Tensor:
+        labels = super()._processed_labels(logits, labels)
+        check_values(labels >= 0, lambda: (
+            f"PoissonRegressionHead: labels must be counts >= 0; received "
+            f"{sorted(set(labels[labels < 0].tolist()))[:10]}."
+        ))
+        return labels
+
+    def _default_loss(self, labels: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        return F.poisson_nll_loss(logits, labels, log_input=True, full=self._compute_full_loss, reduction="none")
+
+
+class LogisticRegressionHead(RegressionHead):
+    """Regression of a probability in ``[0, 1]`` with the sigmoid cross-entropy (TF's
+    ``LogisticRegressionHead``).
+
+    Unlike :class:`BinaryClassHead`: labels are floats in ``[0, 1]`` (no vocabulary), predictions are only
+    ``predictions`` (``sigmoid(logits)``) and ``logits``, the metrics are a regression's (``average_loss``,
+    ``label/mean``, ``prediction/mean``) and the export's default is a ``RegressionOutput``.
+
+    Args:
+        weight_column, loss_reduction, name: See :class:`Head`.
+
+    Raises:
+        ValueError: For a bad argument; when the loss is computed, for labels outside ``[0, 1]``.
+
+    Example:
+        >>> head = LogisticRegressionHead()
+        >>> logits, labels = torch.tensor([[0.0], [-1.0], [1.0]]), torch.tensor([[0.4], [0.6], [0.8]])
+        >>> round(float(head.loss(labels, logits)), 4)  # TF's test: (0.6931 + 0.9133 + 0.5133) / 3
+        0.7066
+    """
+
+    def __init__(
+        self,
+        weight_column: str | NumericColumn | None = None,
+        loss_reduction: str = LossReduction.SUM_OVER_BATCH_SIZE,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(1, weight_column, loss_reduction, None, torch.sigmoid, name)
+
+    def _processed_labels(self, logits: torch.Tensor, labels: Any) -> torch.Tensor:
+        labels = super()._processed_labels(logits, labels)
+        check_values((labels >= 0) & (labels <= 1), lambda: (
+            f"LogisticRegressionHead: Labels must be in range [0, 1]; received "
+            f"{sorted(set(labels[(labels < 0) | (labels > 1)].tolist()))[:10]}."
+        ))
+        return labels
+
+    def _default_loss(self, labels: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
