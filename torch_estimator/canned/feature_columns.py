@@ -10,11 +10,13 @@ the host, before they become tensors: :func:`encode_features` replaces every str
 "missing", TF's ignore value for sparse inputs). Everything else is a tensor operation inside the model, and
 so inside an exported artifact: the vocabulary lookup compares fingerprints (or raw integers) with the
 vocabulary's, a hash bucket is ``value mod hash_bucket_size``, a cross mixes the ids of its parts,
-bucketizing, normalizing and missing-value defaults are tensor ops too. The serving signature therefore
-takes one tensor per raw feature (:func:`make_feature_spec`): floats for numeric columns, int64 for
-categorical ones (the fingerprint for a string feature, which a client computes with the same 10-line
-function). Categorical inputs have shape ``[batch]`` or ``[batch, k]`` (``k`` values per example, ``-1``
-for none).
+bucketizing, normalizing and missing-value defaults are tensor ops too, so an export carries its
+vocabularies and hash buckets. The serving signature takes one input per raw feature
+(:func:`make_feature_spec`): float32 for numeric columns, int64 for integer categorical ones, and dtype
+``"string"`` (TF's ``DT_STRING``) for string ones: clients send the strings (``{"size": "medium"}``), and the
+loader, the REST server and C++ clients turn them into the same fingerprints before the model runs (an
+integer sent for a string input is taken as a fingerprint already). Categorical inputs have shape
+``[batch]`` or ``[batch, k]`` (``k`` values per example, ``-1`` for none).
 
 Example:
     >>> import numpy as np, torch
@@ -42,7 +44,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..export.receivers import TensorSpec
+from ..export.receivers import STRING, TensorSpec, fingerprint
 
 __all__ = [
     "FeatureColumn",
@@ -73,25 +75,8 @@ __all__ = [
 ]
 
 MISSING = -1  # the id of "no value" in categorical inputs (TF's ignore value for integer sparse inputs)
-_FNV_OFFSET, _FNV_PRIME, _MASK64, _MASK63 = 0xCBF29CE484222325, 0x100000001B3, (1 << 64) - 1, (1 << 63) - 1
 # Crosses mix ids modulo a prime below 2**31, so that every product fits in int64 on every device.
 _CROSS_PRIME, _CROSS_MODULUS, _CROSS_SEED = 1_000_003, 2_147_483_647, 1_469_598_103
-
-
-def fingerprint(value: str) -> int:
-    """The 63-bit fingerprint that stands for a string inside tensors: FNV-1a 64 of its UTF-8 bytes, top bit
-    cleared. Stable across processes, machines and versions (unlike Python's ``hash``).
-
-    Example:
-        >>> fingerprint("red")
-        714311032125047324
-        >>> fingerprint("red") == fingerprint("red") != fingerprint("Red")
-        True
-    """
-    h = _FNV_OFFSET
-    for byte in value.encode("utf-8"):
-        h = ((h ^ byte) * _FNV_PRIME) & _MASK64
-    return h & _MASK63
 
 
 def check_values(condition: torch.Tensor, message: Callable[[], str]) -> None:
@@ -1021,8 +1006,10 @@ def make_feature_spec(feature_columns: Sequence[FeatureColumn]) -> dict[str, Ten
     """The serving inputs for ``feature_columns``: one :class:`~torch_estimator.export.TensorSpec` per raw
     feature (TF's ``make_parse_example_spec``), for ``build_raw_serving_input_receiver_fn``.
 
-    Numeric features are float32 ``[batch]`` (``[batch, *shape]`` when a column has a shape); categorical
-    ones int64 ``[batch]`` (fingerprints for strings), with valid example values for export's self-check.
+    Numeric features are float32 ``[batch]`` (``[batch, *shape]`` when a column has a shape); integer
+    categorical ones int64 ``[batch]``; string ones (a vocabulary of strings, or hash buckets of strings)
+    dtype ``"string"`` ``[batch]``, which clients send as strings. Each comes with valid example values for
+    export's self-check.
 
     Raises:
         ValueError: If one raw feature is read both as numbers and as categories.
@@ -1031,6 +1018,8 @@ def make_feature_spec(feature_columns: Sequence[FeatureColumn]) -> dict[str, Ten
         >>> spec = make_feature_spec([numeric_column("age"), categorical_column_with_identity("day", 7)])
         >>> spec["age"], spec["day"]
         (TensorSpec(shape=[None], dtype=torch.float32), TensorSpec(shape=[None], dtype=torch.int64, low=0, high=7))
+        >>> make_feature_spec([categorical_column_with_vocabulary_list("size", ["small", "large"])])["size"]
+        TensorSpec(shape=[None], dtype='string', example=<[2]>)
     """
     columns = _all_columns(_check_columns(feature_columns, "make_feature_spec", unique=False), unique_names=False)
     specs: dict[str, tuple[str, int, TensorSpec]] = {}
@@ -1055,10 +1044,13 @@ def _raw_specs(column: FeatureColumn) -> list[tuple[str, str, int, TensorSpec]]:
         return [(column.key, "numeric", 0, TensorSpec(shape, torch.float32))]
     if isinstance(column, VocabularyListColumn):
         example = torch.tensor(column.encoded_vocabulary(), dtype=torch.int64)
-        return [(column.key, "categorical", 2, TensorSpec([None], torch.int64, example=example))]
+        dtype = STRING if column.dtype is str else torch.int64
+        return [(column.key, "categorical", 2, TensorSpec([None], dtype, example=example))]
     if isinstance(column, IdentityColumn):
         return [(column.key, "categorical", 1, TensorSpec([None], torch.int64, low=0, high=column.num_buckets))]
     if isinstance(column, HashBucketColumn):
+        if column.dtype is str:
+            return [(column.key, "categorical", 1, TensorSpec([None], STRING, low=0, high=1000))]
         return [(column.key, "categorical", 0, generic)]
     if isinstance(column, CrossedColumn):
         return [(part, "categorical", 0, generic) for part in column.parts if isinstance(part, str)]

@@ -33,8 +33,14 @@ __all__ = [
     "build_raw_serving_input_receiver_fn",
     "dtype_name",
     "parse_dtype",
+    "STRING",
+    "STRING_ENCODING",
+    "fingerprint",
 ]
 
+STRING = "string"  # signature.json's dtype of an input that clients send as strings (TF's DT_STRING)
+STRING_ENCODING = "fingerprint64"  # how a string input reaches the model: see `fingerprint`
+_FNV_OFFSET, _FNV_PRIME, _MASK64, _MASK63 = 0xCBF29CE484222325, 0x100000001B3, (1 << 64) - 1, (1 << 63) - 1
 SINGLE_INPUT_NAME = "input"  # TF's name for a receiver given as one tensor
 SINGLE_FEATURE_NAME = "feature"  # TF's name for features returned as one tensor by ServingInputReceiver
 
@@ -42,6 +48,27 @@ SINGLE_FEATURE_NAME = "feature"  # TF's name for features returned as one tensor
 def dtype_name(dtype: torch.dtype) -> str:
     """``torch.float32`` -> ``"float32"``: the name used in ``signature.json``."""
     return str(dtype).removeprefix("torch.")
+
+
+def fingerprint(value: str | bytes) -> int:
+    """The int64 that stands for a string inside tensors: FNV-1a 64 of its UTF-8 bytes, top bit cleared.
+
+    Stable across processes, machines and versions (unlike Python's ``hash``). Training encodes string
+    features with it (:func:`~torch_estimator.canned.feature_columns.encode_features`), and a string input of
+    an export (dtype ``"string"``, encoding ``"fingerprint64"`` in ``signature.json``) is encoded with it before
+    the model runs: by the loader, by the REST server, and by C++ clients (a ``uint64_t`` loop:
+    ``h = 0xcbf29ce484222325; for each byte: h = (h ^ byte) * 0x100000001b3; return h & 0x7fffffffffffffff``).
+
+    Example:
+        >>> fingerprint("red")
+        714311032125047324
+        >>> fingerprint("red") == fingerprint(b"red") != fingerprint("Red")
+        True
+    """
+    h = _FNV_OFFSET
+    for byte in value if isinstance(value, bytes) else value.encode("utf-8"):
+        h = ((h ^ byte) * _FNV_PRIME) & _MASK64
+    return h & _MASK63
 
 
 def parse_dtype(value: torch.dtype | str) -> torch.dtype:
@@ -67,9 +94,14 @@ class TensorSpec:
     ``[low, high)`` (default ``[0, 2)``, small enough to be valid ids), booleans at random, or rows of
     ``example`` when given (then its values are the ones used, e.g. valid token ids).
 
+    ``dtype="string"`` declares an input that clients send as strings (TF's ``DT_STRING``): the model
+    receives each string's :func:`fingerprint` (int64; ``""`` and null become ``-1``, no value), and
+    ``signature.json`` says ``"dtype": "string", "encoding": "fingerprint64"`` so that every client encodes
+    alike. Export's self-check draws int64 values for it (or the rows of ``example``, fingerprints).
+
     Args:
         shape: Sizes, ``None`` for dynamic ones, e.g. ``[None, 784]``.
-        dtype: A ``torch.dtype`` or its name.
+        dtype: A ``torch.dtype`` or its name, or ``"string"``.
         example: A batch of valid values (a Tensor or array whose shape fits ``shape``).
         low: Inclusive lower bound for drawn values.
         high: Exclusive upper bound for drawn values.
@@ -79,7 +111,7 @@ class TensorSpec:
         TypeError: For a bad dtype or example.
     """
 
-    __slots__ = ("shape", "dtype", "example", "low", "high")
+    __slots__ = ("shape", "dtype", "strings", "example", "low", "high")
 
     def __init__(
         self,
@@ -100,7 +132,8 @@ class TensorSpec:
                 )
             dims.append(None if dim is None else int(dim))
         self.shape: list[int | None] = dims
-        self.dtype: torch.dtype = parse_dtype(dtype)
+        self.strings: bool = isinstance(dtype, str) and dtype == STRING
+        self.dtype: torch.dtype = torch.int64 if self.strings else parse_dtype(dtype)
         for name, bound in (("low", low), ("high", high)):
             number = isinstance(bound, (int, float)) and not isinstance(bound, bool)
             if bound is not None and not (number and math.isfinite(bound)):
@@ -161,21 +194,29 @@ class TensorSpec:
         """A copy with the first dimension replaced (TF's ``[default_batch_size] + shape[1:]``)."""
         if not self.shape:
             return self
-        return TensorSpec([batch_size, *self.shape[1:]], self.dtype, example=self.example, low=self.low, high=self.high)
+        return TensorSpec([batch_size, *self.shape[1:]], STRING if self.strings else self.dtype, example=self.example,
+                          low=self.low, high=self.high)
+
+    def signature_info(self) -> dict[str, Any]:
+        """This input as ``signature.json`` declares it: ``{"dtype", "shape"}`` (and ``"encoding"`` for strings)."""
+        if self.strings:
+            return {"dtype": STRING, "shape": self.signature_shape(), "encoding": STRING_ENCODING}
+        return {"dtype": dtype_name(self.dtype), "shape": self.signature_shape()}
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, TensorSpec) and (self.shape, self.dtype, self.low, self.high) == (
-            other.shape, other.dtype, other.low, other.high
+        return isinstance(other, TensorSpec) and (self.shape, self.dtype, self.strings, self.low, self.high) == (
+            other.shape, other.dtype, other.strings, other.low, other.high
         )
 
     def __hash__(self) -> int:
-        return hash((tuple(self.shape), self.dtype))
+        return hash((tuple(self.shape), self.dtype, self.strings))
 
     def __repr__(self) -> str:
         extra = "".join(f", {k}={getattr(self, k)!r}" for k in ("low", "high") if getattr(self, k) is not None)
         if self.example is not None:
             extra += f", example=<{list(self.example.shape)}>"
-        return f"TensorSpec(shape={self.shape}, dtype={self.dtype}{extra})"
+        dtype = repr(STRING) if self.strings else str(self.dtype)
+        return f"TensorSpec(shape={self.shape}, dtype={dtype}{extra})"
 
 
 SpecMap = dict[str, TensorSpec]

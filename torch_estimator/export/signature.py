@@ -70,7 +70,7 @@ class SignatureDef:
 
     def to_json(self) -> dict[str, Any]:
         inputs = {
-            name: {"dtype": dtype_name(spec.dtype), "shape": spec.signature_shape()}
+            name: spec.signature_info()
             for name, spec in sorted(self.receiver.receiver_tensors.items())
         }
         document: dict[str, Any] = {

@@ -16,6 +16,7 @@ Serving an export::
     model = load("exports/mnist")                      # the highest numeric version under the base
     model.signatures["serving_default"]["inputs"]      # {'x': {'dtype': 'float32', 'shape': [-1, 784]}}
     model({"x": images})["classes"]                    # Tensors, numpy arrays or nested lists in; Tensors out
+    model({"size": ["medium", "large"], "x": [1.0, 2.0]}) # inputs of dtype "string" take strings
 
 Example:
     >>> import os, tempfile
@@ -53,6 +54,9 @@ __all__ = [
     "list_versions",
     "read_document",
     "resolve_export_dir",
+    "STRING",
+    "encode_strings",
+    "fingerprint",
 ]
 
 logger = logging.getLogger("torch_estimator")
@@ -64,6 +68,8 @@ PT2_FILE = "model.pt2"
 AOTI_FILE = "model.aoti.pt2"
 FORMATS = ("torchscript", "pt2", "aoti")
 _PT2_DEFAULT_PROGRAM = "model"
+STRING = "string"  # signature.json's dtype of an input sent as strings (encoding "fingerprint64")
+_MISSING = -1  # the fingerprint of "no value": "" and null
 
 
 class IncompatibleArtifactError(ValueError):
@@ -160,7 +166,80 @@ def read_document(export_dir: str | os.PathLike[str]) -> tuple[str, int | None, 
     raise ValueError(f"No {SIGNATURE_FILE} in {path!r}, beside or inside the model.")
 
 
+def fingerprint(value: str | bytes) -> int:
+    """FNV-1a 64 of the UTF-8 bytes, top bit cleared: signature.json's encoding ``"fingerprint64"``.
+
+    The same function as ``torch_estimator.export.receivers.fingerprint`` (the one training uses), copied so
+    that this module imports nothing from the package.
+
+    Example:
+        >>> fingerprint("medium")
+        5145935824092275382
+    """
+    h = 0xCBF29CE484222325
+    for byte in value if isinstance(value, bytes) else value.encode("utf-8"):
+        h = ((h ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return h & 0x7FFFFFFFFFFFFFFF
+
+
+def _encode_string_item(value: Any, name: str) -> int:
+    if isinstance(value, str):
+        return fingerprint(value) if value else _MISSING
+    if isinstance(value, bytes):
+        return fingerprint(value) if value else _MISSING
+    if value is None or (isinstance(value, float) and value != value):
+        return _MISSING
+    if isinstance(value, int) and not isinstance(value, bool):  # a fingerprint computed by the client
+        return value
+    raise InvalidInputError(
+        f"Input {name!r} takes strings (or their int64 fingerprints); received {type(value).__name__} {value!r}."
+    )
+
+
+def encode_strings(value: Any, name: str) -> torch.Tensor:
+    """A string input's values as the int64 tensor the model receives: each string's :func:`fingerprint`
+    (``""`` and None: ``-1``, no value); integers are taken as fingerprints already.
+
+    Args:
+        value: A string, or a (nested) list or numpy array of strings or bytes; or an integer tensor/array.
+        name: The input's name, for messages.
+
+    Raises:
+        InvalidInputError: For values that are neither strings nor integers, or ragged lists.
+
+    Example:
+        >>> encode_strings([["small", ""], ["medium", None]], "size").tolist()
+        [[9037846435736361356, -1], [5145935824092275382, -1]]
+    """
+    if isinstance(value, torch.Tensor):
+        if value.dtype.is_floating_point or value.dtype.is_complex or value.dtype == torch.bool:
+            raise InvalidInputError(f"Input {name!r} takes strings (or their int64 fingerprints); received a "
+                                    f"{str(value.dtype).removeprefix('torch.')} tensor.")
+        return value.detach().to(torch.int64)
+    array = value if hasattr(value, "__array__") and hasattr(value, "dtype") else None
+    if array is not None and array.dtype.kind in "iu":
+        return torch.as_tensor(array.astype("int64"))
+    nested = _nested(value, name)
+    codes = [_encode_string_item(item, name) for item in nested[0]]
+    return torch.tensor(codes, dtype=torch.int64).reshape(nested[1])
+
+
+def _nested(value: Any, name: str) -> tuple[list[Any], list[int]]:
+    """``(flat items, shape)`` of a (nested) list, tuple or array of scalars."""
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
+        value = value.tolist()
+    if not isinstance(value, (list, tuple)):
+        return [value], []
+    parts = [_nested(item, name) for item in value]
+    if any(part[1] != parts[0][1] for part in parts):
+        raise InvalidInputError(f"Input {name!r} is ragged: its lists differ in length; send a rectangular array.")
+    shape = [len(parts)] + (parts[0][1] if parts else [])
+    return [item for part in parts for item in part[0]], shape
+
+
 def _dtype(name: str) -> torch.dtype:
+    if name == STRING:
+        return torch.int64
     dtype = getattr(torch, name, None)
     if not isinstance(dtype, torch.dtype):
         raise ValueError(f"signature.json names an unknown dtype {name!r}.")
@@ -279,7 +358,10 @@ class ExportedModel:
             raise InvalidInputError(f"Signature {key!r} takes inputs {sorted(declared)}: {problem}.")
         prepared = {}
         for name, info in declared.items():
-            tensor = _cast(_as_tensor(inputs[name], name), _dtype(info["dtype"]), name)
+            if info["dtype"] == STRING:
+                tensor = encode_strings(inputs[name], name)
+            else:
+                tensor = _cast(_as_tensor(inputs[name], name), _dtype(info["dtype"]), name)
             shape = info["shape"]
             if tensor.dim() != len(shape) or any(d != -1 and d != s for d, s in zip(shape, tensor.shape)):
                 raise InvalidInputError(

@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from torch_estimator.serving.loader import ExportedModel
+from torch_estimator.serving.loader import STRING, ExportedModel, InvalidInputError, encode_strings
 
 __all__ = [
     "ServingError",
@@ -81,14 +81,14 @@ _TF_DTYPES = {
     "float16": "DT_HALF", "bfloat16": "DT_BFLOAT16", "float32": "DT_FLOAT", "float64": "DT_DOUBLE",
     "int8": "DT_INT8", "int16": "DT_INT16", "int32": "DT_INT32", "int64": "DT_INT64", "uint8": "DT_UINT8",
     "uint16": "DT_UINT16", "uint32": "DT_UINT32", "uint64": "DT_UINT64", "bool": "DT_BOOL",
-    "complex64": "DT_COMPLEX64", "complex128": "DT_COMPLEX128",
+    "complex64": "DT_COMPLEX64", "complex128": "DT_COMPLEX128", STRING: "DT_STRING",
 }
 _V2_DTYPES = {
     "bool": "BOOL", "uint8": "UINT8", "uint16": "UINT16", "uint32": "UINT32", "uint64": "UINT64",
     "int8": "INT8", "int16": "INT16", "int32": "INT32", "int64": "INT64", "float16": "FP16",
-    "float32": "FP32", "float64": "FP64", "bfloat16": "BF16",
+    "float32": "FP32", "float64": "FP64", "bfloat16": "BF16", STRING: "BYTES",
 }
-_FROM_V2 = {v2: name for name, v2 in _V2_DTYPES.items()}
+_FROM_V2 = {v2: name for name, v2 in _V2_DTYPES.items() if name != STRING}
 # numpy kinds a JSON array may have for each kind of declared datatype (b: bool, i/u: ints, f: floats).
 _ACCEPTED_KINDS = {"b": "b", "i": "biu", "u": "biu", "f": "biuf"}
 _B64_DTYPES = {"float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16",
@@ -211,8 +211,28 @@ def _walk(value: Any, where: str, info: Mapping[str, Any], shape: Sequence[int],
     )
 
 
+def _strings(value: Any, where: str, name: str) -> Any:
+    """A string input's JSON value with ``{"b64": ...}`` values decoded to bytes (TF's binary strings)."""
+    if _is_b64(value):
+        try:
+            return base64.b64decode(value["b64"] + "=" * (-len(value["b64"]) % 4), validate=True)
+        except (binascii.Error, ValueError) as error:
+            raise _bad(f"{where}: 'b64' is not valid base64 ({error}).") from error
+    if isinstance(value, list):
+        return [_strings(item, f"{where}[{i}]", name) for i, item in enumerate(value)]
+    if value is None or isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    raise _bad(f"{where} is {_json_type(value)} ({_brief(value)}); input {name!r} takes strings "
+               f"(dtype string; null or \"\" for no value).")
+
+
 def _to_array(value: Any, where: str, info: Mapping[str, Any], shape: Sequence[int], name: str) -> np.ndarray:
     """A JSON value as an array; ``shape`` is the part of the input's declared shape that it fills."""
+    if info["dtype"] == STRING:  # strings become the int64 fingerprints the model takes
+        try:
+            return encode_strings(_strings(value, where, name), name).numpy()
+        except InvalidInputError as error:
+            raise _bad(f"{where}: {error}") from None
     if not isinstance(value, (dict, str)) and value is not None:
         try:
             array = np.asarray(value)
@@ -639,6 +659,13 @@ def _v2_tensor(entry: Any, i: int, declared: Mapping[str, Any]) -> tuple[str, np
     parameters = entry.get("parameters") or {}
     if isinstance(parameters, dict) and "binary_data_size" in parameters:
         raise _bad(f"Input {name!r}: the binary tensor data extension is not supported; send 'data' as JSON.")
+    if declared[name]["dtype"] == STRING:  # strings: BYTES tensors, sent to the model as fingerprints
+        if datatype != "BYTES":
+            raise _bad(f"Input {name!r} takes strings: send datatype BYTES; received {_brief(datatype)}.")
+        array = _to_array(data, f"inputs[{i}] ({name!r}) data", declared[name], [-1], name).reshape(-1)
+        if array.size != math.prod(shape):
+            raise _bad(f"Input {name!r}: shape {shape} needs {math.prod(shape)} values but 'data' has {array.size}.")
+        return name, array.reshape(shape)
     expected = _V2_DTYPES.get(declared[name]["dtype"], "?")
     if datatype == "BYTES":
         raise _bad(f"Input {name!r}: BYTES tensors are not supported; the model takes {expected} values.")

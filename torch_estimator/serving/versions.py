@@ -40,7 +40,7 @@ from collections.abc import Callable
 import torch
 
 from torch_estimator.serving import loader
-from torch_estimator.serving.loader import ExportedModel
+from torch_estimator.serving.loader import STRING, ExportedModel
 
 __all__ = [
     "VersionManager", "VersionStatus", "VersionNotFoundError", "SelfCheckError", "self_check", "list_version_dirs",
@@ -105,7 +105,7 @@ def _drawn_inputs(signature: dict, batch_size: int, generator: torch.Generator) 
     inputs = {}
     for name, info in signature["inputs"].items():
         shape = [batch_size if i == 0 and d == -1 else (3 if d == -1 else d) for i, d in enumerate(info["shape"])]
-        dtype = getattr(torch, info["dtype"])
+        dtype = torch.int64 if info["dtype"] == STRING else getattr(torch, info["dtype"])  # strings: fingerprints
         if dtype == torch.bool:
             inputs[name] = torch.rand(shape, generator=generator) < 0.5
         elif dtype.is_floating_point or dtype.is_complex:
