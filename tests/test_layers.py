@@ -56,6 +56,7 @@ LAYERS: dict[str, int] = {
     "estimator": 3,
     "training": 3,
     "cli": 3,
+    "cli_convert": 3,
     "cli_inputs": 3,
     # canned/: heads, feature columns and optimizers serve any model_fn (layer 2); the canned estimators
     # build Estimators (layer 3).

@@ -162,3 +162,62 @@ def test_torch_estimator_model_dirs_are_not_taken_for_tf_ones(tmp_path):
                                              batch_size=2, shuffle=False), steps=1)
     assert (tmp_path / "checkpoint").exists() and not is_tf_checkpoint(tmp_path)
     assert is_tf_checkpoint(FIXTURES / "dnn") and is_tf_checkpoint(FIXTURES / "dnn" / "model.ckpt-5")
+
+
+# -- torch-estimator convert-checkpoint -------------------------------------------------------------------
+
+
+def make_small_cnn() -> nn.Module:  # the --model callable of the tests below
+    return small_cnn()
+
+
+def test_convert_checkpoint_writes_a_checkpoint_that_warm_starts(tmp_path, capsys):
+    before = snapshot(FIXTURES)
+    output = tmp_path / "cnn.safetensors"
+    status = cli.main(["convert-checkpoint", "--tf_checkpoint", str(FIXTURES / "cnn"), "--output", str(output),
+                       "--model", f"{__file__}:make_small_cnn"])
+    printed = capsys.readouterr().out
+    assert status == 0, printed
+    assert "conv1.weight [8, 1, 5, 5] <- conv2d/kernel [5, 5, 1, 8]" in printed
+    assert "Unmatched TF variables (0): none" in printed and "without a TF variable (0): none" in printed
+    assert te.checkpoint.read_checkpoint(str(output)).global_step == 5
+    images, expected = predictions("cnn")
+    estimator = te.Estimator(mnist.model_fn, model_dir=str(tmp_path / "model"), model=small_cnn(),
+                             warm_start_from=str(output))
+    got = [p["probabilities"] for p in estimator.predict(te.inputs.numpy_input_fn({"x": images}, shuffle=False))]
+    np.testing.assert_allclose(np.stack(got), expected, atol=1e-5)
+    assert snapshot(FIXTURES) == before
+
+
+def make_cnn_with_extra() -> nn.Module:  # three nn.Linear for TF's two dense layers
+    model = small_cnn()
+    model.extra = nn.Linear(2, 2)
+    return model
+
+
+def test_convert_checkpoint_lists_unmatched_names_and_refuses_to_overwrite(tmp_path, capsys):
+    output = tmp_path / "partial.safetensors"
+    args = ["convert-checkpoint", "--tf_checkpoint", str(FIXTURES / "cnn"), "--output", str(output),
+            "--model", f"{__file__}:make_cnn_with_extra", "--map", "logits.bias=dense_1/bias"]
+    assert cli.main(args) == 0
+    printed = capsys.readouterr().out
+    assert "Unmatched TF variables (3): dense/bias, dense/kernel, dense_1/kernel" in printed
+    assert "Model tensors without a TF variable (5): dense.bias, dense.weight, extra.bias, extra.weight, logits.weight" in printed
+    assert sorted(te.checkpoint.read_checkpoint(str(output)).model) == [
+        "conv1.bias", "conv1.weight", "conv2.bias", "conv2.weight", "logits.bias"]
+    assert cli.main(args) == 1
+    assert "already exists; pass --overwrite" in capsys.readouterr().err
+    assert cli.main(["convert-checkpoint", "--tf_checkpoint", str(tmp_path), "--output", str(tmp_path / "x")]) == 1
+    assert "has no TF 'checkpoint' file and no .index file" in capsys.readouterr().err
+    assert cli.main([*args[:4], str(tmp_path / "y"), "--model", "no_such_module_here:f"]) == 1
+    assert "cannot import 'no_such_module_here'" in capsys.readouterr().err
+    assert not (tmp_path / "y").exists()
+
+
+def test_convert_checkpoint_without_a_model_keeps_tf_names(tmp_path, capsys):
+    from safetensors.numpy import load_file
+
+    output = tmp_path / "raw.safetensors"
+    assert cli.main(["convert-checkpoint", "--tf_checkpoint", str(FIXTURES / "linear"), "--output", str(output)]) == 0
+    assert sorted(load_file(str(output))) == ["linear/linear_model/bias_weights", "linear/linear_model/x/weights"]
+    assert "optimizer state left out" in capsys.readouterr().out

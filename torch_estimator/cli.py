@@ -9,6 +9,8 @@ Usage::
                         (--inputs 'x=batch.npy' | --input_exprs 'x=np.ones((2,784))' | --input_examples ...)
     torch-estimator serve --model_base_path DIR --model_name NAME [--port 8501] [--host 127.0.0.1]
                           [--poll_secs 1] [--threads N] [--batching ...]   # see docs/serving.md
+    torch-estimator convert-checkpoint --tf_checkpoint TF_MODEL_DIR --output FILE [--model MODULE:CALLABLE]
+                                       # a TensorFlow checkpoint -> safetensors; see docs/migration.md
 
 ``EXPORT`` is a version directory or a base directory (its highest numeric version). ``run`` takes
 ``saved_model_cli run``'s flags; its inputs are read by :mod:`torch_estimator.cli_inputs` (files without
@@ -30,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from . import cli_inputs
+from .cli_convert import add_convert_checkpoint
 from .serving import loader
 
 __all__ = ["main", "COMMANDS"]
@@ -260,7 +263,7 @@ def _add_serve(subparsers: Any) -> None:
 # ----------------------------------------------------------------------------------------------------------
 # main
 
-COMMANDS: list[Callable[[Any], None]] = [_add_show, _add_run, _add_serve]
+COMMANDS: list[Callable[[Any], None]] = [_add_show, _add_run, _add_serve, add_convert_checkpoint]
 
 
 def build_parser() -> argparse.ArgumentParser:
