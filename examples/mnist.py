@@ -12,6 +12,8 @@ Run it from the repository root (``pip install -e .[examples]`` once, or just ru
     python examples/mnist.py --dataset fashion-mnist           # Debian's dataset-fashion-mnist package, if
                                                                # installed, else downloaded by torchvision
     python examples/mnist.py --synthetic --steps 200           # no data at all: a seeded toy problem
+    python examples/mnist.py --write-tfrecords tfrecords       # the chosen data as TFRecord files of tf.Example
+    python examples/mnist.py --data 'tfrecord:tfrecords/{split}-*.tfrecord'   # read TFRecords ({split}: train/eval)
 
 ``--export-dir DIR`` exports the trained model for serving into ``DIR/<version>`` (as the tutorial's
 ``export_savedmodel``); ``torch-estimator serve --model_base_path DIR --model_name mnist`` serves it.
@@ -296,6 +298,49 @@ def load_dataset(dataset: str, data_dir: str | None, synthetic: bool = False, se
 
 
 # ----------------------------------------------------------------------------------------------------
+# TFRecord files of tf.Example, as a TF input pipeline would read them.
+
+TFRECORD_FEATURES = {"x": te.inputs.FixedLenFeature([IMAGE_SIZE * IMAGE_SIZE], torch.float32),
+                     "label": te.inputs.FixedLenFeature([], torch.int64)}
+
+
+def write_tfrecords(directory: str, train_x: np.ndarray, train_y: np.ndarray, eval_x: np.ndarray,
+                    eval_y: np.ndarray) -> None:
+    """Write ``train-00000.tfrecord`` and ``eval-00000.tfrecord`` (tf.Example: ``x`` 784 floats, ``label``)."""
+    from torch_estimator.tf_example import make_example
+    from torch_estimator.tfrecord import write_records
+
+    os.makedirs(directory, exist_ok=True)
+    for split, images, labels in (("train", train_x, train_y), ("eval", eval_x, eval_y)):
+        path = os.path.join(directory, f"{split}-00000.tfrecord")
+        count = write_records(path, (make_example({"x": image.reshape(-1), "label": int(label)}).SerializeToString()
+                                     for image, label in zip(images, labels)))
+        print(f"wrote {count} examples to {path}")
+
+
+def tfrecord_inputs(data: str, batch_size: int, predict: int) -> tuple[Any, Any, np.ndarray, np.ndarray]:
+    """``--data tfrecord:PATTERN``: the training and evaluation input_fns, and the first ``predict`` evaluation
+    examples (images, labels) for the predictions printed at the end."""
+    kind, _, pattern = data.partition(":")
+    if kind != "tfrecord" or "{split}" not in pattern:
+        print(f"mnist.py: error: --data must be 'tfrecord:PATTERN' with {{split}} in the pattern (it becomes 'train' "
+              f"and 'eval'), e.g. 'tfrecord:tfrecords/{{split}}-*.tfrecord'; received {data!r}.", file=sys.stderr)
+        raise SystemExit(2)
+    try:
+        def make(split: str, **kwargs: Any) -> Any:
+            return te.inputs.tfrecord_input_fn(pattern.replace("{split}", split), TFRECORD_FEATURES, label_key="label",
+                                               **kwargs)
+
+        train_input_fn = make("train", batch_size=batch_size, num_epochs=None, shuffle=True)
+        eval_input_fn = make("eval", batch_size=batch_size, num_epochs=1, shuffle=False)
+        first = next(iter(make("eval", batch_size=max(predict, 1), num_epochs=1, shuffle=False)()))
+    except (ValueError, OSError) as error:
+        print(f"mnist.py: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return train_input_fn, eval_input_fn, first[0]["x"].numpy(), first[1].numpy()
+
+
+# ----------------------------------------------------------------------------------------------------
 # The script.
 
 
@@ -305,6 +350,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dataset", choices=sorted(TORCHVISION_FOLDERS), default="mnist")
     parser.add_argument("--data-dir", help="directory with the four IDX files (plain or .gz), or torchvision's root")
     parser.add_argument("--synthetic", action="store_true", help="use seeded random data (no files, no download)")
+    parser.add_argument("--data", metavar="tfrecord:PATTERN",
+                        help="read TFRecord files of tf.Example ('x': 784 floats, 'label': int64); {split} in "
+                             "the pattern is 'train' or 'eval'")
+    parser.add_argument("--write-tfrecords", metavar="DIR",
+                        help="write the chosen data to DIR/train-00000.tfrecord and DIR/eval-00000.tfrecord, then stop")
     parser.add_argument("--steps", type=int, default=20000, help="training steps (the tutorial's 20000)")
     parser.add_argument("--learning-rate", type=float, default=0.001, help="SGD learning rate")
     parser.add_argument("--batch-size", type=int, default=100)
@@ -380,15 +430,27 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:%(name)s:%(message)s")
     logging.getLogger("torch_estimator").setLevel(logging.INFO)
 
-    try:
-        train_x, train_y, eval_x, eval_y = load_dataset(args.dataset, args.data_dir, args.synthetic, args.seed)
-    except (DataUnavailable, FileNotFoundError) as error:
-        print(f"mnist.py: error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
-    logger.info("%s: %d training and %d evaluation images", "synthetic" if args.synthetic else args.dataset,
-                len(train_x), len(eval_x))
+    if args.data is not None:
+        train_input_fn, eval_input_fn, eval_x, eval_y = tfrecord_inputs(args.data, args.batch_size, args.predict)
+    else:
+        try:
+            train_x, train_y, eval_x, eval_y = load_dataset(args.dataset, args.data_dir, args.synthetic, args.seed)
+        except (DataUnavailable, FileNotFoundError) as error:
+            print(f"mnist.py: error: {error}", file=sys.stderr)
+            raise SystemExit(2) from None
+        logger.info("%s: %d training and %d evaluation images", "synthetic" if args.synthetic else args.dataset,
+                    len(train_x), len(eval_x))
+        if args.write_tfrecords is not None:
+            write_tfrecords(args.write_tfrecords, train_x, train_y, eval_x, eval_y)
+            return {}
+        train_input_fn = te.inputs.numpy_input_fn(
+            {"x": train_x}, train_y, batch_size=args.batch_size, num_epochs=None, shuffle=True
+        )
+        eval_input_fn = te.inputs.numpy_input_fn(
+            {"x": eval_x}, eval_y, batch_size=args.batch_size, num_epochs=1, shuffle=False
+        )
 
-    model_dir = args.model_dir or os.path.join("runs", "synthetic" if args.synthetic else args.dataset)
+    model_dir = args.model_dir or os.path.join("runs", "tfrecord" if args.data else "synthetic" if args.synthetic else args.dataset)
     mnist_classifier = te.Estimator(
         model_fn,
         model_dir=model_dir,
@@ -405,12 +467,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     # first row by default (the tutorial's dump of the whole 100x10 batch with --log-full-tensors).
     logging_hook = te.LoggingTensorHook(tensors={"probabilities": "probabilities"}, every_n_iter=50,
                                         formatter=None if args.log_full_tensors else first_row_formatter)
-    train_input_fn = te.inputs.numpy_input_fn(
-        {"x": train_x}, train_y, batch_size=args.batch_size, num_epochs=None, shuffle=True
-    )
-    eval_input_fn = te.inputs.numpy_input_fn(
-        {"x": eval_x}, eval_y, batch_size=args.batch_size, num_epochs=1, shuffle=False
-    )
     if args.train_and_evaluate:
         eval_results = train_and_evaluate(mnist_classifier, train_input_fn, eval_input_fn, logging_hook, args)
     else:

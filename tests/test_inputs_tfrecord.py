@@ -286,3 +286,22 @@ def test_gzip_written_file_is_standard_gzip(tmp_path):
     with gzip.open(path, "rb") as file:
         assert len(file.read()) > 0
     assert ids(tfrecord_input_fn(str(path), NUMBERED, batch_size=3, shuffle=False, compression_type="gzip")()) == [[0, 1, 2]]
+
+
+def test_mnist_example_reads_its_data_from_tfrecords(tmp_path, capsys):
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("examples_mnist_tfrecord", Path(__file__).parent.parent / "examples" / "mnist.py")
+    mnist = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mnist
+    spec.loader.exec_module(mnist)
+    mnist.main(["--synthetic", "--write-tfrecords", str(tmp_path / "records")])
+    assert "wrote 2000 examples" in capsys.readouterr().out
+    results = mnist.main(["--data", f"tfrecord:{tmp_path}/records/{{split}}-*.tfrecord", "--steps", "3",
+                          "--batch-size", "50", "--predict", "2", "--model-dir", str(tmp_path / "model")])
+    assert results["global_step"] == 3 and 0.0 <= results["accuracy"] <= 1.0
+    assert "image 1: predicted" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_:
+        mnist.main(["--data", f"tfrecord:{tmp_path}/records/train-*.tfrecord"])
+    assert exit_.value.code == 2 and "with {split} in the pattern" in capsys.readouterr().err
