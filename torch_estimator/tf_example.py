@@ -40,6 +40,8 @@ __all__ = [
 ]
 
 _PADDED, _NESTED = "padded", "nested"
+_BYTES = [bytes([i]) for i in range(128)]
+_SMALL_ROW = 64  # values per row below which rows are gathered into one list before numpy converts them
 
 
 class ParseError(ValueError):
@@ -312,6 +314,8 @@ def make_example(values: Mapping[str, Any]) -> Any:
 
 
 def _varint(n: int) -> bytes:
+    if n < 0x80:
+        return _BYTES[n]
     out = bytearray()
     while True:
         byte, n = n & 0x7F, n >> 7
@@ -373,22 +377,26 @@ def parse_example(
             wrong kind or with the wrong number of values (the message names the feature and the record).
     """
     specs = check_spec(features)
-    examples = _examples(serialized, sources)
+    fmaps = [example.features.feature for example in _examples(serialized, sources)]
     n = len(serialized)
     out: dict[str, Any] = {}
     for name, spec in specs.items():
         kind = _kind(spec.dtype)
         rows = []
-        for i, example in enumerate(examples):
-            fmap = example.features.feature
-            feature = fmap[name] if name in fmap else None
-            which = None if feature is None else feature.WhichOneof("kind")
-            if which is not None and which != kind:
-                raise ParseError(
-                    f"Feature {name!r} in {_where(sources, i)} is a {which}, but the spec's dtype {_dtype_name(spec.dtype)} "
-                    f"reads a {kind}; give a matching dtype ({_dtype_hint(which)})."
-                )
-            rows.append(getattr(feature, which).value if which is not None else None)
+        for i, fmap in enumerate(fmaps):
+            feature = fmap.get(name)
+            if feature is None:
+                rows.append(None)
+                continue
+            values = getattr(feature, kind).value
+            if not values:  # empty, or another kind: only then is the kind looked up
+                which = feature.WhichOneof("kind")
+                if which is not None and which != kind:
+                    raise ParseError(
+                        f"Feature {name!r} in {_where(sources, i)} is a {which}, but the spec's dtype "
+                        f"{_dtype_name(spec.dtype)} reads a {kind}; give a matching dtype ({_dtype_hint(which)})."
+                    )
+            rows.append(values)
         if isinstance(spec, FixedLenFeature):
             out[name] = _fixed(name, spec, rows, n, sources)
         else:
@@ -417,7 +425,20 @@ def _fixed(name: str, spec: FixedLenFeature, rows: list[Any], n: int, sources: A
         if len(values) != size:
             raise ParseError(f"Feature {name!r} in {_where(sources, i)} has {len(values)} values; FixedLenFeature "
                              f"shape {list(spec.shape)} needs {size}.")
-        array[i] = _decode(values, name, _where(sources, i)) if spec.dtype is str else values
+    if spec.dtype is str:
+        for i, values in enumerate(rows):
+            if values:
+                array[i] = _decode(values, name, _where(sources, i))
+    elif size <= _SMALL_ROW and all(rows):
+        # Short rows: one list and one conversion beat numpy's per-row assignment (a fixed cost of ~10 us each).
+        flat: list[Any] = []
+        for values in rows:
+            flat.extend(values)
+        array = np.asarray(flat, dtype=array.dtype).reshape(n, size)
+    else:
+        for i, values in enumerate(rows):
+            if values:
+                array[i] = values
     return array.reshape((n, *spec.shape))
 
 
