@@ -56,7 +56,7 @@ def _members(path) -> list[str]:
 
 
 def _copy_with(path, tmp_path, replace=None, add=None) -> str:
-    """A copy of the export whose package has members replaced (``{suffix: bytes}``) or added."""
+    """A copy of the export whose package has members replaced (``{suffix: bytes or bytes -> bytes}``) or added."""
     target = tmp_path / "copy"
     shutil.copytree(path, target)
     source, package = os.path.join(path, aoti.MODEL_FILE), target / aoti.MODEL_FILE
@@ -66,7 +66,7 @@ def _copy_with(path, tmp_path, replace=None, add=None) -> str:
             data_ = old.read(name)
             for suffix, content in (replace or {}).items():
                 if name.endswith(suffix):
-                    data_ = content
+                    data_ = content(data_) if callable(content) else content
             new.writestr(name, data_)
         for member, content in (add or {}).items():
             new.writestr(prefix + member, content)
@@ -210,6 +210,17 @@ def test_a_cpu_without_the_compiled_vector_instructions_is_refused(exported, mon
     monkeypatch.setattr(loader, "_cpu_flags", lambda: {"sse2"})  # as if on an older CPU
     with pytest.raises(loader.IncompatibleArtifactError, match=r"vector instructions, which this machine lacks"):
         loader.load(path)
+
+
+def test_another_machine_architecture_is_refused(exported, tmp_path):
+    _, path = exported
+
+    def elsewhere(text: bytes) -> bytes:
+        return json.dumps({**json.loads(text), "AOTI_MACHINE": "riscv64"}).encode()
+
+    copy = _copy_with(path, tmp_path, replace={"_metadata.json": elsewhere})  # what the compiler recorded
+    with pytest.raises(loader.IncompatibleArtifactError, match=r"compiled for a riscv64 CPU but this machine is"):
+        loader.load(copy)
 
 
 class _Trap:

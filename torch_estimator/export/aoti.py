@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 
 from ..serving.loader import AOTI_FILE, load_aoti_package
 
-__all__ = ["MODEL_FILE", "DEFAULT_MODEL", "model_name", "compile_package", "load"]
+__all__ = ["DEFAULT_MODEL", "MODEL_FILE", "compile_package", "load", "model_name"]
 
 MODEL_FILE = AOTI_FILE
 DEFAULT_MODEL = "model"  # the model torch._inductor.aoti_load_package loads
@@ -46,11 +47,13 @@ def compile_package(
     from torch.export.pt2_archive._package import package_pt2
 
     start = time.perf_counter()
-    files = {}
+    files: dict[str, Any] = {}
     for name, program in programs.items():
         module = program.module(check_guards=False)
         args, kwargs = program.example_inputs
         files[name] = torch._inductor.aot_compile(module, args, kwargs, options={"aot_inductor.package": True})
+        if not isinstance(files[name], list):
+            raise TypeError(f"AOTInductor returned {type(files[name]).__name__}, not the package's files.")
     package_pt2(path, aoti_files=files, extra_files={"signature.json": signature_text})
     return time.perf_counter() - start
 

@@ -33,6 +33,7 @@ import contextlib
 import json
 import logging
 import os
+import platform
 import warnings
 import zipfile
 from collections.abc import Iterator, Mapping
@@ -461,7 +462,7 @@ def _aoti_members(path: str) -> tuple[dict[str, list[str]], str]:
             models: dict[str, list[str]] = {}
             text = None
             for name in names:
-                member = name[len(prefix):] if name.startswith(prefix) else name
+                member = name.removeprefix(prefix)
                 parts = member.split("/")
                 if member in _AOTI_ARCHIVE_RECORDS or (parts[0] == "extra" and member != "extra/" + SIGNATURE_FILE):
                     continue
@@ -527,17 +528,23 @@ def _check_aoti_compatible(path: str, document: dict[str, Any], metadata: Mappin
     elif kind == "cpu":
         features = str(metadata.get("AOTI_CPU_ISA", "")).split()
         flags = _cpu_flags()
-        missing = [f for f in features if flags is not None and not set(_CPU_FLAGS.get(f, ())) <= flags]
-        if missing or (metadata.get("AOTI_MACHINE") and metadata["AOTI_MACHINE"] != _machine()):
+        machine = metadata.get("AOTI_MACHINE")
+        if machine and machine != _machine():
             raise IncompatibleArtifactError(
-                f"{path} was compiled for a {metadata.get('AOTI_MACHINE')} CPU with {' '.join(features) or 'no'} "
-                f"vector instructions, which this machine lacks ({', '.join(missing) or _machine()}): running "
-                f"it would crash the process. Export again on this kind of machine, or load model.pt."
+                f"{path} was compiled for a {machine} CPU but this machine is {_machine()}: export again on "
+                f"this kind of machine, or load model.pt."
+            )
+        missing = [f for f in features if flags is not None and not set(_CPU_FLAGS.get(f, ())) <= flags]
+        if missing:
+            raise IncompatibleArtifactError(
+                f"{path} was compiled for a CPU with {' '.join(features)} vector instructions, which this machine "
+                f"lacks ({', '.join(missing)}): running it would crash the process. Export again on this kind of "
+                f"machine, or load model.pt."
             )
 
 
 def _machine() -> str:
-    return os.uname().machine if hasattr(os, "uname") else ""
+    return platform.machine()  # what AOTInductor records as AOTI_MACHINE
 
 
 class _CompiledSignature:
@@ -594,7 +601,8 @@ def load_aoti_package(path: str, device: torch.device | str = "cpu") -> tuple[st
         functions[function] = name
     package_loader = torch._C._aoti.AOTIModelPackageLoader
     for name in sorted(set(functions.values())):
-        _check_aoti_compatible(path, document, package_loader.load_metadata_from_package(path, name), device)
+        metadata = package_loader.load_metadata_from_package(path, name)  # type: ignore[attr-defined]
+        _check_aoti_compatible(path, document, metadata, device)
     index = -1 if device.type == "cpu" or device.index is None else device.index
     runners: dict[str, Any] = {}
     for function, name in functions.items():
