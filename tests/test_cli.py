@@ -73,6 +73,32 @@ def test_show_all_prints_every_signature(capsys, exported):
     assert out.splitlines()[0].startswith(f"Export {exported[1]} (version {os.path.basename(exported[1])}, global step 3")
 
 
+def test_show_all_names_the_artifact_it_verified(capsys, exported):
+    status, out, _ = _main(capsys, "show", "--dir", exported[1], "--all")
+    assert status == 0 and out.splitlines()[0].endswith("artifacts: model.pt; model.pt verified against signature.json)")
+
+
+def test_show_and_run_refuse_a_damaged_export_naming_the_file(capsys, exported, tmp_path):
+    import shutil
+
+    shutil.copytree(exported[1], tmp_path / "1")
+    model = tmp_path / "1" / "model.pt"
+    model.write_bytes(model.read_bytes()[:-1])
+    for argv in (["show", "--dir", str(tmp_path)], ["run", "--dir", str(tmp_path), "--input_exprs", f"x=[{[0.5] * NUM_FEATURES}]"]):
+        status, out, err = _main(capsys, *argv)
+        assert status == 1 and out == ""
+        assert err.startswith(f"torch-estimator: error: {model} is damaged or was altered after export: it is "), err
+
+
+def test_serve_help_states_the_trust_model(capsys):
+    status, out, _ = _main(capsys, "serve", "--help")
+    text = " ".join(out.split())
+    assert status == 0
+    assert "an exported model is a program" in text and "Serve only directories that only people you trust can write to" in text
+    assert "What the server reads:" in text and "signature.json and the one artifact it serves" in text
+    assert "What it never does: use Python's pickle" in text and "write, move or delete anything under --model_base_path" in text
+
+
 def test_show_all_and_signature_def_exclude_each_other(capsys, exported):
     status, _, err = _main(capsys, "show", "--dir", exported[1], "--all", "--signature_def", "classify")
     assert status == 2 and "not allowed with argument" in err

@@ -3,6 +3,7 @@ layout that clients rely on (the embedded copy, one method per signature)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import zipfile
@@ -11,7 +12,7 @@ import torch
 
 import torch_estimator as te
 from torch_estimator import export
-from torch_estimator.export import torchscript
+from torch_estimator.export import signature, torchscript
 
 GOLDEN = """{
   "format": "torch_estimator.export/1",
@@ -52,7 +53,10 @@ GOLDEN = """{
   },
   "global_step": 2,
   "torch_version": "TORCH_VERSION",
-  "device": "cpu"
+  "device": "cpu",
+  "files": {
+    "model.pt": {"bytes": BYTES, "sha256": "SHA256"}
+  }
 }
 """
 
@@ -78,17 +82,25 @@ def _export(tmp_path) -> str:
 
 
 def test_signature_json_matches_the_golden_text(tmp_path):
-    with open(os.path.join(_export(tmp_path), "signature.json"), encoding="utf-8") as file:
-        assert file.read() == GOLDEN.replace("TORCH_VERSION", str(torch.__version__))
+    path = _export(tmp_path)
+    with open(os.path.join(path, "model.pt"), "rb") as file:
+        model = file.read()
+    expected = (GOLDEN.replace("TORCH_VERSION", str(torch.__version__)).replace("BYTES", str(len(model)))
+                .replace("SHA256", hashlib.sha256(model).hexdigest()))
+    with open(os.path.join(path, "signature.json"), encoding="utf-8") as file:
+        assert file.read() == expected
 
 
-def test_model_pt_embeds_the_same_signature_json(tmp_path):
+def test_model_pt_embeds_signature_json_without_the_file_records(tmp_path):
+    """The embedded copy cannot hold its own archive's hash: it is the beside copy less ``files``, byte for byte."""
     path = _export(tmp_path)
     with zipfile.ZipFile(os.path.join(path, "model.pt")) as archive:
         embedded = [name for name in archive.namelist() if name.endswith("/extra/signature.json")]
         assert len(embedded) == 1
-        with open(os.path.join(path, "signature.json"), "rb") as file:
-            assert archive.read(embedded[0]) == file.read()
+        with open(os.path.join(path, "signature.json"), encoding="utf-8") as file:
+            document = json.loads(file.read())
+        del document["files"]
+        assert archive.read(embedded[0]).decode("utf-8") == signature.dumps(document)
 
 
 def test_model_pt_has_one_method_per_signature(tmp_path):

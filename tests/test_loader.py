@@ -3,9 +3,14 @@ signature (names, safe dtype casts, shapes) with errors that name the input."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import pickle
+import re
 import shutil
+import struct
+import zipfile
 
 import numpy as np
 import pytest
@@ -13,7 +18,7 @@ import torch
 
 from torch_estimator import export
 from torch_estimator.serving import loader
-from torch_estimator.serving.loader import InvalidInputError
+from torch_estimator.serving.loader import ExportIntegrityError, InvalidInputError, UnsafeArchiveError
 
 from .test_export_support import LABELS, NUM_FEATURES, data, make_model_fn, predict, raw_receiver_fn, train_estimator
 
@@ -92,10 +97,214 @@ def test_a_missing_artifact_is_an_error(tmp_path, exported):
         loader.load(tmp_path / "1", format="pt2")
 
 
-def test_read_document_falls_back_to_the_embedded_copy(tmp_path, exported):
+def test_a_missing_signature_json_is_refused(tmp_path, exported):
     shutil.copytree(exported[2], tmp_path / "1")
     os.remove(tmp_path / "1" / "signature.json")
-    assert loader.read_document(tmp_path)[2] == json.loads(open(os.path.join(exported[2], "signature.json")).read())
+    for call in (loader.read_document, loader.load):
+        with pytest.raises(ExportIntegrityError, match=r"No signature.json beside the model in .*1'.*cannot be verified"):
+            call(tmp_path)
+
+
+# Trust: content hashes, the embedded signature, and model.pt2 without pickle
+
+
+class _Marker:
+    """Unpickling this creates a file: the proof that a load ran a pickle."""
+
+    def __init__(self, path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def _members(archive) -> dict[str, bytes]:
+    with zipfile.ZipFile(archive) as zipped:
+        return {info.filename: zipped.read(info) for info in zipped.infolist()}
+
+
+def _rewrite(archive, change) -> None:
+    """Rewrite a zip archive with ``change(members)`` applied (relative names: without the root folder)."""
+    members = _members(archive)
+    root = next(iter(members)).split("/", 1)[0]
+    relative = {name.split("/", 1)[1]: data for name, data in members.items()}
+    change(relative)
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as zipped:
+        for name, data in relative.items():
+            zipped.writestr(f"{root}/{name}", data)
+
+
+def _rehash(version_dir) -> None:
+    """What a forger who controls the directory does: make signature.json's hashes fit the files again."""
+    path = os.path.join(version_dir, "signature.json")
+    document = json.loads(open(path).read())
+    for name in document["files"]:
+        document["files"][name] = loader.file_record(open(os.path.join(version_dir, name), "rb").read())
+    with open(path, "w") as file:
+        json.dump(document, file)
+
+
+def _forged(tmp_path, exported, change):
+    version = tmp_path / "1"
+    shutil.copytree(exported[2], version)
+    _rewrite(version / "model.pt2", change)
+    _rehash(version)
+    return version
+
+
+def test_signature_json_records_each_file(exported):
+    document = json.loads(open(os.path.join(exported[2], "signature.json")).read())
+    assert sorted(document["files"]) == ["model.pt", "model.pt2"]
+    for name, record in document["files"].items():
+        assert record == loader.file_record(open(os.path.join(exported[2], name), "rb").read())
+
+
+def test_model_pt2_holds_no_member_that_unpickles(exported):
+    members = _members(os.path.join(exported[2], "model.pt2"))
+    samples = [name for name in members if "/data/sample_inputs/" in name]
+    assert samples and all(members[name] == b"" for name in samples)
+    assert not [name for name in members if name.endswith(".pkl") or "custom_obj" in name or "opaque_obj" in name]
+    loader.check_pt2_archive(open(os.path.join(exported[2], "model.pt2"), "rb").read(), "model.pt2")
+
+
+def _torch_runs_it(tmp_path, exported, change, control) -> bool:
+    """Whether torch's own pt2 loader runs what ``change`` plants (the attack is real, not hypothetical)."""
+    from torch.export.pt2_archive._package import load_pt2
+
+    shutil.copy(os.path.join(exported[2], "model.pt2"), tmp_path / "control.pt2")
+    _rewrite(tmp_path / "control.pt2", change)
+    with contextlib.suppress(Exception):
+        load_pt2(str(tmp_path / "control.pt2")).exported_programs["model"].module()
+    return control.exists()
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")  # torch's, reading the planted pickle
+def test_forged_sample_inputs_run_in_torch_but_are_refused_here(tmp_path, exported):
+    control, marker = tmp_path / "torch-ran-it", tmp_path / "pwned"
+    plant = lambda path: lambda m: m.update({"data/sample_inputs/model.pt": pickle.dumps(_Marker(path))})  # noqa: E731
+    assert _torch_runs_it(tmp_path, exported, plant(control), control)
+    version = _forged(tmp_path, exported, plant(marker))
+    for call in (lambda: loader.load(version, format="pt2"), lambda: loader.read_document(version, format="pt2")):
+        with pytest.raises(UnsafeArchiveError, match=r"model.pt2 holds sample inputs for program 'model' .*unpickle"):
+            call()
+    assert not marker.exists()
+
+
+def test_a_weight_stored_with_pickle_is_refused(tmp_path, exported):
+    marker = tmp_path / "pwned"
+
+    def change(members):
+        config = json.loads(members["data/weights/model_weights_config.json"])
+        entry = next(iter(config["config"].values()))
+        entry["use_pickle"] = True
+        members["data/weights/model_weights_config.json"] = json.dumps(config).encode()
+        members[f"data/weights/{entry['path_name']}"] = pickle.dumps(_Marker(marker))
+
+    version = _forged(tmp_path, exported, change)
+    with pytest.raises(UnsafeArchiveError, match=r"weight '.*' of program 'model' is stored with pickle"):
+        loader.load(version, format="pt2")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("member", ["data/weights/model.pt", "data/constants/custom_obj_0", "data/aotinductor/model/x.so",
+                                    "data/constants/opaque_obj_0"])
+def test_members_that_torch_would_unpickle_or_execute_are_refused(tmp_path, exported, member):
+    version = _forged(tmp_path, exported, lambda m: m.update({member: pickle.dumps(_Marker(tmp_path / "pwned"))}))
+    with pytest.raises(UnsafeArchiveError, match=f"holds member {re.escape(repr(member))}, which torch_estimator never writes"):
+        loader.load(version, format="pt2")
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_a_size_expression_that_is_python_code_is_refused(tmp_path, exported):
+    control, marker = tmp_path / "torch-ran-it", tmp_path / "pwned"
+
+    def plant(path):
+        def change(members):
+            code = json.dumps(f"open({str(path)!r}, 'w') and 2")
+            members["models/model.json"] = re.sub(r'"expr_str": "[^"]*"', lambda _: f'"expr_str": {code}',
+                                                  members["models/model.json"].decode()).encode()
+        return change
+
+    assert _torch_runs_it(tmp_path, exported, plant(control), control)
+    version = _forged(tmp_path, exported, plant(marker))
+    with pytest.raises(UnsafeArchiveError, match=r"program 'model' expression holds .*open.* not arithmetic on sizes"):
+        loader.load(version, format="pt2")
+    assert not marker.exists()
+
+
+def test_a_program_with_a_non_tensor_input_is_refused(tmp_path, exported):
+    def change(members):
+        program = json.loads(members["models/model.json"])
+        program["graph_module"]["graph"]["inputs"][-1] = {"as_string": "x' or open('pwned', 'w') or '"}
+        members["models/model.json"] = json.dumps(program).encode()
+
+    with pytest.raises(UnsafeArchiveError, match=r"program 'model' takes inputs other than tensors"):
+        loader.load(_forged(tmp_path, exported, change), format="pt2")
+
+
+def _flip_weight_byte(archive) -> str:
+    """Flip one byte inside the first tensor record of a model archive, in place; return its member name."""
+    with zipfile.ZipFile(archive) as zipped:
+        info = next(i for i in zipped.infolist() if re.search(r"/data/(weights/weight_)?\d+$", i.filename))
+    with open(archive, "r+b") as file:
+        file.seek(info.header_offset + 26)
+        name_length, extra_length = struct.unpack("<HH", file.read(4))
+        file.seek(info.header_offset + 30 + name_length + extra_length + 1)
+        byte = file.read(1)
+        file.seek(-1, os.SEEK_CUR)
+        file.write(bytes([byte[0] ^ 0x10]))
+    return info.filename
+
+
+@pytest.mark.parametrize("name,format", [("model.pt", "torchscript"), ("model.pt2", "pt2")])
+def test_a_flipped_byte_in_a_weight_is_refused_naming_the_file(tmp_path, exported, name, format):
+    shutil.copytree(exported[2], tmp_path / "1")
+    _flip_weight_byte(tmp_path / "1" / name)
+    for call in (lambda: loader.load(tmp_path / "1", format=format), lambda: loader.read_document(tmp_path, format=format)):
+        with pytest.raises(ExportIntegrityError, match=re.escape(str(tmp_path / "1" / name)) + " is damaged or was altered "
+                           "after export: its SHA-256 is [0-9a-f]{64}, .*signature.json records [0-9a-f]{64}"):
+            call()
+
+
+def test_a_truncated_artifact_is_refused_with_its_sizes(tmp_path, exported):
+    shutil.copytree(exported[2], tmp_path / "1")
+    data = (tmp_path / "1" / "model.pt").read_bytes()
+    (tmp_path / "1" / "model.pt").write_bytes(data[:-10])
+    with pytest.raises(ExportIntegrityError, match=f"model.pt is damaged .*: it is {len(data) - 10} bytes, .* records {len(data)}"):
+        loader.load(tmp_path / "1")
+
+
+def test_an_artifact_without_a_recorded_hash_is_refused(tmp_path, exported):
+    shutil.copytree(exported[2], tmp_path / "1")
+    path = tmp_path / "1" / "signature.json"
+    document = json.loads(path.read_text())
+    del document["files"]["model.pt2"]
+    path.write_text(json.dumps(document))
+    with pytest.raises(ExportIntegrityError, match=r"records no content hash for model.pt2 .*export the model again"):
+        loader.load(tmp_path / "1", format="pt2")
+    assert loader.load(tmp_path / "1").format == "torchscript"  # model.pt is still recorded
+
+
+def test_a_signature_json_that_disagrees_with_the_embedded_copy_is_refused(tmp_path, exported):
+    shutil.copytree(exported[2], tmp_path / "1")
+    path = tmp_path / "1" / "signature.json"
+    document = json.loads(path.read_text())
+    document["signatures"]["classify"]["class_labels"] = ["x", "y", "z"]
+    path.write_text(json.dumps(document))
+    for format in ("torchscript", "pt2"):
+        for call in (lambda: loader.load(tmp_path / "1", format=format), lambda: loader.read_document(tmp_path / "1", format=format)):
+            with pytest.raises(ExportIntegrityError, match=r"signature.json disagrees with the copy embedded in .*model.pt2?"
+                               r" \(differing keys: \['signatures'\]\)"):
+                call()
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_a_fifo_as_the_artifact_is_refused_without_blocking(tmp_path, exported):
+    shutil.copytree(exported[2], tmp_path / "1")
+    os.remove(tmp_path / "1" / "signature.json")
+    os.mkfifo(tmp_path / "1" / "signature.json")
+    with pytest.raises(ExportIntegrityError, match="signature.json is not a regular file"):
+        loader.load(tmp_path / "1")
 
 
 # What a loaded export offers

@@ -375,6 +375,87 @@ def test_a_pickle_planted_as_the_index_is_refused_and_the_index_rebuilt(make_est
     assert json.loads((tmp_path / "model" / "checkpoint").read_text())["model_checkpoint_path"] == "model.ckpt-15.safetensors"
 
 
+# Exports: every reader (the loader, `torch-estimator show` and `run`, the server's version poll) refuses a
+# damaged or forged export, naming the file, and runs nothing from it.
+
+
+def _export_all(make_estimator, data, base: Path) -> Path:
+    est = make_estimator(save_checkpoints_steps=5)
+    est.train(_train_fn(data), steps=5)
+    receiver_fn = te.export.build_raw_serving_input_receiver_fn({"x": te.export.TensorSpec([None, 4], torch.float32)})
+    return Path(est.export_saved_model(base, receiver_fn, format="all"))
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.run([sys.executable, "-m", "torch_estimator.cli", *args], env=env, capture_output=True, text=True,
+                          timeout=120)
+
+
+def _assert_every_reader_refuses(version: Path, format: str, expected: str) -> None:
+    from torch_estimator.serving import loader, versions
+
+    with pytest.raises(ValueError, match=expected):
+        loader.load(version, format=format)
+    for args in (["show", "--dir", str(version), "--all", "--format", format],
+                 ["run", "--dir", str(version), "--format", format, "--input_exprs", "x=[[1.0, 2.0, 3.0, 4.0]]"]):
+        result = _cli(*args)
+        assert result.returncode == 1 and re.search(expected, result.stderr), (args, result.stderr)
+        assert "Traceback" not in result.stderr and "Result for output" not in result.stdout
+    manager = versions.VersionManager(str(version.parent), "m", load_fn=lambda path: loader.load(path, format=format))
+    manager.poll()
+    assert manager.latest is None
+    (status,) = manager.statuses()
+    assert status.state == "END" and re.search(expected, status.error_message), status
+
+
+@pytest.mark.parametrize("name,format", [("model.pt", "torchscript"), ("model.pt2", "pt2")])
+def test_a_flipped_byte_in_an_exported_weight_is_refused_everywhere(make_estimator, data, tmp_path, name, format):
+    import zipfile
+
+    version = _export_all(make_estimator, data, tmp_path / "exports")
+    archive = version / name
+    with zipfile.ZipFile(archive) as zipped:  # the first tensor record: hidden.weight's bytes
+        info = next(i for i in zipped.infolist() if re.search(r"/data/(weights/weight_)?\d+$", i.filename))
+    raw = bytearray(archive.read_bytes())
+    name_length, extra_length = int.from_bytes(raw[info.header_offset + 26:info.header_offset + 28], "little"), \
+        int.from_bytes(raw[info.header_offset + 28:info.header_offset + 30], "little")
+    start = info.header_offset + 30 + name_length + extra_length  # the local header's lengths (torch pads its extra)
+    raw[start + 2] ^= 0x40
+    archive.write_bytes(bytes(raw))
+    _assert_every_reader_refuses(version, format, re.escape(str(archive)) + " is damaged or was altered after export")
+
+
+def test_a_pickle_planted_in_model_pt2_runs_nowhere(make_estimator, data, tmp_path):
+    import zipfile
+
+    from torch_estimator.serving import loader
+
+    marker = tmp_path / "pwned"
+    version = _export_all(make_estimator, data, tmp_path / "exports")
+    archive = version / "model.pt2"
+    with zipfile.ZipFile(archive) as zipped:
+        members = {info.filename: zipped.read(info) for info in zipped.infolist()}
+    with zipfile.ZipFile(archive, "w") as zipped:
+        for member, content in members.items():
+            planted = member.endswith("/data/sample_inputs/model.pt")
+            zipped.writestr(member, pickle.dumps(_Payload(marker)) if planted else content)
+    signature = json.loads((version / "signature.json").read_text())  # a forger rewrites the recorded hash too
+    signature["files"]["model.pt2"] = loader.file_record(archive.read_bytes())
+    (version / "signature.json").write_text(json.dumps(signature))
+    _assert_every_reader_refuses(version, "pt2", r"model.pt2 holds sample inputs for program 'model'")
+    assert not marker.exists()
+
+
+def test_a_signature_json_edited_beside_the_model_is_refused_by_show_load_and_serve(make_estimator, data, tmp_path):
+    version = _export_all(make_estimator, data, tmp_path / "exports")
+    signature = json.loads((version / "signature.json").read_text())
+    signature["signatures"]["serving_default"]["inputs"]["x"]["shape"] = [-1, 5]
+    (version / "signature.json").write_text(json.dumps(signature))
+    for format in ("torchscript", "pt2"):
+        _assert_every_reader_refuses(version, format, "signature.json disagrees with the copy embedded in")
+
+
 def test_the_package_never_calls_pickle():
     """No module imports pickle, and torch.load / numpy.load only ever run with pickles disabled."""
     offenders = []
@@ -734,6 +815,13 @@ CASES = [
     pytest.param(lambda e: e.est(model_dir=e.tmp / "fresh", warm_start_from=5), ValueError, r"`warm_start_from` must be a checkpoint path, a model_dir or WarmStartSettings; received 5", id="warm_start-an-int"),
     pytest.param(lambda e: te.WarmStartSettings(str(e.dir), vars_to_warm_start="hidden.(weight"), ValueError, r"WarmStartSettings `vars_to_warm_start` has an invalid regex 'hidden.\(weight'", id="warm_start-bad-regex"),
     pytest.param(lambda e: te.WarmStartSettings(""), ValueError, r"WarmStartSettings `ckpt_to_initialize_from` must be a non-empty path", id="warm_start-empty-path"),
+    # --- exports (loading: loader.load, which show, run and the server use; see _export_variants) ------------------
+    pytest.param(lambda e: _load(e, "flipped"), ValueError, r"exports/flipped/1/model.pt is damaged or was altered after export: its SHA-256 is [0-9a-f]{64}, .*signature.json records [0-9a-f]{64}", id="export-weight-byte-flipped"),
+    pytest.param(lambda e: _load(e, "truncated"), ValueError, r"exports/truncated/1/model.pt is damaged or was altered after export: it is \d+ bytes, .*signature.json records \d+", id="export-truncated"),
+    pytest.param(lambda e: _load(e, "pickled", "pt2"), ValueError, r"model.pt2 holds sample inputs for program 'model' \(data/sample_inputs/model.pt\), which torch would unpickle", id="export-pt2-pickled-member"),
+    pytest.param(lambda e: _load(e, "edited"), ValueError, r"exports/edited/1/signature.json disagrees with the copy embedded in .*model.pt \(differing keys: \['signatures'\]\)", id="export-signature-json-edited"),
+    pytest.param(lambda e: _load(e, "unhashed"), ValueError, r"signature.json records no content hash for model.pt .*cannot be verified and is refused", id="export-no-recorded-hash"),
+    pytest.param(lambda e: _load(e, "bare"), ValueError, r"No signature.json beside the model in .*exports/bare/1'.*cannot be verified and is refused", id="export-signature-json-missing"),
 ]
 
 
@@ -761,11 +849,62 @@ def trained_dir(tmp_path_factory) -> Path:
     return model_dir
 
 
+def _load(env: Env, variant: str, format: str | None = None):
+    from torch_estimator.serving import loader
+
+    return loader.load(env.tmp / "exports" / variant / "1", format=format)
+
+
+@pytest.fixture(scope="module")
+def export_variants(trained_dir, tmp_path_factory) -> Path:
+    """An export of ``trained_dir`` (both formats) under ``<variant>/1``: ``good``, and each damage a case loads."""
+    import shutil
+    import zipfile
+
+    from torch_estimator.serving import loader
+
+    base = tmp_path_factory.mktemp("exports")
+    est = te.Estimator(classifier_fn, model_dir=str(trained_dir), model=TinyNet(), config=te.RunConfig(device="cpu"))
+    receiver_fn = te.export.build_raw_serving_input_receiver_fn({"x": te.export.TensorSpec([None, 4], torch.float32)})
+    good = Path(est.export_saved_model(base / "good", receiver_fn, format="all"))
+    good.rename(base / "good" / "1")
+    good = base / "good" / "1"
+    for variant in ("flipped", "truncated", "pickled", "edited", "unhashed", "bare"):
+        shutil.copytree(good, base / variant / "1")
+    flipped = base / "flipped" / "1" / "model.pt"
+    with zipfile.ZipFile(flipped) as zipped:
+        info = next(i for i in zipped.infolist() if re.search(r"/data/\d+$", i.filename))
+    raw = bytearray(flipped.read_bytes())
+    raw[info.header_offset + 30 + int.from_bytes(raw[info.header_offset + 26:info.header_offset + 28], "little")
+        + int.from_bytes(raw[info.header_offset + 28:info.header_offset + 30], "little")] ^= 0x01
+    flipped.write_bytes(bytes(raw))
+    truncated = base / "truncated" / "1" / "model.pt"
+    truncated.write_bytes(truncated.read_bytes()[:-100])
+    pickled = base / "pickled" / "1" / "model.pt2"
+    with zipfile.ZipFile(pickled) as zipped:
+        members = {i.filename: zipped.read(i) for i in zipped.infolist()}
+    with zipfile.ZipFile(pickled, "w") as zipped:
+        for name, content in members.items():
+            zipped.writestr(name, pickle.dumps(_Payload(base / "pwned")) if name.endswith("sample_inputs/model.pt") else content)
+    for variant, change in (
+        ("pickled", lambda d: d["files"].update({"model.pt2": loader.file_record(pickled.read_bytes())})),
+        ("edited", lambda d: d["signatures"]["serving_default"].update({"method_name": "tensorflow/serving/regress"})),
+        ("unhashed", lambda d: d["files"].pop("model.pt")),
+    ):
+        path = base / variant / "1" / "signature.json"
+        document = json.loads(path.read_text())
+        change(document)
+        path.write_text(json.dumps(document))
+    (base / "bare" / "1" / "signature.json").unlink()
+    return base
+
+
 @pytest.mark.parametrize(("call", "error", "message"), CASES)
-def test_bad_input_catalogue(trained_dir, data, tmp_path, monkeypatch, call, error, message):
+def test_bad_input_catalogue(trained_dir, export_variants, data, tmp_path, monkeypatch, call, error, message):
     import shutil
 
     shutil.copytree(trained_dir, tmp_path / "model")
+    shutil.copytree(export_variants, tmp_path / "exports")
     monkeypatch.setattr(ckpt, "save_file", ckpt.save_file)  # a case may replace it; undone afterwards
     env = Env(tmp_path, data).prepare()
     before = _snapshot(tmp_path)
@@ -778,3 +917,82 @@ def test_bad_input_catalogue_is_documented():
     documented = (ROOT / "docs" / "bad_inputs.md").read_text()
     missing = [case.id for case in CASES if f"`{case.id}`" not in documented]
     assert missing == [] and len(CASES) >= 40
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Exports killed at any moment (slow: about 20 subprocesses, each importing torch and exporting; 2 to 4 minutes
+# on 2 cores): a version directory is whole or absent, and a later export removes what killed ones left.
+
+EXPORT_SCRIPT = ROOT / "tests" / "reliability" / "export_loop.py"
+EXPORT_KILLS = 15
+
+
+def _temp_dirs(base: Path) -> set[str]:
+    return {n for n in os.listdir(base) if n.startswith("temp-")} if base.exists() else set()
+
+
+@pytest.mark.slow
+def test_exports_killed_at_random_moments_leave_no_half_version_and_no_stale_temp_dir(tmp_path):
+    from torch_estimator.serving import loader
+
+    rng = random.Random(20261207)
+    model_dir, base = tmp_path / "model", tmp_path / "exports"
+    subprocess.run([sys.executable, str(KILL_SCRIPT), str(model_dir), "4", str(tmp_path / "train.events")],
+                   env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True, capture_output=True)
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    kills, in_export, cycles, duration, verified, pending, left, cleaned = 0, 0, 0, 3.0, set(), set(), 0, 0
+    while True:
+        cycles += 1
+        events_path = tmp_path / f"export.{cycles}"
+        final = kills >= EXPORT_KILLS
+        process = subprocess.Popen([sys.executable, str(EXPORT_SCRIPT), str(model_dir), str(base), "1" if final else "3",
+                                    str(events_path)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        if not final:
+            deadline = time.time() + 120
+            while not any(e[0] == "B" for e in _events_any(events_path)) and process.poll() is None:
+                assert time.time() < deadline, "the export subprocess never started"
+                time.sleep(0.005)
+            time.sleep(rng.uniform(0.0, 1.2 * duration))
+            process.send_signal(signal.SIGKILL)
+        _, stderr = process.communicate(timeout=300)
+        events = _events_any(events_path)
+        if final:
+            assert process.returncode == 0, stderr.decode()[-3000:]
+        else:
+            assert process.returncode == -signal.SIGKILL, stderr.decode()[-3000:]
+            kills += 1
+            in_export += events[-1][0] == "B"
+        starts = {e[1]: e[2] for e in events if e[0] == "B"}
+        ends = [e for e in events if e[0] == "A"]
+        if ends:
+            duration = ends[0][2] - starts["1"]
+            # An export completed in this process, so it removed what the earlier kills left.
+            assert not pending & _temp_dirs(base), (cycles, pending)
+            cleaned, pending = cleaned + len(pending), set()
+        # Every version directory under its final name is whole: both artifacts verify and load.
+        for version, path in sorted(_version_dirs(base).items()):
+            if version not in verified:
+                for format in ("torchscript", "pt2"):
+                    loader.load(path, format=format)
+                verified.add(version)
+        new = _temp_dirs(base) - pending
+        left += len(new)
+        pending |= new
+        if final:
+            break
+    assert _temp_dirs(base) == set(), "a temporary directory of a killed export survived a later export"
+    assert in_export >= EXPORT_KILLS // 2 and left >= 1, (in_export, left)
+    print(f"\nexport kill test: {kills} kills ({in_export} during an export) in {cycles} starts; {len(verified)} "
+          f"versions verified whole; {left} temporary directories left by kills, all removed by later exports")
+
+
+def _events_any(path: Path) -> list[tuple[str, str, float]]:
+    if not path.exists():
+        return []
+    return [(p[0], p[1], float(p[2])) for p in (line.split() for line in path.read_text().splitlines()) if len(p) == 3]
+
+
+def _version_dirs(base: Path) -> dict[int, str]:
+    from torch_estimator.serving import versions
+
+    return versions.list_version_dirs(str(base))

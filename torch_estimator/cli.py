@@ -12,7 +12,9 @@ Usage::
     torch-estimator convert-checkpoint --tf_checkpoint TF_MODEL_DIR --output FILE [--model MODULE:CALLABLE]
                                        # a TensorFlow checkpoint -> safetensors; see docs/migration.md
 
-``EXPORT`` is a version directory or a base directory (its highest numeric version). ``run`` takes
+``EXPORT`` is a version directory or a base directory (its highest numeric version). ``show`` and ``run``
+verify it as the loader and the server do (sizes and SHA-256 recorded in ``signature.json``, the embedded
+copy agreeing, no pickle in ``model.pt2``) and refuse it, naming the file, otherwise. ``run`` takes
 ``saved_model_cli run``'s flags; its inputs are read by :mod:`torch_estimator.cli_inputs` (files without
 pickle, numpy expressions against a whitelist, never ``eval``). Input flags may repeat or separate entries
 with ``;``. Errors print one line on stderr and exit with status 1 (2 for bad usage).
@@ -73,18 +75,20 @@ def _signature_lines(signature: dict[str, Any], indent: str = "") -> list[str]:
     return lines
 
 
-def _header(path: str, version: int | None, document: dict[str, Any]) -> str:
+def _header(path: str, version: int | None, document: dict[str, Any], format: str | None) -> str:
     names = (loader.TORCHSCRIPT_FILE, loader.PT2_FILE, loader.AOTI_FILE)
     artifacts = [name for name in names if os.path.isfile(os.path.join(path, name))]
+    checked = {"torchscript": loader.TORCHSCRIPT_FILE, "pt2": loader.PT2_FILE, "aoti": loader.AOTI_FILE}.get(
+        format or "", artifacts[0] if artifacts else "none")
     return (
         f"Export {path} (version {version if version is not None else '-'}, global step "
         f"{document.get('global_step')}, torch {document.get('torch_version')}; artifacts: "
-        f"{', '.join(artifacts) or 'none'})"
+        f"{', '.join(artifacts) or 'none'}; {checked} verified against {loader.SIGNATURE_FILE})"
     )
 
 
 def _show(args: argparse.Namespace) -> None:
-    path, version, document = loader.read_document(args.dir)
+    path, version, document = loader.read_document(args.dir, format=args.format)
     signatures, default = document["signatures"], document["default_signature"]
     if args.signature_def is not None:
         if args.signature_def not in signatures:
@@ -93,7 +97,7 @@ def _show(args: argparse.Namespace) -> None:
             )
         print("\n".join(_signature_lines(signatures[args.signature_def])))
     elif args.all:
-        print(_header(path, version, document))
+        print(_header(path, version, document, args.format))
         for key in sorted(signatures):
             print(f"\nsignature_def[{key!r}]:")
             print("\n".join(_signature_lines(signatures[key], "  ")))
@@ -111,6 +115,8 @@ def _add_show(subparsers: Any) -> None:
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--all", action="store_true", help="every signature with its inputs and outputs")
     which.add_argument("--signature_def", metavar="KEY", help="one signature's inputs and outputs")
+    parser.add_argument("--format", choices=loader.FORMATS,
+                        help="which artifact to verify (default: model.pt if present, as run and serve load)")
     parser.set_defaults(func=_show)
 
 
@@ -228,12 +234,34 @@ def _serve(args: argparse.Namespace) -> None:
     running.serve_until_signal()
 
 
+SERVE_DESCRIPTION = """\
+Serve the highest numeric version under --model_base_path over TF Serving's REST API
+(/v1/models/NAME:predict|classify|regress, status, metadata) and the Open Inference Protocol (/v2).
+New versions are picked up as they appear.
+
+Trust: an exported model is a program. Calling a signature runs the code stored in model.pt or
+model.pt2 (loading model.aoti.pt2 runs its native code), which can do what torch operations can do
+(read or write files, use all memory and CPU); nothing sandboxes it. Serve only directories that only
+people you trust can write to.
+
+What the server reads: the entries of --model_base_path (numeric directories; temp-* and other names
+are ignored), the names, sizes and times of a version directory's entries, and its signature.json and
+the one artifact it serves (the first of model.pt, model.pt2, model.aoti.pt2, or --format's). The
+artifact is checked against the size and SHA-256 that signature.json records, and its embedded
+signature.json must agree with the one beside it; a model.pt2 or model.aoti.pt2 with any member that
+would need unpickling is refused. A refused version is not served (its status says why) and the
+previous one keeps serving.
+
+What it never does: use Python's pickle (model.pt's data is read by TorchScript's own loader, which
+rebuilds only tensors and TorchScript types); write, move or delete anything under --model_base_path;
+read assets.extra/; listen beyond loopback unless --host says so.
+"""
+
+
 def _add_serve(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "serve", help="serve exports over TF Serving's REST API",
-        description="Serve the highest numeric version under --model_base_path over TF Serving's REST API "
-                    "(/v1/models/NAME:predict|classify|regress, status, metadata) and the Open Inference "
-                    "Protocol (/v2). New versions are picked up as they appear.",
+        "serve", help="serve exports over TF Serving's REST API (serve only directories you trust)",
+        description=SERVE_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--model_base_path", required=True, metavar="DIR",
                         help="the directory holding numeric version directories (an exporter's export_dir_base)")

@@ -6,11 +6,14 @@ Steps (TF's ``_export_all_saved_models``, plus verification):
 1. Call the receiver fn; draw sample inputs from its specs at the trace batch size and at two others.
 2. Run ``model_fn`` (PREDICT) eagerly on each: the export outputs (TF's default rules) name the signatures,
    the outputs' dtypes and shapes go to ``signature.json``, and the values are the references.
-3. Claim ``<base>/temp-<ts>`` (``<base>/<ts>`` must not exist; else wait a second and retry, 10 times).
-4. Per format, trace/export, save, load the saved file back and compare every signature with the
-   references; a mismatch raises :class:`~torch_estimator.export.verify.ExportVerificationError`.
-5. Write ``signature.json`` and ``assets.extra/``, then rename ``temp-<ts>`` to ``<ts>``. On any error the
-   temporary directory is removed: no half-written export is ever left behind.
+3. Remove the ``temp-*`` directories of exports that died; claim ``<base>/temp-<ts>`` (``<base>/<ts>`` must
+   not exist; else wait a second and retry, 10 times) and lock it (:mod:`~torch_estimator.export.durable`).
+4. Per format, trace/export, save, load the saved file back (through the serving loader's checks) and
+   compare every signature with the references; a mismatch raises
+   :class:`~torch_estimator.export.verify.ExportVerificationError`.
+5. Copy ``assets.extra/``, flush every file to disk recording its size and SHA-256, write ``signature.json``
+   (the embedded copy plus those records, ``files``), then rename ``temp-<ts>`` to ``<ts>`` durably. On any
+   error the temporary directory is removed: no half-written export is ever left behind.
 """
 
 from __future__ import annotations
@@ -26,10 +29,10 @@ from typing import Any
 
 import torch
 
-from . import aoti, pt2, torchscript
+from . import aoti, durable, pt2, torchscript
 from .outputs import DEFAULT_SERVING_SIGNATURE_DEF_KEY, ExportOutput, resolve_export_outputs
 from .receivers import ServingInputReceiver, dtype_name
-from .signature import SIGNATURE_FILE, SignatureDef, dumps, function_names, output_info, signature_document
+from .signature import FILES_KEY, SIGNATURE_FILE, SignatureDef, dumps, function_names, output_info, signature_document
 from .verify import (
     TRACE_ROUND,
     TRACING_HINT,
@@ -114,18 +117,30 @@ def export_saved_model(
     rng_devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=rng_devices):  # export leaves the training RNG streams alone
         plan = _plan(receiver, predict_fn, device)
-        text = dumps(signature_document(plan.signatures, global_step, device.type))
-        export_dir, temp_dir = _claim_export_dir(os.fspath(export_dir_base))
+        document = signature_document(plan.signatures, global_step, device.type)
+        text = dumps(document)
+        base = os.fspath(export_dir_base)
+        os.makedirs(base, exist_ok=True)
+        durable.remove_dead_temp_dirs(base)
+        export_dir, temp_dir = _claim_export_dir(base)
+        writer = None
         try:
+            writer = durable.ExportWriter(temp_dir)
             for name in FORMATS[format]:
                 _WRITERS[name](temp_dir, plan, model, text, device)
-            with open(os.path.join(temp_dir, SIGNATURE_FILE), "w", encoding="utf-8") as file:
-                file.write(text)
             _copy_assets(assets, os.path.join(temp_dir, ASSETS_EXTRA))
-            os.rename(temp_dir, export_dir)
+            files = durable.sync_and_record(temp_dir, skip=(durable.WRITER_FILE,))
+            with open(os.path.join(temp_dir, SIGNATURE_FILE), "w", encoding="utf-8") as file:
+                file.write(dumps({**document, FILES_KEY: files}))
+                file.flush()
+                os.fsync(file.fileno())
+            writer.publish(export_dir)
         except BaseException:
             shutil.rmtree(temp_dir, ignore_errors=True)
             raise
+        finally:
+            if writer is not None:
+                writer.close()
     logger.info("Export written to %s (signatures: %s).", export_dir, ", ".join(s.key for s in plan.signatures))
     return export_dir
 
@@ -371,7 +386,6 @@ def _sleep(seconds: float) -> None:
 
 def _claim_export_dir(base: str) -> tuple[str, str]:
     """``(<base>/<ts>, <base>/temp-<ts>)``, the temporary one created; as TF, wait a second on a clash."""
-    os.makedirs(base, exist_ok=True)
     for attempt in range(MAX_DIRECTORY_CREATION_ATTEMPTS):
         stamp = _now()
         export_dir, temp_dir = os.path.join(base, str(stamp)), os.path.join(base, f"temp-{stamp}")

@@ -12,11 +12,13 @@ if ``model_fn`` makes it a constant); other dynamic dimensions are ``Dim.AUTO``.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 
+from ..serving import loader
 from .receivers import TensorSpec
 
 __all__ = ["MODEL_FILE", "DEFAULT_PROGRAM", "program_name", "export_program", "save", "load"]
@@ -81,16 +83,32 @@ def export_program(
 
 
 def save(programs: Mapping[str, torch.export.ExportedProgram], path: str, signature_text: str) -> None:
-    """Write every program to one ``.pt2`` archive with ``signature.json`` embedded."""
+    """Write every program to one ``.pt2`` archive with ``signature.json`` embedded, and nothing pickled.
+
+    torch pickles a program's sample inputs (``torch.export.save`` always writes them), tensor subclasses
+    and custom objects. The sample inputs are dropped (``signature.json`` describes the inputs); the others
+    make :func:`~torch_estimator.serving.loader.check_pt2_archive` refuse the archive, which :func:`load`
+    runs, so such a model fails export with that error instead of writing a file that unpickles.
+    """
     from torch.export.pt2_archive._package import package_pt2
 
+    for program in programs.values():
+        program.example_inputs = None  # else written with torch.save, and read back with pickle
     package_pt2(path, exported_programs=dict(programs), extra_files={"signature.json": signature_text})
 
 
 def load(path: str) -> tuple[dict[str, torch.export.ExportedProgram], str]:
-    """Every program of a ``.pt2`` archive, and its ``signature.json`` text."""
+    """Every program of a ``.pt2`` archive, and its ``signature.json`` text, after the serving loader's
+    check that no member needs unpickling.
+
+    Raises:
+        UnsafeArchiveError: From :func:`~torch_estimator.serving.loader.check_pt2_archive`.
+    """
     from torch.export.pt2_archive._package import load_pt2
 
-    contents = load_pt2(path)
+    with open(path, "rb") as file:
+        data = file.read()
+    loader.check_pt2_archive(data, path)
+    contents = load_pt2(io.BytesIO(data))
     text: Any = contents.extra_files.get("signature.json", "")
     return dict(contents.exported_programs), text.decode("utf-8") if isinstance(text, bytes) else text

@@ -14,6 +14,11 @@ for dynamic dimensions; a classification signature also has ``class_labels`` (a 
 ``torch_version`` and ``device`` (the kind of device the export was verified on) tell where a compiled
 artifact (``model.aoti.pt2``) can run.
 
+The file beside the artifact also has ``files``: each file of the export (``model.pt``, ``model.pt2``,
+``assets.extra/...``) with its size and SHA-256, ``{"model.pt": {"bytes": 12345, "sha256": "9f86..."}}``,
+which every load checks. The embedded copy cannot hold its own archive's hash; it is the beside copy
+without ``files``, and a load refuses an export whose two copies disagree otherwise.
+
 Example:
     >>> function_names(["serving_default", "classification", "eval", "alt:predict"], "serving_default")
     {'serving_default': 'forward', 'classification': 'classification', 'eval': 'eval_1', 'alt:predict': 'alt_predict'}
@@ -33,10 +38,11 @@ import torch
 from .outputs import CLASSIFY_METHOD_NAME, DEFAULT_SERVING_SIGNATURE_DEF_KEY
 from .receivers import ServingInputReceiver, dtype_name
 
-__all__ = ["FORMAT", "SIGNATURE_FILE", "SignatureDef", "function_names", "output_info", "signature_document", "dumps"]
+__all__ = ["FORMAT", "SIGNATURE_FILE", "FILES_KEY", "SignatureDef", "function_names", "output_info", "signature_document", "dumps"]
 
 FORMAT = "torch_estimator.export/1"
 SIGNATURE_FILE = "signature.json"
+FILES_KEY = "files"
 
 # Names a signature's method must not take: they are attributes of the module in Python or TorchScript.
 _RESERVED = (
@@ -137,12 +143,14 @@ def signature_document(signatures: Sequence[SignatureDef], global_step: int, dev
 
 
 def dumps(document: dict[str, Any]) -> str:
-    """``signature.json``'s text: indented, keys in schema order, one line per tensor and list, a final newline."""
+    """``signature.json``'s text: indented, keys in schema order, one line per tensor, file and list, a final
+    newline."""
     return _format(document, "") + "\n"
 
 
 def _format(value: Any, indent: str) -> str:
-    flat = not isinstance(value, dict) or all(not isinstance(v, dict) for v in value.values()) and "dtype" in value
+    flat = not isinstance(value, dict) or all(not isinstance(v, dict) for v in value.values()) and (
+        "dtype" in value or "sha256" in value)
     if flat or not value:
         return json.dumps(value)
     inner = indent + "  "

@@ -4,12 +4,25 @@ This module imports only torch and the standard library (never training code), s
 its own next to a server. It reads ``model.pt`` (TorchScript), ``model.pt2`` (``torch.export``) or
 ``model.aoti.pt2`` (AOTInductor, compiled) and the ``signature.json`` embedded in it.
 
-Pickle is never used for the loader's own data. ``torch.jit.load`` reads TorchScript's archive format,
-whose unpickler rebuilds only tensors and TorchScript types, not arbitrary Python objects; the archive
-does hold TorchScript *code* that runs when a signature is called, so, as torch's documentation says,
-load only exports you trust. ``model.pt2`` archives store plain tensors as raw bytes. ``model.aoti.pt2``
-holds native code (a shared library per signature, the weights inside it) that runs when it is loaded: the
-same trust applies; a package with any member torch would unpickle is refused before it is opened.
+What a load checks, before torch sees a byte (see "Trust" in docs/serving.md):
+
+* **Integrity.** ``signature.json`` beside the model records each file's size and SHA-256 (``files``); the
+  artifact is read once, its hash checked, and torch loads those same bytes. A mismatch, a missing
+  ``signature.json`` or a ``signature.json`` that disagrees with the copy embedded in the model is refused
+  (:class:`ExportIntegrityError`), naming the file. SHA-256 because this module uses only the standard
+  library (checkpoints use XXH3 from the ``xxhash`` package); ``sha256sum model.pt`` gives the same digest.
+  It costs about 0.3 s per 100 MB, once per load.
+* **No pickle.** ``model.pt2`` is checked member by member against what torch_estimator writes: tensors as
+  raw bytes described by JSON, the program as JSON, no sample inputs. A member torch would unpickle (sample
+  inputs, a weight or constant marked ``use_pickle``, a legacy ``.pt`` weights file, custom objects),
+  AOTInductor code, or a symbolic expression or guard that is more than arithmetic on sizes (torch
+  evaluates those with ``eval``/``exec``) is refused (:class:`UnsafeArchiveError`). ``torch.jit.load``
+  reads TorchScript's own format, whose unpickler rebuilds only tensors and TorchScript types.
+  ``model.aoti.pt2`` holds native code (a shared library per signature, the weights inside it) that runs
+  when it is loaded; a package with any member torch would unpickle is refused before it is opened.
+* **Not a sandbox.** Every artifact is a *program*: calling a signature (or, for ``model.aoti.pt2``,
+  loading it) runs its code, which can do what torch operations or native code can do. Load and serve
+  only exports you trust.
 
 Serving an export::
 
@@ -30,10 +43,14 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import io
 import json
 import logging
 import os
 import platform
+import re
+import stat
 import warnings
 import zipfile
 from collections.abc import Iterator, Mapping
@@ -49,7 +66,12 @@ __all__ = [
     "AOTI_FILE",
     "FORMATS",
     "IncompatibleArtifactError",
+    "FILES_KEY",
     "InvalidInputError",
+    "ExportIntegrityError",
+    "UnsafeArchiveError",
+    "file_record",
+    "check_pt2_archive",
     "ExportedModel",
     "load",
     "list_versions",
@@ -76,6 +98,8 @@ _MISSING = -1  # the fingerprint of "no value": "" and null
 class IncompatibleArtifactError(ValueError):
     """A compiled artifact (``model.aoti.pt2``) was built for another torch, device kind or CPU: loading it
     could crash the process, so it is refused before any of its code is loaded."""
+FILES_KEY = "files"  # in the signature.json beside the model: relative path -> {"bytes", "sha256"}
+_MAX_DOCUMENT_BYTES = 16 << 20  # a signature.json is a few kB; bound what is read
 
 
 class InvalidInputError(ValueError):
@@ -93,6 +117,15 @@ def _quiet_torchscript() -> Iterator[None]:
         for category in (FutureWarning, DeprecationWarning):
             warnings.filterwarnings("ignore", message=r"`?torch\.jit\.", category=category)
         yield
+
+
+class ExportIntegrityError(ValueError):
+    """An export's file does not match what its ``signature.json`` records (size, content hash, or the copy
+    of ``signature.json`` embedded in the model), or the record is missing: nothing of it is loaded."""
+
+
+class UnsafeArchiveError(ValueError):
+    """A ``model.pt2`` holds a member that torch would unpickle, or code it would run while loading."""
 
 
 def _is_export_dir(path: str) -> bool:
@@ -144,27 +177,283 @@ def _parse_document(text: str, source: str) -> dict[str, Any]:
     return document
 
 
-def read_document(export_dir: str | os.PathLike[str]) -> tuple[str, int | None, dict[str, Any]]:
-    """``(export directory, version, signature.json)`` without loading the model: the file beside the
-    artifact, else the copy embedded in ``model.pt``, ``model.pt2`` or ``model.aoti.pt2`` (zip archives).
+def _read_file(path: str, limit: int | None = None) -> bytes:
+    """The bytes of a regular file (a FIFO or device is refused without blocking), at most ``limit``."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise
+    with os.fdopen(fd, "rb") as file:
+        info = os.fstat(file.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise ExportIntegrityError(f"{path} is not a regular file; an export holds regular files only.")
+        if limit is not None and info.st_size > limit:
+            raise ExportIntegrityError(f"{path} is {info.st_size} bytes, more than a signature.json can be ({limit}).")
+        return file.read()
+
+
+def file_record(data: bytes) -> dict[str, Any]:
+    """What ``signature.json``'s ``files`` records for a file: ``{"bytes": size, "sha256": hex digest}``.
+
+    Example:
+        >>> file_record(b"abc")["sha256"][:16], file_record(b"abc")["bytes"]
+        ('ba7816bf8f01cfea', 3)
+    """
+    return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def _beside_document(path: str) -> tuple[str, dict[str, Any]]:
+    beside = os.path.join(path, SIGNATURE_FILE)
+    try:
+        data = _read_file(beside, _MAX_DOCUMENT_BYTES)
+    except FileNotFoundError:
+        raise ExportIntegrityError(
+            f"No {SIGNATURE_FILE} beside the model in {path!r}: it records the content hash of each file, so the "
+            f"export cannot be verified and is refused. Copy the whole version directory, or export again."
+        ) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{beside} is not UTF-8 text: {error}.") from error
+    return beside, _parse_document(text, beside)
+
+
+def _verified_artifact(path: str, name: str, document: dict[str, Any], source: str) -> bytes:
+    """The artifact's bytes, checked against ``document``'s record of them."""
+    records = document.get(FILES_KEY)
+    record = records.get(name) if isinstance(records, dict) else None
+    if not isinstance(record, dict) or not isinstance(record.get("sha256"), str):
+        raise ExportIntegrityError(
+            f"{source} records no content hash for {name} (its `{FILES_KEY}` entry is missing), so "
+            f"{os.path.join(path, name)} cannot be verified and is refused. Exports written by this version of "
+            f"torch_estimator record one: export the model again."
+        )
+    file = os.path.join(path, name)
+    data = _read_file(file)
+    actual = file_record(data)
+    if actual != {"bytes": record.get("bytes"), "sha256": record["sha256"]}:
+        what = (f"it is {actual['bytes']} bytes, {source} records {record.get('bytes')}"
+                if actual["bytes"] != record.get("bytes") else
+                f"its SHA-256 is {actual['sha256']}, {source} records {record['sha256']}")
+        raise ExportIntegrityError(
+            f"{file} is damaged or was altered after export: {what}. It is not loaded; export again or restore "
+            f"the version directory from a good copy."
+        )
+    return data
+
+
+def _embedded_text(data: bytes, file: str) -> str:
+    """The ``signature.json`` embedded in a model archive's bytes."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zipped:
+            entries = [n for n in zipped.namelist() if ("/" + n).endswith("/extra/" + SIGNATURE_FILE)]
+            if len(entries) != 1:
+                raise ExportIntegrityError(f"{file} does not embed exactly one {SIGNATURE_FILE}; it is not loaded.")
+            return zipped.read(entries[0]).decode("utf-8")
+    except (zipfile.BadZipFile, UnicodeDecodeError) as error:
+        raise ExportIntegrityError(f"{file} is not a model archive ({error}); it is not loaded.") from error
+
+
+def _agree(beside: dict[str, Any], beside_path: str, embedded_text: str, file: str) -> None:
+    """The beside copy (less its ``files``) must be the embedded one: show, load and serve then agree."""
+    embedded = _parse_document(embedded_text, f"The {SIGNATURE_FILE} embedded in {file}")
+    mine = {key: value for key, value in beside.items() if key != FILES_KEY}
+    if mine != embedded:
+        keys = sorted(k for k in set(mine) | set(embedded) if mine.get(k) != embedded.get(k))
+        raise ExportIntegrityError(
+            f"{beside_path} disagrees with the copy embedded in {file} (differing keys: {keys}); one of them was "
+            f"edited or damaged after export, so the export is refused. Export again, or restore the version "
+            f"directory from a good copy."
+        )
+
+
+_FILES = {"torchscript": TORCHSCRIPT_FILE, "pt2": PT2_FILE, "aoti": AOTI_FILE}
+
+
+def _default_format(path: str) -> str:
+    """The first of ``model.pt``, ``model.pt2`` and ``model.aoti.pt2`` present (``torchscript`` if none)."""
+    return next((key for key in FORMATS if os.path.isfile(os.path.join(path, _FILES[key]))), "torchscript")
+
+
+def _verified(path: str, format: str | None) -> tuple[dict[str, Any], str, bytes]:
+    """``(signature.json beside, artifact file, its verified bytes)``; the embedded copy agrees."""
+    format = format if format is not None else _default_format(path)
+    if format not in _FILES:
+        raise ValueError(f"`format` must be 'torchscript', 'pt2', 'aoti' or None; received {format!r}.")
+    name = _FILES[format]
+    file = os.path.join(path, name)
+    if not os.path.isfile(file):
+        raise FileNotFoundError(f"No {name} in {path!r}.")
+    beside_path, beside = _beside_document(path)
+    data = _verified_artifact(path, name, beside, beside_path)
+    if format == "pt2":
+        check_pt2_archive(data, file)
+    _agree(beside, beside_path, _embedded_text(data, file), file)
+    return beside, file, data
+
+
+def read_document(
+    export_dir: str | os.PathLike[str], *, format: str | None = None
+) -> tuple[str, int | None, dict[str, Any]]:
+    """``(export directory, version, signature.json)`` without loading the model, verified as :func:`load`
+    verifies it: the artifact's content hash, and the embedded copy of ``signature.json`` agreeing.
+
+    Args:
+        export_dir: A version directory, or a base directory (its highest version).
+        format: The artifact to verify (default: the one :func:`load` would load).
 
     Raises:
         FileNotFoundError: If there is no export there.
-        ValueError: If the signature is missing or not a torch_estimator export's.
+        ExportIntegrityError: If the artifact or ``signature.json`` does not match, or is missing.
+        UnsafeArchiveError: If ``model.pt2`` holds members that need unpickling.
+        ValueError: If the signature is not a torch_estimator export's.
     """
     path, version = resolve_export_dir(export_dir)
-    beside = os.path.join(path, SIGNATURE_FILE)
-    if os.path.isfile(beside):
-        with open(beside, encoding="utf-8") as file:
-            return path, version, _parse_document(file.read(), beside)
-    for name in (TORCHSCRIPT_FILE, PT2_FILE, AOTI_FILE):
-        archive = os.path.join(path, name)
-        if os.path.isfile(archive):
-            with zipfile.ZipFile(archive) as zipped:
-                entries = [n for n in zipped.namelist() if n.endswith("extra/" + SIGNATURE_FILE)]
-                if entries:
-                    return path, version, _parse_document(zipped.read(entries[0]).decode("utf-8"), archive)
-    raise ValueError(f"No {SIGNATURE_FILE} in {path!r}, beside or inside the model.")
+    document, _, _ = _verified(path, format)
+    return path, version, document
+
+
+# ----------------------------------------------------------------------------------------------------------
+# model.pt2 without pickle: every member must be one that torch.export's loader reads without unpickling.
+
+_PT2_MEMBER = re.compile(
+    r"archive_format|archive_version|byteorder|version|\.data/version|\.data/serialization_id"
+    r"|models/(?P<model>\w+)\.json"
+    r"|data/sample_inputs/(?P<sample>\w+)\.pt"
+    r"|data/weights/weight_\d+|data/constants/tensor_\d+"
+    r"|data/weights/(?P<weights>\w+)_weights_config\.json|data/constants/(?P<constants>\w+)_constants_config\.json"
+    r"|extra/[\w.-]+"
+)
+_PAYLOAD_NAME = {"weights": re.compile(r"weight_\d+"), "constants": re.compile(r"tensor_\d+")}
+# Symbolic sizes (sympy.sympify, i.e. eval) and guards (exec) are code torch runs while loading: they may only
+# be arithmetic and comparisons on sizes, symbols like s0, and these names.
+_EXPRESSION_NAMES = frozenset(
+    "Symbol Integer Rational Float Add Mul Pow Max Min Mod Abs Eq Ne Lt Le Gt Ge And Or Not oo "
+    "positive negative nonnegative nonpositive integer real finite zero nonzero True False None "
+    "FloorDiv ModularIndexing Where PythonMod CleanDiv CeilToInt FloorToInt CeilDiv LShift RShift PowByNatural "
+    "FloatPow FloatTrueDiv IntTrueDiv IsNonOverlappingAndDenseIndicator TruncToFloat TruncToInt RoundToInt "
+    "RoundDecimal ToFloat Identity L size stride storage_offset math isnan inf and or not".split()
+)
+_EXPRESSION_TOKEN = re.compile(
+    r"\s+|\d+(\.\d+)?(e[-+]?\d+)?|'\w*'|(?P<name>[A-Za-z]\w*)|\.(?=(size|stride|storage_offset|isnan|inf)\b)"
+    r"|\*\*|//|[-+*/%(),\[\]<>=!]=?"
+)
+_SYMBOL = re.compile(r"[a-z]+\d+")
+
+
+def _check_expression(text: Any, where: str) -> None:
+    if not isinstance(text, str) or len(text) > 10_000:
+        raise UnsafeArchiveError(f"{where} is not a symbolic size expression; the archive is refused.")
+    at = 0
+    while at < len(text):
+        match = _EXPRESSION_TOKEN.match(text, at)
+        name = match.group("name") if match else None
+        if match is None or (name is not None and name not in _EXPRESSION_NAMES and not _SYMBOL.fullmatch(name)):
+            raise UnsafeArchiveError(
+                f"{where} holds {text[:200]!r}, which is not arithmetic on sizes (torch would evaluate it as Python "
+                f"while loading); the archive is refused."
+            )
+        at = match.end()
+
+
+def _check_program(program: Any, where: str) -> None:
+    """The code strings torch evaluates while loading a program's JSON: guards and symbolic expressions, and
+    the guards it derives from non-tensor inputs."""
+    if not isinstance(program, dict):
+        raise UnsafeArchiveError(f"{where} is not a torch.export program; the archive is refused.")
+    graph = program.get("graph_module", {}).get("graph", {}) if isinstance(program.get("graph_module"), dict) else {}
+    inputs = graph.get("inputs") if isinstance(graph, dict) else None
+    if not isinstance(inputs, list) or any(not isinstance(i, dict) or list(i) != ["as_tensor"] for i in inputs):
+        # torch writes a guard (exec'd while loading) quoting a non-tensor input's value unescaped
+        raise UnsafeArchiveError(f"{where} takes inputs other than tensors, which torch_estimator never exports; "
+                                 f"the archive is refused.")
+    guards = program.get("guards_code") or []
+    if not isinstance(guards, list):
+        raise UnsafeArchiveError(f"{where} has malformed guards_code; the archive is refused.")
+    for guard in guards:
+        _check_expression(guard, f"{where} guard")
+    stack: list[Any] = [program]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            for key, value in item.items():
+                if key == "expr_str":
+                    _check_expression(value, f"{where} expression")
+                elif isinstance(value, (dict, list)):
+                    stack.append(value)
+        elif isinstance(item, list):
+            stack.extend(value for value in item if isinstance(value, (dict, list)))
+
+
+def check_pt2_archive(data: bytes, source: str) -> None:
+    """Refuse a ``model.pt2`` (its bytes) that torch could not load without unpickling or running code.
+
+    Allowed: one root folder holding the archive's format and version records, per program ``models/<p>.json``
+    (no guard or size expression beyond arithmetic on sizes), an empty ``data/sample_inputs/<p>.pt``, raw
+    tensors ``data/weights/weight_<n>`` and ``data/constants/tensor_<n>`` described by JSON configs whose
+    entries all have ``use_pickle: false``, and ``extra/`` text files.
+
+    Raises:
+        UnsafeArchiveError: Naming the member and why it is refused.
+        ExportIntegrityError: If ``data`` is not a zip archive.
+    """
+    try:
+        zipped = zipfile.ZipFile(io.BytesIO(data))
+    except zipfile.BadZipFile as error:
+        raise ExportIntegrityError(f"{source} is not a model archive ({error}); it is not loaded.") from error
+    with zipped:
+        infos = zipped.infolist()
+        names = [info.filename for info in infos]
+        roots = {name.split("/", 1)[0] for name in names}
+        if len(roots) != 1 or any("/" not in name for name in names) or len(set(names)) != len(names):
+            raise UnsafeArchiveError(
+                f"{source} is not laid out as torch.export writes an archive (one root folder, unique members); "
+                f"it is refused."
+            )
+        models, samples, configs = set(), {}, {}
+        for info in infos:
+            relative = info.filename.split("/", 1)[1]
+            match = _PT2_MEMBER.fullmatch(relative)
+            if match is None:
+                raise UnsafeArchiveError(
+                    f"{source} holds member {relative!r}, which torch_estimator never writes: torch could unpickle "
+                    f"it or load it as compiled code (sample inputs, pickled weights, custom objects, AOTInductor). "
+                    f"The archive is refused; export the model again with torch_estimator."
+                )
+            if match.group("model"):
+                models.add(match.group("model"))
+            elif match.group("sample"):
+                samples[match.group("sample")] = info.file_size
+            elif match.group("weights") or match.group("constants"):
+                kind = "weights" if match.group("weights") else "constants"
+                configs[(kind, match.group(kind))] = info.filename
+        for model in sorted(models):
+            if samples.get(model, 0) != 0:
+                raise UnsafeArchiveError(
+                    f"{source} holds sample inputs for program {model!r} (data/sample_inputs/{model}.pt), which torch "
+                    f"would unpickle; torch_estimator writes none. The archive is refused."
+                )
+            for kind in ("weights", "constants"):
+                member = configs.get((kind, model))
+                if member is None:
+                    raise UnsafeArchiveError(f"{source} lacks the {kind} config of program {model!r}; it is refused.")
+                try:
+                    entries = json.loads(zipped.read(member))["config"]
+                    items = list(entries.items())
+                except (ValueError, KeyError, TypeError, AttributeError) as error:
+                    raise UnsafeArchiveError(f"{source}: {member} is not a payload config ({error}).") from error
+                for fqn, entry in items:
+                    if not isinstance(entry, dict) or entry.get("use_pickle") is not False or not (
+                            isinstance(entry.get("path_name"), str) and _PAYLOAD_NAME[kind].fullmatch(entry["path_name"])):
+                        raise UnsafeArchiveError(
+                            f"{source}: {kind[:-1]} {fqn!r} of program {model!r} is stored with pickle (or as an "
+                            f"object, not raw tensor bytes), which torch would unpickle; the archive is refused."
+                        )
+            try:
+                program = json.loads(zipped.read(f"{next(iter(roots))}/models/{model}.json"))
+            except ValueError as error:
+                raise UnsafeArchiveError(f"{source}: models/{model}.json is not JSON ({error}).") from error
+            _check_program(program, f"{source}: program {model!r}")
 
 
 def fingerprint(value: str | bytes) -> int:
@@ -394,38 +683,31 @@ class ExportedModel:
         return f"ExportedModel(path={self.path!r}, format={self.format!r}, signatures={sorted(self.signatures)})"
 
 
-def _load_torchscript(path: str, device: torch.device) -> tuple[str, dict[str, Any]]:
-    extra = {SIGNATURE_FILE: ""}
+def _load_torchscript(data: bytes, file: str, device: torch.device, document: dict[str, Any]) -> dict[str, Any]:
     with _quiet_torchscript():
-        module = torch.jit.load(path, map_location=device, _extra_files=extra)
+        module = torch.jit.load(io.BytesIO(data), map_location=device)
     module.eval()
-    text = extra[SIGNATURE_FILE]
-    text = text.decode("utf-8") if isinstance(text, bytes) else text
-    document = _parse_document(text, f"The {SIGNATURE_FILE} embedded in {path}")
     runners = {}
     for key, signature in document["signatures"].items():
         function = signature.get("function")
         if not isinstance(function, str) or not hasattr(module, function):
-            raise ValueError(f"{path} has no method {function!r} for signature {key!r}.")
+            raise ValueError(f"{file} has no method {function!r} for signature {key!r}.")
         runners[function] = getattr(module, function)
-    return text, runners
+    return runners
 
 
-def _load_pt2(path: str, device: torch.device) -> tuple[str, dict[str, Any]]:
+def _load_pt2(data: bytes, file: str, device: torch.device, document: dict[str, Any]) -> dict[str, Any]:
     from torch.export.pt2_archive._package import load_pt2
 
-    contents = load_pt2(path)
-    text = contents.extra_files.get(SIGNATURE_FILE, "")
-    text = text.decode("utf-8") if isinstance(text, bytes) else text
-    document = _parse_document(text, f"The {SIGNATURE_FILE} embedded in {path}")
+    contents = load_pt2(io.BytesIO(data))  # check_pt2_archive passed these bytes: nothing here unpickles
     runners = {}
     for key, signature in document["signatures"].items():
         function = signature.get("function")
         program = _PT2_DEFAULT_PROGRAM if function == "forward" else function
         if program not in contents.exported_programs:
-            raise ValueError(f"{path} has no program {program!r} for signature {key!r}.")
+            raise ValueError(f"{file} has no program {program!r} for signature {key!r}.")
         runners[function] = contents.exported_programs[program].module()
-    return text, runners
+    return runners
 
 # ----------------------------------------------------------------------------------------------------------
 # model.aoti.pt2: AOTInductor's package, one compiled model per signature.
@@ -615,6 +897,10 @@ def load(
 ) -> ExportedModel:
     """Load an export: a version directory, or a base directory (its highest numeric version).
 
+    The artifact is read once and checked before torch parses it (see the module's notes): its size and
+    SHA-256 against ``signature.json``, the embedded ``signature.json`` against the one beside it, and for
+    ``model.pt2`` that no member needs unpickling.
+
     Args:
         export_dir: The directory.
         device: Where to run (TorchScript is mapped there; ``model.pt2`` runs where it was exported).
@@ -628,19 +914,19 @@ def load(
     Raises:
         FileNotFoundError: If there is no export there.
         IncompatibleArtifactError: If ``model.aoti.pt2`` was compiled for another torch, device or CPU.
+        ExportIntegrityError: If a file does not match ``signature.json`` (naming it), or is not recorded.
+        UnsafeArchiveError: If ``model.pt2`` holds a member that would need unpickling.
         ValueError: If the files are not a torch_estimator export, or ``format`` is unknown.
     """
     path, version = resolve_export_dir(export_dir)
-    names = {"torchscript": TORCHSCRIPT_FILE, "pt2": PT2_FILE, "aoti": AOTI_FILE}
-    files = {key: os.path.join(path, name) for key, name in names.items()}
-    if format is None:
-        format = next((key for key in FORMATS if os.path.isfile(files[key])), "torchscript")
-    if format not in files:
-        raise ValueError(f"`format` must be 'torchscript', 'pt2', 'aoti' or None; received {format!r}.")
-    if not os.path.isfile(files[format]):
-        raise FileNotFoundError(f"No {os.path.basename(files[format])} in {path!r}.")
+    format = format if format is not None else _default_format(path)
+    document, file, data = _verified(path, format)
     device = torch.device(device)
-    loader = {"torchscript": _load_torchscript, "pt2": _load_pt2, "aoti": load_aoti_package}[format]
-    text, runners = loader(files[format], device)
-    return ExportedModel(path, version, format, json.loads(text), runners, device)
-
+    if format == "aoti":  # AOTInductor's loader opens the file itself: the bytes just verified
+        del data
+        _, runners = load_aoti_package(file, device)
+    else:
+        loader = _load_torchscript if format == "torchscript" else _load_pt2
+        runners = loader(data, file, device, document)
+        del data
+    return ExportedModel(path, version, format, document, runners, device)
