@@ -70,11 +70,22 @@ def _copy_with(path, tmp_path, replace=None, add=None) -> str:
             new.writestr(name, data_)
         for member, content in (add or {}).items():
             new.writestr(prefix + member, content)
+    _refit_signature(target, package)
     return str(target)
 
 
+def _refit_signature(directory, package) -> None:
+    """What a forger who controls the directory does: signature.json beside the package made to agree with the
+    package's embedded copy and its new hash, so that the loader's own checks of the package are reached."""
+    with zipfile.ZipFile(package) as archive:
+        embedded = [n for n in archive.namelist() if n.endswith("extra/signature.json")]
+        document = json.loads(archive.read(embedded[0])) if embedded else _signature(directory)
+    document["files"] = {aoti.MODEL_FILE: loader.file_record(Path(package).read_bytes())}
+    Path(directory, "signature.json").write_text(json.dumps(document))
+
+
 def _rewritten_signature(path, tmp_path, **changes) -> str:
-    document = {**_signature(path), **changes}
+    document = {key: value for key, value in {**_signature(path), **changes}.items() if key != "files"}
     return _copy_with(path, tmp_path, replace={"extra/signature.json": json.dumps(document).encode()})
 
 
@@ -98,8 +109,9 @@ def test_the_package_holds_one_compiled_model_per_signature_and_the_signature(ex
     assert all(any(m.startswith(f"data/aotinductor/{name}/") and m.endswith(".so") for m in members) for name in models)
     with zipfile.ZipFile(os.path.join(path, aoti.MODEL_FILE)) as archive:
         embedded = archive.read(next(n for n in archive.namelist() if n.endswith("extra/signature.json")))
-    with open(os.path.join(path, "signature.json"), "rb") as file:
-        assert embedded == file.read()
+    beside = _signature(path)
+    assert beside.pop("files") == {aoti.MODEL_FILE: loader.file_record(Path(path, aoti.MODEL_FILE).read_bytes())}
+    assert json.loads(embedded) == beside  # the embedded copy is signature.json less its file records
 
 
 def test_the_package_has_no_pickled_member(exported):
@@ -182,6 +194,11 @@ def test_default_format_prefers_torchscript_when_both_are_there(exported, tmp_pa
     both = est.export_saved_model(tmp_path / "exports", raw_receiver_fn())
     shutil.copy(os.path.join(path, aoti.MODEL_FILE), both)  # the same model, so the same signature.json
     assert loader.load(both).format == "torchscript"
+    with pytest.raises(loader.ExportIntegrityError, match=r"records no content hash for model.aoti.pt2"):
+        loader.load(both, format="aoti")  # copied in: signature.json does not vouch for it
+    document = _signature(both)
+    document["files"][aoti.MODEL_FILE] = _signature(path)["files"][aoti.MODEL_FILE]
+    Path(both, "signature.json").write_text(json.dumps(document))
     assert loader.load(both, format="aoti").format == "aoti"
 
 
@@ -251,7 +268,9 @@ def test_a_package_without_signature_is_refused(exported, tmp_path):
         for name in old.namelist():
             if not name.endswith("extra/signature.json"):
                 new.writestr(name, old.read(name))
-    with pytest.raises(ValueError, match=r"holds no extra/signature.json"):
+    shutil.copy(os.path.join(path, "signature.json"), copy / "signature.json")
+    _refit_signature(copy, copy / aoti.MODEL_FILE)
+    with pytest.raises(ValueError, match=r"model.aoti.pt2 does not embed exactly one signature.json"):
         loader.load(copy)
 
 
