@@ -282,6 +282,26 @@ def test_training_summaries(cancer, tmp_path):
     assert float(model_fn_spec.summaries["linear/fraction_of_zero_weights"]()) == 1.0  # TF starts linear weights at 0
 
 
+def test_training_summaries_reach_tensorboard_as_tf_named_them(cancer, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    est = canned.DNNLinearCombinedClassifier(model_dir=tmp_path, linear_feature_columns=cancer.columns,
+                                             dnn_feature_columns=cancer.columns, dnn_hidden_units=[4, 3],
+                                             config=config(save_summary_steps=5))
+    est.train(cancer.train_input(), steps=6)
+    events = EventAccumulator(str(tmp_path), size_guidance={"histograms": 0, "scalars": 0}).Reload()
+    tags = events.Tags()
+    assert set(tags["scalars"]) == {
+        "loss", "learning_rate/linear", "learning_rate/dnn", "linear/bias", "linear/fraction_of_zero_weights",
+        "dnn/hiddenlayer_0/fraction_of_zero_values", "dnn/hiddenlayer_1/fraction_of_zero_values"}
+    assert set(tags["histograms"]) == {"dnn/hiddenlayer_0/activation", "dnn/hiddenlayer_1/activation"}
+    assert [e.step for e in events.Histograms("dnn/hiddenlayer_1/activation")] == [1, 6]
+    assert [e.value for e in events.Scalars("learning_rate/dnn")] == pytest.approx([0.001, 0.001])
+    assert events.Scalars("learning_rate/linear")[0].value == pytest.approx(min(0.005, 1 / np.sqrt(len(cancer.columns))))
+    assert 0.0 <= events.Scalars("dnn/hiddenlayer_0/fraction_of_zero_values")[0].value <= 1.0
+    assert tags["graph"] is True  # the canned network traces on the features dict
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Errors.
 

@@ -111,6 +111,26 @@ def test_combined_optimizer_steps_both_and_round_trips_its_state():
     assert fresh.optimizers["b"].state_dict()["state"][0]["step"] == 1
 
 
+def test_combined_optimizer_names_its_groups_and_keeps_sharing_them_after_a_load():
+    a, b = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)
+    two_groups = torch.optim.SGD([{"params": [b.weight]}, {"params": [b.bias], "lr": 0.5}], lr=0.1)
+    combined = CombinedOptimizer({"linear": torch.optim.SGD(a.parameters(), lr=0.2), "dnn": two_groups})
+    assert [g["name"] for g in combined.param_groups] == ["linear", "dnn/0", "dnn/1"]
+    state = combined.state_dict()
+    for group in state["linear"]["param_groups"]:
+        del group["name"]  # a checkpoint written before groups were named
+    fresh = CombinedOptimizer({"linear": torch.optim.SGD(a.parameters(), lr=0.2),
+                               "dnn": torch.optim.SGD([{"params": [b.weight]}, {"params": [b.bias]}], lr=0.1)})
+    fresh.load_state_dict(state)
+    assert [g["name"] for g in fresh.param_groups] == ["linear", "dnn/0", "dnn/1"]
+    # A scheduler on the combined optimizer must reach the children's (new) groups.
+    scheduler = torch.optim.lr_scheduler.StepLR(fresh, step_size=1, gamma=0.5)
+    fresh.step()
+    scheduler.step()
+    assert fresh.optimizers["linear"].param_groups[0]["lr"] == pytest.approx(0.1)
+    assert fresh.optimizers["dnn"].param_groups[1]["lr"] == pytest.approx(0.25)
+
+
 def test_combined_optimizer_errors():
     layer = torch.nn.Linear(1, 1)
     with pytest.raises(ValueError, match="a parameter is updated by two optimizers"):

@@ -285,7 +285,7 @@ def test_default_logging_lines(make_estimator, data, caplog):
     with caplog.at_level(logging.INFO, logger="torch_estimator"):
         est.train(_train_fn(data), steps=25)
     text = caplog.text
-    assert "loss = " in text and ", step = 0" in text and ", step = 20 (" in text
+    assert "loss = " in text and ", step = 1\n" in text and ", step = 21 (" in text  # the step each update produced
     assert "global_step/sec: " in text
     assert "Saving checkpoints for 25 into " in text
     assert "Loss for final step: " in text

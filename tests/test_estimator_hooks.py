@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 
 import numpy as np
 import pytest
@@ -121,6 +122,61 @@ def test_training_summaries_at_tf_steps(make_estimator, data):
     # TF's [run]: the first trigger (step 1) only starts the clock; values at 11 and 21.
     assert [step for step, tags in scalars.items() if "global_step/sec" in tags] == [11, 21]
     assert "examples/sec" in scalars[11]
+
+
+def test_log_lines_and_scalars_name_the_same_steps(make_estimator, data, caplog):
+    # TF's TensorBoard convention: a step's values are tagged with the global step its update produced
+    # (1, 1+N, ...); the default log line names that same step.
+    est = make_estimator(save_summary_steps=5, log_step_count_steps=5, save_checkpoints_steps=100)
+    with caplog.at_level(logging.INFO, logger="torch_estimator"):
+        est.train(_train_fn(data), steps=12)
+    logged = {int(m.group(2)): float(m.group(1)) for m in re.finditer(r"loss = ([0-9.e+-]+), step = (\d+)", caplog.text)}
+    scalars = summary.read_scalars(est.model_dir)
+    assert sorted(logged) == [1, 6, 11] == [step for step, tags in scalars.items() if "loss" in tags]
+    assert all(scalars[step]["loss"] == pytest.approx(loss, rel=1e-6) for step, loss in logged.items())
+
+
+def _events(logdir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    return EventAccumulator(str(logdir), size_guidance={"histograms": 0, "scalars": 0}).Reload()
+
+
+def test_model_graph_is_written_once_and_leaves_training_unchanged(make_estimator, data, tmp_path):
+    # TinyNet takes the tensor x: the graph is traced on the features' one tensor. The trace runs in eval
+    # mode on a forked RNG: training with the graph (summaries on) gives the weights training without does.
+    with_graph = make_estimator(model_dir=tmp_path / "graph", save_summary_steps=3)
+    with_graph.train(_train_fn(data), steps=4)
+    with_graph.train(_train_fn(data), steps=2)  # a second train() adds no second graph
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    files = sorted((tmp_path / "graph").glob("events.out.tfevents.*"))
+    assert sum(event.HasField("graph_def") for path in files for event in EventFileLoader(str(path)).Load()) == 1
+    events = _events(tmp_path / "graph")
+    graph = events.Graph()
+    assert any("Linear" in node.op or "linear" in node.op for node in graph.node)
+    without = make_estimator(model_dir=tmp_path / "plain", save_summary_steps=None)
+    without.train(_train_fn(data), steps=4)
+    without.train(_train_fn(data), steps=2)
+    assert _events(tmp_path / "plain").Tags()["graph"] is False
+    for name, value in with_graph.model.state_dict().items():
+        assert torch.equal(value, without.model.state_dict()[name]), name
+
+
+def test_a_model_that_does_not_trace_gets_no_graph_and_trains(tmp_path, data, caplog):
+    class NeedsAScale(TinyNet):
+        def forward(self, x, scale):  # neither the features nor their tensor alone can call it
+            return super().forward(x) * scale
+
+    def model_fn(features, labels, mode, model):
+        return classifier_fn(features, labels, mode, lambda x: model(x, 2.0))
+
+    est = te.Estimator(model_fn, model_dir=str(tmp_path), model=NeedsAScale(), optimizer=lambda p: torch.optim.SGD(p, lr=0.1),
+                       config=te.RunConfig(device="cpu", save_summary_steps=1, log_step_count_steps=None))
+    with caplog.at_level(logging.DEBUG, logger="torch_estimator"):
+        est.train(_train_fn(data), steps=2)
+    assert "No model graph for TensorBoard: the model does not trace" in caplog.text
+    assert _events(tmp_path).Tags()["graph"] is False and sorted(summary.read_scalars(str(tmp_path))) == [1, 2]
 
 
 def test_model_fn_summaries_are_written_only_on_summary_steps(tmp_path, data):

@@ -105,6 +105,16 @@ def _model_fn_args(model_fn: Callable[..., Any], params: Any) -> frozenset[str]:
     return frozenset(names)
 
 
+class _StepLoggingHook(LoggingTensorHook):
+    """TF's default "loss = ..., step = ..." line, naming the step the update produced: the step its
+    summaries are written at in TensorBoard (TF's convention: 1, 1+N, ...), so that log and scalars agree."""
+
+    def after_run(self, run_context: RunContext, run_values: Mapping[str, Any]) -> None:
+        if "global_step" in run_values:
+            run_values = {**run_values, "global_step": np.int64(run_context.global_step)}
+        super().after_run(run_context, run_values)
+
+
 def _warnings_only(record: logging.LogRecord) -> bool:
     """Non-chief processes log warnings and errors only."""
     return record.levelno >= logging.WARNING
@@ -564,8 +574,8 @@ class Estimator:
         if spec.mode == ModeKeys.TRAIN:
             values["loss"] = _to_host(spec.loss)
             groups = self._optimizer.param_groups if self._optimizer is not None else []
-            for i, group in enumerate(groups):
-                values["learning_rate" if len(groups) == 1 else f"learning_rate/{i}"] = _to_host(group["lr"])
+            for i, group in enumerate(groups):  # several groups: named by their "name" entry, else numbered
+                values["learning_rate" if len(groups) == 1 else f"learning_rate/{group.get('name', i)}"] = _to_host(group["lr"])
         if spec.summaries:
             values.update(summary.host_summaries(spec.summaries, _to_host))
         return values
@@ -693,7 +703,7 @@ class Estimator:
         summaries and a progress bar."""
         config, hooks = self._config, [NanTensorHook()]
         if config.log_step_count_steps is not None:
-            hooks.append(LoggingTensorHook({"loss": "loss", "step": "global_step"}, every_n_iter=config.log_step_count_steps))
+            hooks.append(_StepLoggingHook({"loss": "loss", "step": "global_step"}, every_n_iter=config.log_step_count_steps))
         if not self._dist.is_chief:
             return hooks
         if config.log_step_count_steps is not None:
@@ -726,6 +736,7 @@ class Estimator:
             spec = self._train_step(micro_batches)
             if spec_hooks_pending:  # hooks named in the spec join on the first step
                 spec_hooks_pending = False
+                self._write_graph(micro_batches[0][0])
                 spec_hooks = spec.training_hooks + (spec.training_chief_hooks if self._dist.is_chief else ())
                 wanted = self._join_spec_hooks(hooks, spec_hooks, context, wanted)
             values = self._fetch(wanted, spec, context.global_step) if wanted else _NO_VALUES
@@ -745,6 +756,12 @@ class Estimator:
         context.results = {"loss": last_loss, "global_step": self._global_step}
         hooks.end(context)
         return last_loss
+
+    def _write_graph(self, features: Any) -> None:
+        """The model's graph for TensorBoard, traced on the first batch once per model_dir (chief, with
+        summaries on): one forward pass in eval mode, outside the step loop's steady state."""
+        if self._config.save_summary_steps and self._dist.is_chief:
+            summary.write_graph(self.model_dir, self._model, features)
 
     def _stop_agreed(self, context: RunContext, now: bool = False) -> bool:
         """Whether to stop: the local request with one process; with several, every process's request,

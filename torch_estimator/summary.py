@@ -19,19 +19,26 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import glob
+import io
+import logging
 import os
 import threading
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["Image", "Text", "writer_for", "write_summaries", "flush_all", "read_scalars", "host_summaries"]
+logger = logging.getLogger("torch_estimator")
+
+__all__ = ["Image", "Text", "writer_for", "write_summaries", "write_graph", "flush_all", "read_scalars", "host_summaries"]
 
 _writers: dict[str, Any] = {}
+_graphs: set[str] = set()  # logdirs this process has written (or tried to write) a model graph to
 _lock = threading.Lock()
 
 
@@ -111,6 +118,60 @@ def write_summaries(logdir: str, summaries: Mapping[str, Any], step: int) -> Non
                 f"Summary {tag!r}: cannot write a {type(value).__name__}; give a number, a tensor (scalar or "
                 f"histogram), torch_estimator.summary.Image or Text."
             )
+
+
+def _graph_inputs(features: Any) -> list[tuple[Any, ...]]:
+    """What to trace ``model`` on: the features as they are, else their one tensor (a ``{"x": images}`` dict
+    for a model that takes the images)."""
+    candidates: list[tuple[Any, ...]] = [(features,)]
+    if isinstance(features, Mapping):
+        tensors = [v for v in features.values() if isinstance(v, torch.Tensor)]
+        if len(tensors) == 1:
+            candidates.append((tensors[0],))
+    return candidates
+
+
+def write_graph(logdir: str, model: torch.nn.Module, features: Any) -> bool:
+    """Add ``model``'s graph, traced on ``features``, to ``logdir``'s events (TensorBoard's Graphs tab), once per
+    ``logdir`` and process; the first call decides.
+
+    The trace runs in eval mode without gradients on a forked RNG, so it changes neither the weights, the
+    batch-norm statistics nor the random streams of training. A model that does not trace (data-dependent
+    control flow, inputs other than the features or their one tensor) gets no graph and a debug log line.
+
+    Returns:
+        Whether a graph was written by this call.
+
+    Example:
+        >>> import tempfile, torch
+        >>> logdir = tempfile.mkdtemp()
+        >>> write_graph(logdir, torch.nn.Linear(4, 2), {"x": torch.zeros(3, 4)}), write_graph(logdir, torch.nn.Linear(4, 2), torch.zeros(3, 4))
+        (True, False)
+    """
+    key = os.path.abspath(logdir)
+    with _lock:
+        if key in _graphs:
+            return False
+        _graphs.add(key)
+    writer = writer_for(logdir)
+    devices = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+    was_training = model.training
+    failures = []
+    try:
+        model.eval()
+        with torch.random.fork_rng(devices=devices), torch.no_grad(), warnings.catch_warnings(), \
+                contextlib.redirect_stdout(io.StringIO()):  # torch's tracer prints its failures
+            warnings.simplefilter("ignore")  # torch.jit.trace's deprecation and tracer warnings
+            for inputs in _graph_inputs(features):
+                try:
+                    writer.add_graph(model, inputs, use_strict_trace=False)
+                    return True
+                except Exception as error:  # any failure to trace just means no graph
+                    failures.append(f"{type(error).__name__}: {error}")
+    finally:
+        model.train(was_training)
+    logger.debug("No model graph for TensorBoard: the model does not trace on the features (%s).", "; ".join(failures))
+    return False
 
 
 def read_scalars(logdir: str) -> dict[int, dict[str, float]]:

@@ -129,7 +129,8 @@ class CombinedOptimizer(torch.optim.Optimizer):
     (wide & deep trains its linear part with one optimizer and its DNN with another).
 
     ``param_groups`` are the children's groups (the same dicts, so a scheduler or the learning-rate summary
-    sees them); ``state_dict`` holds each child's under its name.
+    sees them), each named after its optimizer (a ``"name"`` entry: the learning-rate summaries are
+    ``learning_rate/<name>``); ``state_dict`` holds each child's under its name.
 
     Args:
         optimizers: ``{name: optimizer}``, at least one.
@@ -146,6 +147,14 @@ class CombinedOptimizer(torch.optim.Optimizer):
             raise ValueError("CombinedOptimizer: a parameter is updated by two optimizers.")
         super().__init__(params, {})
         self.optimizers = dict(optimizers)
+        self._collect_groups()
+
+    def _collect_groups(self) -> None:
+        """Share the children's group dicts (again after loading, which replaces them), named after their optimizer."""
+        for name, optimizer in self.optimizers.items():
+            groups = optimizer.param_groups
+            for i, group in enumerate(groups):
+                group.setdefault("name", name if len(groups) == 1 else f"{name}/{i}")
         self.param_groups = [group for optimizer in self.optimizers.values() for group in optimizer.param_groups]
 
     @torch.no_grad()
@@ -168,6 +177,7 @@ class CombinedOptimizer(torch.optim.Optimizer):
             raise ValueError(f"CombinedOptimizer state lacks the optimizers {missing}; it has {sorted(state_dict)}.")
         for name, optimizer in self.optimizers.items():
             optimizer.load_state_dict(state_dict[name])
+        self._collect_groups()
 
 
 def _named(name: str, learning_rate: float) -> OptimizerFactory:
