@@ -725,7 +725,7 @@ class Estimator:
         last_step = min((h.last_step for h in hooks.hooks if isinstance(h, StopAtStepHook)), default=math.inf)
         if saver is not None and saver.begin(self._global_step, already_saved):
             context.request_stop()
-        self._synced, spec, spec_hooks_pending = None, None, True  # from here on, memory runs ahead of disk
+        self._synced, spec, spec_hooks_pending, graph_features = None, None, True, None  # memory runs ahead of disk from here
         stop = self._stop_agreed(context, now=True)
         while not stop and self._global_step < last_step:
             micro_batches = self._next_micro_batches(batches)
@@ -735,8 +735,7 @@ class Estimator:
             wanted = hooks.before_run(context)
             spec = self._train_step(micro_batches)
             if spec_hooks_pending:  # hooks named in the spec join on the first step
-                spec_hooks_pending = False
-                self._write_graph(micro_batches[0][0])
+                spec_hooks_pending, graph_features = False, micro_batches[0][0]
                 spec_hooks = spec.training_hooks + (spec.training_chief_hooks if self._dist.is_chief else ())
                 wanted = self._join_spec_hooks(hooks, spec_hooks, context, wanted)
             values = self._fetch(wanted, spec, context.global_step) if wanted else _NO_VALUES
@@ -745,6 +744,8 @@ class Estimator:
             if "loss" in values or len(self._pending_losses) >= _LOSS_BUFFER:
                 self._finite_or_stop(context)  # the host waits for the loss anyway: look at the NaN check too
             hooks.after_run(context, values)
+            if graph_features is not None:  # the first step went through: TensorBoard's graph, once
+                graph_features = self._write_graph(graph_features)
             if saver is not None and saver.should_save(self._global_step) and self._finite_or_stop(context):
                 if saver.save(self._global_step):
                     context.request_stop()
@@ -759,9 +760,10 @@ class Estimator:
 
     def _write_graph(self, features: Any) -> None:
         """The model's graph for TensorBoard, traced on the first batch once per model_dir (chief, with
-        summaries on): one forward pass in eval mode, outside the step loop's steady state."""
+        summaries on): one forward pass in eval mode, after the first step, outside the steady state."""
         if self._config.save_summary_steps and self._dist.is_chief:
             summary.write_graph(self.model_dir, self._model, features)
+        return None
 
     def _stop_agreed(self, context: RunContext, now: bool = False) -> bool:
         """Whether to stop: the local request with one process; with several, every process's request,
