@@ -36,7 +36,7 @@ import os
 import random
 import sys
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -167,6 +167,23 @@ def _found_inf(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) -
     if flags is None:  # a scaler whose internals differ: fall back to reading the scale
         return False
     return bool(sum(flag.item() for flag in flags.values()))
+
+
+def _known_length(source: Any) -> int | None:
+    """The number of batches an input yields, when it says (``len``); None for one that repeats or streams."""
+    try:
+        length = len(source)
+    except TypeError:  # no __len__, or an input that repeats forever
+        return None
+    return length if isinstance(length, int) and length >= 0 else None
+
+
+def _close_progress_bars(hooks: Iterable[Any]) -> None:
+    """Close the progress bars among ``hooks``: also after a run that failed, so the bar and its logging
+    redirection never outlive the run."""
+    for hook in hooks:
+        if isinstance(hook, ProgressBarHook):
+            hook.close()
 
 
 def _check_positive(name: str, value: Any) -> None:
@@ -653,7 +670,7 @@ class Estimator:
         source, batches = self._batches(input_fn, ModeKeys.TRAIN)
         self._resume(source)
         stop = [StopAtStepHook(num_steps=steps, last_step=max_steps)] if steps or max_steps else []
-        total = steps if steps else (max_steps - self._global_step if max_steps else None)
+        total = steps if steps else (max_steps - self._global_step if max_steps else _known_length(source))
         defaults = self._default_training_hooks(total)
         if any(isinstance(h, NanTensorHook) for h in hooks):  # the user's NaN policy replaces the default
             defaults = [h for h in defaults if not isinstance(h, NanTensorHook)]
@@ -668,6 +685,7 @@ class Estimator:
             last_loss = self._train_loop(batches, HookList([*hooks, *stop, *defaults]), saver, already_saved=path is not None and self._synced is not None)
         finally:
             summary.flush_all()
+            _close_progress_bars(defaults)
         self._input_state = self._capture_input(source)
         self._sync_after_training()
         if last_loss is None:
@@ -925,15 +943,18 @@ class Estimator:
             raise ValueError(f"`name` must be a string or None; received {name!r}.")
         hooks = check_hooks("hooks", hooks)
         used = self._prepare(checkpoint_path, ModeKeys.EVAL)
-        _, batches = self._batches(input_fn, ModeKeys.EVAL)
+        source, batches = self._batches(input_fn, ModeKeys.EVAL)
         if self._progress_enabled() and self._dist.is_chief:
-            hooks.append(ProgressBarHook(steps, desc="evaluate", unit="batch"))
+            length = _known_length(source)
+            hooks.append(ProgressBarHook(min(steps, length) if steps and length else steps or length,
+                                         desc="evaluate", unit="batch"))
         was_training = self._model.training  # evaluate() may run inside training (a saving listener)
         try:
             with torch.no_grad(), torch.random.fork_rng(devices=self._rng_devices()):
                 result = self._evaluate_loop(batches, HookList(hooks), steps)
         finally:
             self._model.train(was_training)
+            _close_progress_bars(hooks)
         logger.info("Saving dict for global step %d: %s", self._global_step,
                     ", ".join(f"{k} = {v}" for k, v in sorted(result.items())))
         if self._dist.is_chief:
@@ -1024,11 +1045,20 @@ class Estimator:
                 predictions' batch lengths differ.
         """
         hook_list = HookList(check_hooks("hooks", hooks))
-        if self._progress_enabled():
-            hook_list.extend([ProgressBarHook(None, desc="predict", unit="batch")])
         keys = [predict_keys] if isinstance(predict_keys, str) else predict_keys
         self._prepare(checkpoint_path, ModeKeys.PREDICT)
-        _, batches = self._batches(input_fn, ModeKeys.PREDICT)
+        source, batches = self._batches(input_fn, ModeKeys.PREDICT)
+        bar = ProgressBarHook(_known_length(source), desc="predict", unit="batch") if self._progress_enabled() else None
+        if bar is not None:
+            hook_list.extend([bar])
+        try:
+            yield from self._predict_loop(batches, hook_list, keys, yield_single_examples, bar)
+        finally:  # also when the caller stops iterating early
+            if bar is not None:
+                bar.close()
+
+    def _predict_loop(self, batches: Iterator[tuple[Any, Any, int]], hook_list: HookList, keys: list[str] | None,
+                      yield_single_examples: bool, bar: ProgressBarHook | None) -> Iterator[Any]:
         context = RunContext(ModeKeys.PREDICT, self._global_step, self.model_dir)
         hook_list.begin()
         self._model.eval()
@@ -1042,7 +1072,12 @@ class Estimator:
             if first:
                 wanted, first = self._join_spec_hooks(hook_list, spec.prediction_hooks, context, wanted), False
             hook_list.after_run(context, self._fetch(wanted, spec, self._global_step) if wanted else _NO_VALUES)
-            yield from self._split_predictions(spec.predictions, keys, yield_single_examples)
+            if bar is None:
+                yield from self._split_predictions(spec.predictions, keys, yield_single_examples)
+            else:
+                for prediction in self._split_predictions(spec.predictions, keys, yield_single_examples):
+                    bar.clear()  # the caller's prints go below the bar's last position, not onto its line
+                    yield prediction
             if context.stop_requested:
                 break
         context.results = {"global_step": self._global_step}

@@ -23,7 +23,9 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -423,28 +425,66 @@ class NanTensorHook(Hook):
         self.fail_on_nan_loss = bool(fail_on_nan_loss)
 
 
+def _console_loggers() -> list[logging.Logger]:
+    """The package's logger and the root logger, where they print to the terminal (stdout or stderr)."""
+    found = []
+    for log in (logging.getLogger(), logger):
+        if any(type(h) is logging.StreamHandler and getattr(h, "stream", None) in (sys.stdout, sys.stderr)
+               for h in log.handlers):
+            found.append(log)
+    return found
+
+
 class ProgressBarHook(Hook):
     """A tqdm progress bar (the notebook widget in notebooks): steps, total when known, rate, and the loss
-    whenever another hook fetched it anyway. Adds no synchronisation."""
+    whenever another hook fetched it anyway. Adds no synchronisation.
+
+    While the bar is open, log records that would print to the terminal go through ``tqdm.write``
+    (``tqdm.contrib.logging.logging_redirect_tqdm``), so a log line never lands on the bar's line.
+    :meth:`clear` erases the bar before other code prints (``predict`` calls it before yielding).
+    """
 
     def __init__(self, total: int | None = None, desc: str = "train", unit: str = "step") -> None:
         self._total, self._desc, self._unit = total, desc, unit
         self._bar: Any = None
+        self._redirect: contextlib.ExitStack | None = None
+        self._cleared_at: float | None = None
 
     def begin(self) -> None:
         from tqdm.auto import tqdm
+        from tqdm.contrib.logging import logging_redirect_tqdm
 
+        self.close()  # a hook reused for a second run
         self._bar = tqdm(total=self._total, desc=self._desc, unit=self._unit, dynamic_ncols=True)
+        self._redirect = contextlib.ExitStack()
+        loggers = _console_loggers()
+        if loggers:
+            self._redirect.enter_context(logging_redirect_tqdm(loggers=loggers, tqdm_class=tqdm))
 
     def after_run(self, run_context: RunContext, run_values: Mapping[str, Any]) -> None:
         self._bar.update(1)
         if "loss" in run_values:
             self._bar.set_postfix(loss=f"{float(run_values['loss']):.4g}", refresh=False)
 
+    def clear(self) -> None:
+        """Erase the bar if it was drawn since the last call: the next update draws it again, below what
+        was printed meanwhile. Costs one comparison when there is nothing to erase."""
+        bar = self._bar
+        if bar is not None and bar.last_print_t != self._cleared_at:
+            bar.clear()
+            self._cleared_at = bar.last_print_t
+
     def end(self, run_context: RunContext) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the bar and restore the logging handlers (idempotent; also for a run that failed)."""
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+        if self._redirect is not None:
+            self._redirect.close()
+            self._redirect = None
 
 
 class ProfilerHook(Hook):
