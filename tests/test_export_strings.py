@@ -65,6 +65,37 @@ def test_the_fingerprint_is_one_function_everywhere():
     assert canned.fingerprint("red") == 714311032125047324  # the value training has always used
 
 
+def test_the_artifact_encodes_strings_as_training_does(exported):
+    import warnings
+
+    words = ["", "medium", "Ünïcødé ✓", "東京", "a" * 300, "x\x00y", "😀", "large"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        artifact = torch.jit.load(os.path.join(exported[2], "model.pt"))
+    codes = getattr(artifact, receivers.STRING_MODULE)(words).tolist()
+    assert codes == [-1] + [canned.fingerprint(w) for w in words[1:]]
+    assert codes == loader.encode_strings(words, "w").tolist()
+
+
+def test_exports_without_string_inputs_carry_no_encoder(tmp_path):
+    def model_fn(features, labels, mode, model):
+        y = model(features["x"])
+        return te.EstimatorSpec(mode, predictions={"y": y}, loss=None if labels is None else (y - labels).pow(2).mean())
+
+    est = te.Estimator(model_fn, model=torch.nn.Linear(2, 1), model_dir=str(tmp_path / "m"),
+                       optimizer=lambda p: torch.optim.SGD(p, lr=0.1),
+                       config=te.RunConfig(device="cpu", progress_bar=False))
+    est.train(lambda: [({"x": torch.ones(4, 2)}, torch.zeros(4, 1))], steps=1)
+    path = est.export_saved_model(tmp_path / "e", te.build_raw_serving_input_receiver_fn(
+        {"x": te.export.TensorSpec([None, 2], torch.float32)}))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        artifact = torch.jit.load(os.path.join(path, "model.pt"))
+    assert not hasattr(artifact, receivers.STRING_MODULE)
+
+
 def test_signature_declares_string_inputs(exported):
     _, _, path = exported
     with open(os.path.join(path, "signature.json"), encoding="utf-8") as file:
@@ -175,7 +206,7 @@ def test_a_cpp_client_sends_strings(exported, tmp_path):
 
     client = _build_client()
     est, columns, path = exported
-    raw = {"size": np.array(["medium", "", "large"]), "city": np.array(["nice", "paris", "lille"]),
+    raw = {"size": np.array(["medium", "", "large"]), "city": np.array(["nice", "paris", "Besançon"]),
            "x": np.array([0.5, 0.0, -1.0], dtype=np.float32)}
     (tmp_path / "size.txt").write_text("\n".join(raw["size"]) + "\n", encoding="utf-8")
     (tmp_path / "city.txt").write_text("\n".join(raw["city"]) + "\n", encoding="utf-8")

@@ -8,8 +8,8 @@
 //
 // DTYPE is float32, float64, int64, int32, uint8 or bool; FILE holds the tensor's bytes, C order, native
 // endianness (numpy's tobytes()). DTYPE string (an input signature.json declares with dtype "string",
-// encoding "fingerprint64"): FILE holds one UTF-8 string per line, each sent to the model as its
-// fingerprint (FNV-1a 64, top bit cleared; an empty line is -1, no value). Output, one line each:
+// encoding "fingerprint64"): FILE holds one UTF-8 string per line, encoded by the artifact's own
+// submodule string_fingerprint (an empty line is -1, no value). Output, one line each:
 //   signature <the embedded signature.json on one line>
 //   method <name>                      (every method of the module)
 //   output <name> <dtype> <d0>x<d1> <v0> <v1> ...   (sorted by name; values printed as doubles)
@@ -59,20 +59,14 @@ std::vector<int64_t> parse_shape(const std::string& text) {
   return shape;
 }
 
-// signature.json's encoding "fingerprint64": what the model receives for a string.
-int64_t fingerprint(const std::string& value) {
-  if (value.empty()) return -1;  // no value
-  uint64_t h = 0xcbf29ce484222325ULL;
-  for (unsigned char byte : value) h = (h ^ byte) * 0x100000001b3ULL;
-  return static_cast<int64_t>(h & 0x7fffffffffffffffULL);
-}
-
-// NAME=string:SHAPE:FILE (one string per line) -> (NAME, int64 tensor of fingerprints)
-at::Tensor read_strings(const std::string& path, const std::vector<int64_t>& shape) {
+// NAME=string:SHAPE:FILE (one string per line): encoded by the artifact's own TorchScript submodule
+// "string_fingerprint" (signature.json's encoding "fingerprint64"), as the model expects them.
+at::Tensor read_strings(torch::jit::Module& module, const std::string& path, const std::vector<int64_t>& shape) {
   std::ifstream file(path);
-  std::vector<int64_t> codes;
-  for (std::string line; std::getline(file, line);) codes.push_back(fingerprint(line));
-  auto tensor = torch::tensor(codes, torch::kLong);
+  c10::List<std::string> strings;
+  for (std::string line; std::getline(file, line);) strings.push_back(line);
+  auto encoder = module.attr("string_fingerprint").toModule();
+  auto tensor = encoder.forward({strings}).toTensor();
   if (tensor.numel() != c10::multiply_integers(shape)) {
     throw std::runtime_error("the number of strings in " + path + " does not match the shape");
   }
@@ -80,7 +74,7 @@ at::Tensor read_strings(const std::string& path, const std::vector<int64_t>& sha
 }
 
 // NAME=DTYPE:SHAPE:FILE -> (NAME, tensor)
-std::pair<std::string, at::Tensor> read_input(const std::string& arg) {
+std::pair<std::string, at::Tensor> read_input(torch::jit::Module& module, const std::string& arg) {
   auto eq = arg.find('=');
   auto c1 = arg.find(':', eq);
   auto c2 = arg.find(':', c1 + 1);
@@ -88,7 +82,9 @@ std::pair<std::string, at::Tensor> read_input(const std::string& arg) {
     throw std::runtime_error("bad input argument " + arg + " (want NAME=DTYPE:D0xD1:FILE)");
   }
   auto shape = parse_shape(arg.substr(c1 + 1, c2 - c1 - 1));
-  if (arg.substr(eq + 1, c1 - eq - 1) == "string") return {arg.substr(0, eq), read_strings(arg.substr(c2 + 1), shape)};
+  if (arg.substr(eq + 1, c1 - eq - 1) == "string") {
+    return {arg.substr(0, eq), read_strings(module, arg.substr(c2 + 1), shape)};
+  }
   auto dtype = parse_dtype(arg.substr(eq + 1, c1 - eq - 1));
   std::ifstream file(arg.substr(c2 + 1), std::ios::binary);
   std::vector<char> bytes((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
@@ -118,7 +114,7 @@ int main(int argc, char** argv) {
 
     c10::Dict<std::string, at::Tensor> inputs;
     for (int i = 3; i < argc; ++i) {
-      auto [name, tensor] = read_input(argv[i]);
+      auto [name, tensor] = read_input(module, argv[i]);
       inputs.insert(name, tensor);
     }
     torch::NoGradGuard no_grad;

@@ -31,7 +31,7 @@ import torch
 
 from . import aoti, durable, pt2, torchscript
 from .outputs import DEFAULT_SERVING_SIGNATURE_DEF_KEY, ExportOutput, resolve_export_outputs
-from .receivers import ServingInputReceiver, dtype_name
+from .receivers import STRING_MODULE, ServingInputReceiver, dtype_name, string_fingerprint_module
 from .signature import FILES_KEY, SIGNATURE_FILE, SignatureDef, dumps, function_names, output_info, signature_document
 from .verify import (
     TRACE_ROUND,
@@ -293,7 +293,10 @@ def _verify(plan: _Plan, call: Callable[[SignatureDef, Inputs], Any], artifact: 
 def _write_torchscript(
     temp_dir: str, plan: _Plan, model: torch.nn.Module | None, text: str, device: torch.device
 ) -> None:
-    module = torchscript.ServingModule(model, plan.receiver_modules, plan.functions)
+    modules = dict(plan.receiver_modules)
+    if any(spec.strings for sig in plan.signatures for spec in sig.receiver.receiver_tensors.values()):
+        modules[STRING_MODULE] = string_fingerprint_module()  # clients with only model.pt encode strings with it
+    module = torchscript.ServingModule(model, modules, plan.functions)
     examples = {sig.function: plan.trace_inputs[sig.receiver_name] for sig in plan.signatures}
     try:
         traced, warned = torchscript.trace(module, examples)

@@ -35,11 +35,15 @@ __all__ = [
     "parse_dtype",
     "STRING",
     "STRING_ENCODING",
+    "STRING_MODULE",
     "fingerprint",
+    "StringFingerprint",
+    "string_fingerprint_module",
 ]
 
 STRING = "string"  # signature.json's dtype of an input that clients send as strings (TF's DT_STRING)
 STRING_ENCODING = "fingerprint64"  # how a string input reaches the model: see `fingerprint`
+STRING_MODULE = "string_fingerprint"  # model.pt's TorchScript submodule that encodes strings (exports with string inputs)
 _FNV_OFFSET, _FNV_PRIME, _MASK64, _MASK63 = 0xCBF29CE484222325, 0x100000001B3, (1 << 64) - 1, (1 << 63) - 1
 SINGLE_INPUT_NAME = "input"  # TF's name for a receiver given as one tensor
 SINGLE_FEATURE_NAME = "feature"  # TF's name for features returned as one tensor by ServingInputReceiver
@@ -56,7 +60,8 @@ def fingerprint(value: str | bytes) -> int:
     Stable across processes, machines and versions (unlike Python's ``hash``). Training encodes string
     features with it (:func:`~torch_estimator.canned.feature_columns.encode_features`), and a string input of
     an export (dtype ``"string"``, encoding ``"fingerprint64"`` in ``signature.json``) is encoded with it before
-    the model runs: by the loader, by the REST server, and by C++ clients (a ``uint64_t`` loop:
+    the model runs: by the loader, by the REST server, and by ``model.pt``'s own :class:`StringFingerprint`
+    submodule for clients that hold only the artifact (in any language, a ``uint64_t`` loop:
     ``h = 0xcbf29ce484222325; for each byte: h = (h ^ byte) * 0x100000001b3; return h & 0x7fffffffffffffff``).
 
     Example:
@@ -69,6 +74,47 @@ def fingerprint(value: str | bytes) -> int:
     for byte in value if isinstance(value, bytes) else value.encode("utf-8"):
         h = ((h ^ byte) * _FNV_PRIME) & _MASK64
     return h & _MASK63
+
+
+class StringFingerprint(torch.nn.Module):
+    """:func:`fingerprint` as a TorchScript module: ``forward(List[str]) -> int64 Tensor`` (``""``: ``-1``).
+
+    ``model.pt`` carries it, scripted, as the submodule ``string_fingerprint`` when a signature has a string
+    input, so a client holding only the artifact encodes strings with the artifact itself (C++:
+    ``module.attr("string_fingerprint").toModule().forward({strings})``). Use it scripted
+    (:func:`string_fingerprint_module`): TorchScript iterates a ``str`` by its UTF-8 bytes, Python by
+    characters. The 64-bit FNV product is computed on 32-bit halves, so no int64 arithmetic overflows.
+    """
+
+    def forward(self, values: list[str]) -> torch.Tensor:
+        codes: list[int] = []
+        for value in values:
+            if len(value) == 0:
+                codes.append(-1)
+                continue
+            high, low = 0xCBF29CE4, 0x84222325  # FNV-1a's 64-bit offset basis, in 32-bit halves
+            for char in value:  # scripted: one UTF-8 byte at a time
+                low = low ^ (ord(char) & 0xFF)
+                product = low * 0x1B3  # times the prime 2**40 + 0x1B3, modulo 2**64
+                high = (high * 0x1B3 + (product >> 32) + (low << 8)) & 0xFFFFFFFF
+                low = product & 0xFFFFFFFF
+            codes.append(((high & 0x7FFFFFFF) << 32) | low)
+        return torch.tensor(codes, dtype=torch.int64)
+
+
+def string_fingerprint_module() -> torch.jit.ScriptModule:
+    """A scripted :class:`StringFingerprint` (what ``model.pt`` carries).
+
+    Example:
+        >>> string_fingerprint_module()(["red", ""]).tolist()
+        [714311032125047324, -1]
+    """
+    import warnings
+
+    with warnings.catch_warnings():  # torch 2.14 warns on every torch.jit call
+        warnings.filterwarnings("ignore", message=r"`?torch\.jit\.", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=r"`?torch\.jit\.", category=DeprecationWarning)
+        return torch.jit.script(StringFingerprint())
 
 
 def parse_dtype(value: torch.dtype | str) -> torch.dtype:
