@@ -69,6 +69,8 @@ __all__ = [
     "v2_infer_response",
     "v2_model_metadata",
     "to_json_value",
+    "check_float_range",
+    "split_binary_body",
 ]
 
 PREDICT_METHOD_NAME = "tensorflow/serving/predict"
@@ -163,6 +165,11 @@ def _decode_b64(text: str, where: str, info: Mapping[str, Any], shape: Sequence[
         raw = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
     except (binascii.Error, ValueError) as error:
         raise _bad(f"{where}: 'b64' is not valid base64 ({error}).") from error
+    return _decode_raw(raw, where, dtype, shape, name)
+
+
+def _decode_raw(raw: bytes, where: str, dtype: str, shape: Sequence[int], name: str) -> np.ndarray:
+    """Raw little-endian bytes of ``dtype`` values, filling ``shape`` (one ``-1`` takes what is left)."""
     item = np.dtype(dtype).newbyteorder("<")
     if len(raw) % item.itemsize:
         raise _bad(
@@ -244,6 +251,46 @@ def _to_array(value: Any, where: str, info: Mapping[str, Any], shape: Sequence[i
         return _walk(value, where, info, shape, name)
     except RecursionError:
         raise _bad(f"{where} is nested too deeply for input {name!r} (shape {list(info['shape'])}).") from None
+
+
+def _check_float_range(array: np.ndarray, dtype: str, name: str) -> None:
+    """Refuse finite values that would become infinite in the input's float dtype (1e39 in a float32)."""
+    values = torch.from_numpy(np.ascontiguousarray(array))
+    narrow = values.to(getattr(torch, dtype))
+    overflow = torch.isinf(narrow) & torch.isfinite(values)
+    if bool(overflow.any()):
+        first = float(values[overflow][0])
+        largest = float(torch.finfo(getattr(torch, dtype)).max)
+        raise _bad(f"Input {name!r} holds {first:g}, outside the range of {dtype} (largest finite value "
+                   f"{largest:g}); it would become infinite. Send values within range (or Infinity itself).")
+
+
+def check_float_range(signature: Mapping[str, Any], inputs: Mapping[str, torch.Tensor]) -> None:
+    """Refuse an input whose finite values would overflow to infinity when cast to its declared float dtype.
+
+    JSON numbers arrive as float64; the loader casts them to the signature's dtype, where ``1e39`` would
+    silently become ``inf`` in a float32 input.
+
+    Example:
+        >>> signature = {"inputs": {"x": {"dtype": "float32", "shape": [-1]}}}
+        >>> check_float_range(signature, {"x": torch.tensor([1.0, float("inf")], dtype=torch.float64)})
+        >>> check_float_range(signature, {"x": torch.tensor([1e39], dtype=torch.float64)})
+        Traceback (most recent call last):
+        ...
+        rest.ServingError: Input 'x' holds 1e+39, outside the range of float32 (largest finite value 3.40282e+38); it would become infinite. Send values within range (or Infinity itself).
+
+    Raises:
+        ServingError: 400, naming the input and the value.
+    """
+    for name, tensor in inputs.items():
+        info = signature["inputs"].get(name)
+        if info is None or info["dtype"] not in ("float16", "bfloat16", "float32") or not tensor.is_floating_point():
+            continue
+        largest = torch.finfo(getattr(torch, info["dtype"])).max
+        if torch.finfo(tensor.dtype).max > largest and tensor.numel():
+            peak = float(tensor.abs().max())  # one pass; NaN or inf here takes the precise path
+            if not peak <= largest:
+                _check_float_range(tensor.numpy(), info["dtype"], name)
 
 
 def _tensors(arrays: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
@@ -637,44 +684,169 @@ class V2Request:
         inputs: Input name to tensor.
         outputs: The output names asked for, or None for all.
         id: The request's ``id``, echoed in the response.
+        binary_outputs: The outputs to write as binary data (the binary tensor data extension).
     """
 
     signature: str
     inputs: dict[str, torch.Tensor]
     outputs: list[str] | None
     id: str | None
+    binary_outputs: frozenset[str] = frozenset()
 
 
-def _v2_tensor(entry: Any, i: int, declared: Mapping[str, Any]) -> tuple[str, np.ndarray]:
+def split_binary_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
+    """``(JSON part, binary part)`` of a request body, as the binary tensor data extension frames it.
+
+    ``header_length`` is the ``Inference-Header-Content-Length`` header (None: the whole body is JSON).
+
+    Example:
+        >>> split_binary_body(b'{"inputs": []}\\x00\\x01', "14")
+        (b'{"inputs": []}', b'\\x00\\x01')
+
+    Raises:
+        ServingError: 400 when the header is not a length within the body.
+    """
+    if header_length is None:
+        return body, b""
+    text = header_length.strip()
+    if not text.isdigit() or int(text) > len(body):
+        raise _bad(f"Inference-Header-Content-Length must be the byte length of the JSON part of the body (at most "
+                   f"{len(body)}); received {_brief(header_length)}.")
+    size = int(text)
+    return body[:size], body[size:]
+
+
+class _Binary:
+    """The binary part of a request, handed out in order to the inputs that declare ``binary_data_size``."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.offset = memoryview(data), 0
+
+    def take(self, size: int, name: str) -> bytes:
+        if self.offset + size > len(self.data):
+            raise _bad(f"Input {name!r}: binary_data_size is {size} but only {len(self.data) - self.offset} bytes of "
+                       f"binary data remain after the JSON part of the body.")
+        part = bytes(self.data[self.offset:self.offset + size])
+        self.offset += size
+        return part
+
+
+def _bytes_elements(raw: bytes, count: int, name: str) -> list[bytes]:
+    """``count`` BYTES elements from binary data: each a 4-byte little-endian length, then that many bytes."""
+    elements, offset = [], 0
+    for i in range(count):
+        if offset + 4 > len(raw):
+            raise _bad(f"Input {name!r}: the BYTES binary data ends before element {i} of {count}.")
+        size = int.from_bytes(raw[offset:offset + 4], "little")
+        if offset + 4 + size > len(raw):
+            raise _bad(f"Input {name!r}: BYTES element {i} declares {size} bytes but fewer remain.")
+        elements.append(raw[offset + 4:offset + 4 + size])
+        offset += 4 + size
+    if offset != len(raw):
+        raise _bad(f"Input {name!r}: {len(raw) - offset} bytes of BYTES binary data are left over after {count} "
+                   f"element(s).")
+    return elements
+
+
+def _flat_strings(data: Any, name: str) -> list[bytes]:
+    values = data if isinstance(data, list) else [data]
+    flat: list[bytes] = []
+    while values:
+        value = values.pop(0)
+        if isinstance(value, list):
+            values[:0] = value
+        elif isinstance(value, str):
+            flat.append(value.encode("utf-8"))
+        else:
+            raise _bad(f"Input {name!r}: BYTES data must hold strings; received {_json_type(value)} "
+                       f"({_brief(value)}).")
+    return flat
+
+
+def _v2_bytes(elements: list[bytes], shape: list[int], declared: Mapping[str, Any], name: str) -> np.ndarray:
+    """BYTES elements as the raw bytes of the input's values: each fills the input's dimensions after ``shape``."""
+    dtype, full = declared["dtype"], list(declared["shape"])
+    if dtype not in _B64_DTYPES:
+        raise _bad(f"Input {name!r}: BYTES elements carry the raw little-endian bytes of numeric inputs; input "
+                   f"{name!r} is {dtype}, so send {_V2_DTYPES.get(dtype, dtype)} data instead.")
+    if len(shape) > len(full):
+        raise _bad(f"Input {name!r}: a BYTES tensor of shape {shape} has more dimensions than the input's "
+                   f"{full}.")
+    if len(elements) != math.prod(shape):
+        raise _bad(f"Input {name!r}: shape {shape} needs {math.prod(shape)} BYTES elements but there are "
+                   f"{len(elements)}.")
+    inner = full[len(shape):]
+    parts = [_decode_raw(raw, f"Input {name!r} BYTES element {i}", dtype, inner, name) for i, raw in enumerate(elements)]
+    if not parts:
+        return np.zeros([*shape, *[max(d, 0) for d in inner]], dtype=np.dtype(dtype))
+    for i, part in enumerate(parts):
+        if part.shape != parts[0].shape:
+            raise _bad(f"Input {name!r}: BYTES element {i} fills shape {list(part.shape)} but element 0 fills "
+                       f"{list(parts[0].shape)}; every element must hold the same number of values.")
+    return np.stack(parts).reshape([*shape, *parts[0].shape])
+
+
+def _v2_numeric_binary(raw: bytes, datatype: str, shape: list[int], name: str) -> np.ndarray:
+    if datatype == "BF16":
+        raise _bad(f"Input {name!r}: BF16 binary data is not supported; send FP32 data (it is cast to bfloat16).")
+    item = np.dtype(_FROM_V2[datatype]).newbyteorder("<")
+    needed = math.prod(shape) * item.itemsize
+    if len(raw) != needed:
+        raise _bad(f"Input {name!r}: shape {shape} of {datatype} needs {needed} bytes of binary data but "
+                   f"binary_data_size is {len(raw)}.")
+    return np.frombuffer(raw, dtype=item).astype(np.dtype(_FROM_V2[datatype])).reshape(shape)
+
+
+def _v2_tensor(entry: Any, i: int, declared: Mapping[str, Any], binary: _Binary) -> tuple[str, np.ndarray]:
     if not isinstance(entry, dict):
         raise _bad(f"inputs[{i}] must be an object with name, shape, datatype and data; received {_json_type(entry)}.")
-    missing = [k for k in ("name", "shape", "datatype", "data") if k not in entry]
+    parameters = entry.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise _bad(f"inputs[{i}]: 'parameters' must be an object; received {_json_type(parameters)}.")
+    size = parameters.get("binary_data_size")
+    missing = [k for k in ("name", "shape", "datatype", "data") if k not in entry and (k != "data" or size is None)]
     if missing:
-        raise _bad(f"inputs[{i}] lacks {missing}; each input needs name, shape, datatype and data.")
-    name, shape, datatype, data = entry["name"], entry["shape"], entry["datatype"], entry["data"]
+        raise _bad(f"inputs[{i}] lacks {missing}; each input needs name, shape, datatype and data (or "
+                   f"parameters.binary_data_size with the binary tensor data extension).")
+    name, shape, datatype = entry["name"], entry["shape"], entry["datatype"]
     if not isinstance(name, str) or name not in declared:
         raise _bad(f"Unexpected inference input {name!r} (inputs[{i}]); the model takes {sorted(declared)}.")
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
         raise _bad(f"Input {name!r}: 'shape' must be a list of non-negative integers; received {_brief(shape)}.")
-    parameters = entry.get("parameters") or {}
-    if isinstance(parameters, dict) and "binary_data_size" in parameters:
-        raise _bad(f"Input {name!r}: the binary tensor data extension is not supported; send 'data' as JSON.")
+    raw = None
+    if size is not None:
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise _bad(f"Input {name!r}: parameters.binary_data_size must be a non-negative integer; received "
+                       f"{_brief(size)}.")
+        if "data" in entry:
+            raise _bad(f"Input {name!r} has both 'data' and parameters.binary_data_size; send one of them.")
+        raw = binary.take(size, name)
     if declared[name]["dtype"] == STRING:  # strings: BYTES tensors, sent to the model as fingerprints
         if datatype != "BYTES":
             raise _bad(f"Input {name!r} takes strings: send datatype BYTES; received {_brief(datatype)}.")
-        array = _to_array(data, f"inputs[{i}] ({name!r}) data", declared[name], [-1], name).reshape(-1)
+        where = f"inputs[{i}] ({name!r}) data"
+        if raw is not None:
+            try:
+                array = encode_strings(_bytes_elements(raw, math.prod(shape), name), name).numpy()
+            except InvalidInputError as error:
+                raise _bad(f"{where}: {error}") from None
+        else:
+            array = _to_array(entry["data"], where, declared[name], [-1], name).reshape(-1)
         if array.size != math.prod(shape):
             raise _bad(f"Input {name!r}: shape {shape} needs {math.prod(shape)} values but 'data' has {array.size}.")
         return name, array.reshape(shape)
     expected = _V2_DTYPES.get(declared[name]["dtype"], "?")
     if datatype == "BYTES":
-        raise _bad(f"Input {name!r}: BYTES tensors are not supported; the model takes {expected} values.")
+        elements = _bytes_elements(raw, math.prod(shape), name) if raw is not None else _flat_strings(entry["data"], name)
+        return name, _v2_bytes(elements, shape, declared[name], name)
     if datatype not in _FROM_V2:
         raise _bad(f"Input {name!r}: unknown datatype {_brief(datatype)}; the model takes {expected} "
-                   f"(one of {sorted(_FROM_V2)}).")
+                   f"(one of {sorted(_FROM_V2)}, or BYTES holding raw {expected} values).")
     dtype = _FROM_V2[datatype]
+    if raw is not None:
+        return name, _v2_numeric_binary(raw, datatype, shape, name)
     info = {"dtype": declared[name]["dtype"], "shape": list(shape)}
-    array = _to_array(data, f"inputs[{i}] ({name!r}) data", info, [-1], name)
+    array = _to_array(entry["data"], f"inputs[{i}] ({name!r}) data", info, [-1], name)
     kind = "f" if dtype == "bfloat16" else np.dtype(dtype).kind
     if array.size and array.dtype.kind not in _ACCEPTED_KINDS[kind]:
         raise _bad(f"Input {name!r}: datatype {datatype} but 'data' holds {array.dtype.kind!r}-kind values "
@@ -684,16 +856,28 @@ def _v2_tensor(entry: Any, i: int, declared: Mapping[str, Any]) -> tuple[str, np
         low, high = int(array.min()), int(array.max())
         if low < info_range.min or high > info_range.max:
             raise _bad(f"Input {name!r}: datatype {datatype} but 'data' holds values in [{low}, {high}].")
+    if kind == "f" and dtype != "float64" and array.size:
+        _check_float_range(array, dtype, name)
     if array.size != math.prod(shape):
         raise _bad(f"Input {name!r}: shape {shape} needs {math.prod(shape)} values but 'data' has {array.size}.")
     array = array.reshape(shape)
     return name, array if dtype == "bfloat16" else array.astype(np.dtype(dtype))
 
 
-def parse_v2_infer(body: Any, model: ExportedModel) -> V2Request:
+def _flag(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise _bad(f"{where} must be true or false; received {_json_type(value)} ({_brief(value)}).")
+    return value
+
+
+def parse_v2_infer(body: Any, model: ExportedModel, binary: bytes = b"") -> V2Request:
     """An Open Inference Protocol ``infer`` body as a :class:`V2Request`.
 
-    ``parameters.signature_name`` (an extension) picks a signature other than the default.
+    ``parameters.signature_name`` (an extension) picks a signature other than the default. With the binary
+    tensor data extension, ``binary`` is the part of the body after the JSON (see :func:`split_binary_body`):
+    inputs with ``parameters.binary_data_size`` take their bytes from it in order, and outputs are written as
+    binary data when asked (``parameters.binary_data_output`` for all, ``outputs[i].parameters.binary_data``
+    for one).
 
     Raises:
         ServingError: 400, naming what is wrong.
@@ -706,21 +890,27 @@ def parse_v2_infer(body: Any, model: ExportedModel) -> V2Request:
     if not isinstance(parameters, dict):
         raise _bad(f"'parameters' must be an object; received {_json_type(parameters)}.")
     key, signature = _signature(parameters, model)
+    binary_default = _flag(parameters.get("binary_data_output", False), "parameters.binary_data_output")
     entries = body.get("inputs")
     if not isinstance(entries, list) or not entries:
         raise _bad("'inputs' must be a non-empty list of {name, shape, datatype, data} objects.")
     declared = signature["inputs"]
     arrays: dict[str, np.ndarray] = {}
+    reader = _Binary(binary)
     for i, entry in enumerate(entries):
-        name, array = _v2_tensor(entry, i, declared)
+        name, array = _v2_tensor(entry, i, declared, reader)
         if name in arrays:
             raise _bad(f"Input {name!r} is given more than once.")
         arrays[name] = array
+    if reader.offset != len(reader.data):
+        raise _bad(f"{len(reader.data) - reader.offset} bytes of binary data after the JSON part of the body belong "
+                   f"to no input (each binary input declares parameters.binary_data_size).")
     missing = sorted(set(declared) - set(arrays))
     if missing:
         raise _bad(f"Missing inference inputs {missing}; the model takes {sorted(declared)}.")
     wanted = body.get("outputs")
     names = None
+    binary_outputs = set(signature["outputs"]) if binary_default else set()
     if wanted is not None:
         named = isinstance(wanted, list) and all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in wanted)
         if not named:
@@ -729,26 +919,76 @@ def parse_v2_infer(body: Any, model: ExportedModel) -> V2Request:
         unknown = sorted(set(names) - set(signature["outputs"]))
         if unknown:
             raise _bad(f"Unexpected requested outputs {unknown}; the model returns {sorted(signature['outputs'])}.")
-    return V2Request(key, _tensors(arrays), names, request_id)
+        for output in wanted:
+            options = output.get("parameters") or {}
+            if not isinstance(options, dict):
+                raise _bad(f"Output {output['name']!r}: 'parameters' must be an object.")
+            if _flag(options.get("binary_data", binary_default), f"Output {output['name']!r}: parameters.binary_data"):
+                binary_outputs.add(output["name"])
+            else:
+                binary_outputs.discard(output["name"])
+    return V2Request(key, _tensors(arrays), names, request_id, frozenset(binary_outputs))
 
 
-def _v2_datatype(dtype: torch.dtype) -> str:
+def _v2_datatype(name: str, dtype: torch.dtype) -> str:
+    if name.endswith(BYTES_SUFFIX):
+        return "BYTES"
     return _V2_DTYPES.get(str(dtype).removeprefix("torch."), str(dtype).removeprefix("torch.").upper())
 
 
+def _v2_output(name: str, tensor: torch.Tensor, binary: bool) -> tuple[dict[str, Any], bytes | None]:
+    """One output's JSON entry, and its binary data when it is written as binary."""
+    tensor = tensor.detach().cpu()
+    if name.endswith(BYTES_SUFFIX):  # one BYTES element per row: the raw little-endian bytes of its values
+        array = tensor.numpy()
+        rows = [array] if array.ndim == 0 else list(array)
+        elements = [np.ascontiguousarray(r).astype(r.dtype.newbyteorder("<")).tobytes() for r in rows]
+        shape = [] if array.ndim == 0 else [len(rows)]
+        entry = {"name": name, "datatype": "BYTES", "shape": shape}
+        if binary:
+            raw = b"".join(len(e).to_bytes(4, "little") + e for e in elements)
+            return {**entry, "parameters": {"binary_data_size": len(raw)}}, raw
+        return {**entry, "data": [base64.b64encode(e).decode("ascii") for e in elements]}, None
+    entry = {"name": name, "datatype": _v2_datatype(name, tensor.dtype), "shape": list(tensor.shape)}
+    if binary:
+        if tensor.dtype == torch.bfloat16:
+            raw = tensor.contiguous().view(torch.int16).numpy().astype("<i2").tobytes()
+        elif tensor.is_complex():
+            raise ServingError(500, f"The model returned a {tensor.dtype} tensor, which the protocol cannot carry.")
+        else:
+            array = tensor.contiguous().numpy()
+            raw = array.astype(array.dtype.newbyteorder("<")).tobytes()
+        return {**entry, "parameters": {"binary_data_size": len(raw)}}, raw
+    return {**entry, "data": to_json_value(tensor.reshape(-1))}, None
+
+
 def v2_infer_response(
-    model_name: str, model: ExportedModel, outputs: Mapping[str, torch.Tensor], request: V2Request
+    model_name: str, model: ExportedModel, outputs: Mapping[str, torch.Tensor], request: V2Request,
+    blobs: list[bytes] | None = None,
 ) -> dict[str, Any]:
-    """``{"model_name", "model_version", "id"?, "outputs": [{name, datatype, shape, data}]}`` (data flat)."""
+    """``{"model_name", "model_version", "id"?, "outputs": [{name, datatype, shape, data}]}`` (data flat).
+
+    Outputs in ``request.binary_outputs`` carry ``parameters.binary_data_size`` instead of ``data``; their
+    bytes are appended to ``blobs`` in order (send them after the JSON, with ``Inference-Header-Content-Length``
+    set to the JSON's length). An output whose name ends in ``_bytes`` is a BYTES tensor with one element per
+    row (the row's raw little-endian bytes; base64 strings in JSON).
+
+    Raises:
+        ValueError: If binary outputs are asked for without ``blobs`` to put them in.
+    """
     names = request.outputs if request.outputs is not None else sorted(outputs)
     response: dict[str, Any] = {"model_name": model_name, "model_version": str(model.version)}
     if request.id is not None:
         response["id"] = request.id
-    response["outputs"] = [
-        {"name": name, "datatype": _v2_datatype(outputs[name].dtype), "shape": list(outputs[name].shape),
-         "data": to_json_value(outputs[name].reshape(-1))}
-        for name in names
-    ]
+    if request.binary_outputs and blobs is None:
+        raise ValueError("v2_infer_response: binary outputs were asked for; pass a list as `blobs` for their bytes.")
+    entries = []
+    for name in names:
+        entry, raw = _v2_output(name, outputs[name], name in request.binary_outputs)
+        entries.append(entry)
+        if raw is not None and blobs is not None:
+            blobs.append(raw)
+    response["outputs"] = entries
     return response
 
 
