@@ -1,28 +1,28 @@
-"""What does the REST server cost? Requests per second and latency for the MNIST CNN at batch 1.
+"""Is ``torch-estimator serve`` as fast as a plain starlette + uvicorn app serving the same model?
 
 The tutorial CNN of ``examples/mnist.py`` is trained for a few steps on the seeded synthetic data set by a real
 Estimator and exported (``build_raw_serving_input_receiver_fn({"x": TensorSpec([None, 784], float32)})``).
-Then, for 1, 4 and 16 concurrent clients, each sending batch-1 requests back to back:
+Then, for 1, 16 and 64 concurrent clients, each posting batch-1 requests ``{"instances": [[784 floats]]}``
+back to back on its own keep-alive ``http.client`` connection (the body is encoded once; the client parses
+each answer), three servers run side by side, each in its own process:
 
-* ``in-process``: threads calling the loaded model (``torch_estimator.serving.loader.load(...)({"x": x})``) in
-  this process: the floor, with no HTTP or JSON;
-* ``http``: ``torch-estimator serve`` in a subprocess, clients on loopback with one keep-alive
-  ``http.client`` connection each, posting ``{"instances": [[784 floats]]}`` to ``:predict`` (the body is
-  encoded once; the client parses each answer);
-* ``http+batching``: the same with ``--batching`` (``--max_batch_size``, ``--batch_timeout_ms``).
+* ``reference``: a 30-line starlette app on uvicorn (:data:`REFERENCE_APP`, the shape of a FastAPI app)
+  that parses the JSON, runs the loaded export in starlette's thread pool and writes the predictions;
+* ``te serve``: ``torch-estimator serve`` with its defaults (TF Serving's request checks and answers);
+* ``te serve --batching``: the same with ``--batching``.
 
-**Method.** Both servers run throughout; each round measures every cell (side x clients) for ``--seconds``
-after ``--warmup`` seconds, in an order that alternates between rounds, so that drifts in the machine's load
-hit all sides; a cell's figure is the median over ``--rounds`` rounds. Latency is per request as the client
-sees it (p50, p99), throughput is requests completed over the measured time; ``errors`` counts non-200
-answers (must be 0). Clients, servers and model share this machine's cores, so the client's own work counts
-against the server: read the figures as "what one box does", not as the server's ceiling.
+**Method.** All servers run throughout; each round measures every cell (side x clients) for ``--seconds``
+after ``--warmup`` seconds, the sides in an order that alternates between rounds, so that drifts in the
+machine's load hit all sides. Per round, ``te serve``'s throughput and p99 are divided by the reference's
+from the same round (paired ratios); the figures are medians over ``--rounds`` rounds. Targets: throughput
+ratio >= 1.0 and p99 ratio <= 1.2 at every client count. Clients, servers and model share this machine's
+cores, so the client's own work counts against the servers: read the figures as "what one box does".
 
 Usage::
 
-    python benchmarks/serving.py                   # about two minutes
+    python benchmarks/serving.py                   # about three minutes
     python benchmarks/serving.py --quick           # smoke run
-    python benchmarks/serving.py --rounds 5 --num-torch-threads 1 --threads 2
+    python benchmarks/serving.py --rounds 5 --num-torch-threads 1
 """
 
 from __future__ import annotations
@@ -53,9 +53,39 @@ try:
 except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, str(ROOT))
     import torch_estimator as te
+
+CLIENTS = (1, 16, 64)
+
+# The reference: what a user would write with starlette (or FastAPI) and uvicorn to serve the export.
+REFERENCE_APP = """
+import socket, sys
+import torch, uvicorn
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 from torch_estimator.serving import loader
 
-CLIENTS = (1, 4, 16)
+model = loader.load(sys.argv[1])
+if len(sys.argv) > 2:
+    torch.set_num_threads(int(sys.argv[2]))
+for _ in range(20):  # warm up as te serve's self-check does (TorchScript optimizes after its first runs)
+    model({"x": torch.zeros(1, 784)})
+
+async def predict(request):
+    body = await request.json()
+    x = torch.tensor(body["instances"], dtype=torch.float32)
+    outputs = await run_in_threadpool(model, {"x": x})
+    rows = [{name: value[i].tolist() for name, value in outputs.items()} for i in range(len(x))]
+    return JSONResponse({"predictions": rows})
+
+app = Starlette(routes=[Route("/v1/models/mnist:predict", predict, methods=["POST"])])
+sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # as uvicorn --port binds it
+sock.bind(("127.0.0.1", 0))
+sock.listen(1024)
+print(f"Serving model at http://127.0.0.1:{sock.getsockname()[1]}", flush=True)
+uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False)).run(sockets=[sock])
+"""
 
 
 def _load_example() -> ModuleType:
@@ -118,16 +148,6 @@ def run_clients(clients: int, seconds: float, warmup: float, call: Any) -> dict[
             "errors": sum(errors), "requests": len(flat)}
 
 
-def in_process(model: loader.ExportedModel, images: np.ndarray, clients: int, seconds: float, warmup: float) -> dict[str, Any]:
-    rows = [torch.from_numpy(images[i % len(images)][None]) for i in range(clients)]
-
-    def call(index: int, state: dict[str, Any]) -> bool:
-        model({"x": rows[index]})
-        return True
-
-    return run_clients(clients, seconds, warmup, call)
-
-
 def over_http(port: int, images: np.ndarray, clients: int, seconds: float, warmup: float) -> dict[str, Any]:
     bodies = [json.dumps({"instances": [images[i % len(images)].tolist()]}).encode() for i in range(clients)]
     headers = {"Content-Type": "application/json"}
@@ -144,16 +164,30 @@ def over_http(port: int, images: np.ndarray, clients: int, seconds: float, warmu
     return run_clients(clients, seconds, warmup, call)
 
 
-def start_server(base: str, extra: list[str]) -> tuple[subprocess.Popen, int]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "torch_estimator.cli", "serve", "--model_base_path", base, "--model_name", "mnist",
-         "--port", "0", *extra], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+
+
+def _started(process: subprocess.Popen) -> tuple[subprocess.Popen, int]:
     line = process.stdout.readline()  # type: ignore[union-attr]
     if "Serving model" not in line:
         process.kill()
         raise RuntimeError(f"The server did not start: {line!r}")
     return process, int(line.split("http://127.0.0.1:")[1].split("/")[0].split(" ")[0])
+
+
+def start_server(base: str, extra: list[str]) -> tuple[subprocess.Popen, int]:
+    """``torch-estimator serve`` in a subprocess: (process, port)."""
+    return _started(subprocess.Popen(
+        [sys.executable, "-m", "torch_estimator.cli", "serve", "--model_base_path", base, "--model_name", "mnist",
+         "--port", "0", *extra], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=_env()))
+
+
+def start_reference(export_dir: str, torch_threads: int | None) -> tuple[subprocess.Popen, int]:
+    """:data:`REFERENCE_APP` in a subprocess: (process, port)."""
+    extra = [str(torch_threads)] if torch_threads else []
+    return _started(subprocess.Popen([sys.executable, "-c", REFERENCE_APP, export_dir, *extra],
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=_env()))
 
 
 def stop_server(process: subprocess.Popen) -> None:
@@ -171,57 +205,59 @@ def main(argv: list[str] | None = None) -> dict[str, dict[int, dict[str, Any]]]:
     parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each cell")
     parser.add_argument("--rounds", type=int, default=3, help="rounds over all cells (figures: medians)")
     parser.add_argument("--steps", type=int, default=20, help="training steps before the export")
-    parser.add_argument("--threads", type=int, default=4, help="the server's --threads (inferences at once)")
-    parser.add_argument("--num-torch-threads", type=int, default=None, help="torch.set_num_threads, here and in the servers")
-    parser.add_argument("--max-batch-size", type=int, default=16)
-    parser.add_argument("--batch-timeout-ms", type=float, default=2.0)
+    parser.add_argument("--threads", type=int, default=4, help="te serve's --threads (inferences at once)")
+    parser.add_argument("--num-torch-threads", type=int, default=None, help="torch.set_num_threads in the servers")
+    parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--quick", action="store_true", help="one round of 0.5 s per cell (smoke run)")
     args = parser.parse_args(argv)
     if args.quick:
         args.seconds, args.warmup, args.rounds = 0.5, 0.3, 1
-    if args.num_torch_threads:
-        torch.set_num_threads(args.num_torch_threads)
     torch_flags = ["--num_torch_threads", str(args.num_torch_threads)] if args.num_torch_threads else []
 
     workdir = tempfile.mkdtemp(prefix="te_serving_bench_")
     servers: list[subprocess.Popen] = []
     try:
         base, export_dir, images = export_mnist(workdir, args.steps)
-        flags = {
-            "http": ["--threads", str(args.threads)],
-            "http+batching": ["--threads", str(args.threads), "--batching", "--max_batch_size", str(args.max_batch_size),
-                              "--batch_timeout_ms", str(args.batch_timeout_ms)],
-        }
         ports = {}
+        process, ports["reference"] = start_reference(export_dir, args.num_torch_threads)
+        servers.append(process)
+        flags = {"te serve": ["--threads", str(args.threads)],
+                 "te serve --batching": ["--threads", str(args.threads), "--batching", "--max_batch_size",
+                                         str(args.max_batch_size)]}
         for name, extra in flags.items():
             process, ports[name] = start_server(base, extra + torch_flags)
             servers.append(process)
-        model = loader.load(export_dir)
         print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-              f"load average {os.getloadavg()[0]:.1f}, torch threads {torch.get_num_threads()}; server --threads "
-              f"{args.threads}; batching: --max_batch_size {args.max_batch_size} --batch_timeout_ms "
-              f"{args.batch_timeout_ms:g}; {args.rounds} round(s) of {args.seconds:g}s per cell after {args.warmup:g}s "
-              f"warm-up", flush=True)
-        sides = {
-            "in-process": lambda c: in_process(model, images, c, args.seconds, args.warmup),
-            "http": lambda c: over_http(ports["http"], images, c, args.seconds, args.warmup),
-            "http+batching": lambda c: over_http(ports["http+batching"], images, c, args.seconds, args.warmup),
-        }
-        cells = [(name, clients) for clients in CLIENTS for name in sides]
-        samples: dict[tuple[str, int], list[dict[str, Any]]] = {cell: [] for cell in cells}
+              f"load average {os.getloadavg()[0]:.1f}; te serve --threads {args.threads}; batching: --max_batch_size "
+              f"{args.max_batch_size}; {args.rounds} round(s) of {args.seconds:g}s per cell after {args.warmup:g}s "
+              f"warm-up, sides alternating; figures are medians over rounds", flush=True)
+        sides = list(ports)
+        samples: dict[tuple[str, int], list[dict[str, Any]]] = {(n, c): [] for n in sides for c in CLIENTS}
         for r in range(args.rounds):
-            for name, clients in (cells if r % 2 == 0 else cells[::-1]):
-                samples[(name, clients)].append(sides[name](clients))
+            for clients in CLIENTS:
+                for name in (sides if r % 2 == 0 else sides[::-1]):
+                    samples[(name, clients)].append(over_http(ports[name], images, clients, args.seconds, args.warmup))
         results: dict[str, dict[int, dict[str, Any]]] = {name: {} for name in sides}
         for (name, clients), runs in samples.items():
-            results[name][clients] = {key: statistics.median(run[key] for run in runs) for key in ("rps", "p50", "p99")}
-            results[name][clients]["errors"] = sum(run["errors"] for run in runs)
+            cell = {key: statistics.median(run[key] for run in runs) for key in ("rps", "p50", "p99")}
+            cell["errors"] = sum(run["errors"] for run in runs)
+            reference = samples[("reference", clients)]
+            cell["rps_ratio"] = statistics.median(run["rps"] / ref["rps"] for run, ref in zip(runs, reference))
+            cell["p99_ratio"] = statistics.median(run["p99"] / ref["p99"] for run, ref in zip(runs, reference))
+            results[name][clients] = cell
         print(f"load average after: {os.getloadavg()[0]:.1f}")
-        print(f"\n{'side':<15}{'clients':>8}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
+        print(f"\n{'side':<22}{'clients':>8}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
+              f"{'req/s vs ref':>14}{'p99 vs ref':>12}")
         for name in sides:
             for clients in CLIENTS:
                 cell = results[name][clients]
-                print(f"{name:<15}{clients:>8}{cell['rps']:>10.0f}{cell['p50']:>9.2f}{cell['p99']:>9.2f}{cell['errors']:>8}")
+                ratios = "" if name == "reference" else f"{cell['rps_ratio']:>13.2f}x{cell['p99_ratio']:>11.2f}x"
+                print(f"{name:<22}{clients:>8}{cell['rps']:>9.0f}{cell['p50']:>9.2f}{cell['p99']:>9.2f}"
+                      f"{cell['errors']:>8}{ratios}")
+        met = all(results["te serve"][c]["rps_ratio"] >= 1.0 and results["te serve"][c]["p99_ratio"] <= 1.2
+                  for c in CLIENTS)
+        print(f"\ntarget (te serve vs reference: req/s >= 1.0x, p99 <= 1.2x at {', '.join(map(str, CLIENTS))} "
+              f"clients): {'met' if met else 'NOT met'}")
         return results
     finally:
         for process in servers:

@@ -37,6 +37,8 @@ LAYERS: dict[str, int] = {
     "serving.versions": 2,
     "serving.batching": 2,
     "serving.server": 2,
+    "serving.app": 2,
+    "serving.transport": 2,
     "inputs": 2,
     "inputs_pandas": 2,
     "inputs_tfrecord": 2,

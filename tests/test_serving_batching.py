@@ -3,6 +3,8 @@ and the server with batching on gives the same answers as without."""
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import threading
 import time
 
@@ -33,107 +35,111 @@ class Recorder:
         return {"y": inputs["x"] * 2}
 
 
-def _concurrently(batcher, run, rows, key=("m", "sig")):
-    """Submit each row as its own request from its own thread, all at once; return results or errors."""
-    results: list = [None] * len(rows)
-    barrier = threading.Barrier(len(rows))
+def _concurrently(run, rows, key=("m", "sig"), max_batch_size=4):
+    """Submit each row as its own request, all at once, to a fresh batcher; return (results or errors, batcher)."""
 
-    def submit(i):
-        barrier.wait()
-        try:
-            results[i] = batcher.run(key, run, {"x": torch.tensor([rows[i]], dtype=torch.float32)})["y"]
-        except Exception as error:
-            results[i] = error
+    async def main():
+        batcher = Batcher(max_batch_size=max_batch_size)
 
-    threads = [threading.Thread(target=submit, args=(i,)) for i in range(len(rows))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
-    return results
+        async def submit(row):
+            try:
+                return (await batcher.run(key, run, {"x": torch.tensor([row], dtype=torch.float32)}))["y"]
+            except Exception as error:
+                return error
 
+        results = await asyncio.gather(*[submit(row) for row in rows])
+        batcher.close()
+        return results, batcher
 
-@pytest.fixture
-def batcher():
-    batcher = Batcher(max_batch_size=4, timeout_s=0.2)
-    yield batcher
-    batcher.close()
+    return asyncio.run(main())
 
 
-def test_concurrent_requests_share_batches_and_get_their_own_rows(batcher):
-    run = Recorder()
+def test_requests_waiting_together_share_batches_and_get_their_own_rows():
+    run = Recorder(delay=0.05)  # while the first runs, the others wait and then run together
     rows = [[float(i), float(-i)] for i in range(1, 9)]
-    run_positive = lambda inputs: run({"x": inputs["x"].abs()})  # noqa: E731
-    results = _concurrently(batcher, run_positive, rows)
+    results, batcher = _concurrently(lambda inputs: run({"x": inputs["x"].abs()}), rows)
     for row, result in zip(rows, results):
         assert result.tolist() == [[abs(v) * 2 for v in row]]
+    assert run.sizes[0] == 1  # the first request did not wait for companions
     assert len(run.sizes) < len(rows) and max(run.sizes) <= 4 and sum(run.sizes) == len(rows)
+    assert batcher.batches_run >= 1
 
 
-def test_a_request_that_breaks_the_batch_fails_alone(batcher):
-    run = Recorder()
-    results = _concurrently(batcher, run, [[1.0], [-1.0], [2.0], [3.0]])
-    assert isinstance(results[1], RuntimeError) and str(results[1]) == "negative input"
-    assert [r.tolist() for i, r in enumerate(results) if i != 1] == [[[2.0]], [[4.0]], [[6.0]]]
+def test_a_request_that_breaks_the_batch_fails_alone():
+    run = Recorder(delay=0.05)
+    results, _ = _concurrently(run, [[1.0], [2.0], [-1.0], [3.0]])
+    assert isinstance(results[2], RuntimeError) and str(results[2]) == "negative input"
+    assert [r.tolist() for i, r in enumerate(results) if i != 2] == [[[2.0]], [[4.0]], [[6.0]]]
+    assert 3 in run.sizes  # the batch of the last three ran, failed, then each ran alone
 
 
-def test_outputs_without_the_batch_dimension_are_run_request_by_request(batcher):
-    results = _concurrently(batcher, lambda inputs: {"y": inputs["x"].sum().reshape(1)}, [[1.0], [2.0], [3.0]])
+def test_outputs_without_the_batch_dimension_are_run_request_by_request():
+    def total(inputs):
+        time.sleep(0.05)
+        return {"y": inputs["x"].sum().reshape(1)}
+
+    results, _ = _concurrently(total, [[1.0], [2.0], [3.0]])
     assert [r.tolist() for r in results] == [[1.0], [2.0], [3.0]]
 
 
-def test_requests_for_different_keys_are_not_mixed(batcher):
+def test_requests_for_different_keys_are_not_mixed():
     seen = []
-    run = lambda inputs: (seen.append(inputs["x"].shape[0]), {"y": inputs["x"]})[1]  # noqa: E731
-    threads = [threading.Thread(target=batcher.run, args=((k,), run, {"x": torch.ones(1, 2)})) for k in "abab"]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
+
+    def run(inputs):
+        seen.append(inputs["x"].shape[0])
+        time.sleep(0.02)
+        return {"y": inputs["x"]}
+
+    async def main():
+        batcher = Batcher(max_batch_size=8)
+        await asyncio.gather(*[batcher.run((k,), run, {"x": torch.ones(1, 2)}) for k in "abab"])
+
+    asyncio.run(main())
     assert sum(seen) == 4 and max(seen) <= 2
 
 
-def test_a_lone_request_waits_no_longer_than_the_timeout():
-    batcher = Batcher(max_batch_size=8, timeout_s=0.05)
-    try:
+def test_a_lone_request_runs_at_once():
+    async def main():
+        batcher = Batcher(max_batch_size=8)
         started = time.monotonic()
-        batcher.run(("k",), Recorder(), {"x": torch.ones(1, 1)})
-        assert time.monotonic() - started < 1.0
-    finally:
+        await batcher.run(("k",), Recorder(), {"x": torch.ones(1, 1)})
+        return time.monotonic() - started, batcher.batches_run
+
+    elapsed, batches = asyncio.run(main())
+    assert elapsed < 0.5 and batches == 0
+
+
+def test_closing_fails_waiting_requests():
+    gate = threading.Event()
+
+    def held(inputs):
+        gate.wait(10)
+        return {"y": inputs["x"]}
+
+    async def main():
+        batcher = Batcher(max_batch_size=8)
+        running = asyncio.ensure_future(batcher.run(("k",), held, {"x": torch.ones(1, 1)}))
+        await asyncio.sleep(0.05)
+        waiting = asyncio.ensure_future(batcher.run(("k",), held, {"x": torch.ones(1, 1)}))
+        await asyncio.sleep(0.05)
         batcher.close()
+        with pytest.raises(BatcherClosedError, match="shutting down"):
+            await waiting
+        gate.set()
+        assert (await running)["y"].tolist() == [[1.0]]  # a batch already running finishes
+        with pytest.raises(BatcherClosedError, match="shutting down"):
+            await batcher.run(("k",), held, {"x": torch.ones(1, 1)})
+
+    asyncio.run(main())
 
 
-def test_a_request_does_not_wait_when_no_other_is_in_flight():
-    batcher = Batcher(max_batch_size=8, timeout_s=5.0, in_flight=lambda: 1)  # the server handles this request only
-    try:
-        started = time.monotonic()
-        batcher.run(("k",), Recorder(), {"x": torch.ones(1, 1)})
-        assert time.monotonic() - started < 1.0
-    finally:
-        batcher.close()
-
-
-def test_a_request_waits_while_others_are_in_flight():
-    batcher = Batcher(max_batch_size=8, timeout_s=0.3, in_flight=lambda: 2)  # another request is on its way
-    try:
-        started = time.monotonic()
-        batcher.run(("k",), Recorder(), {"x": torch.ones(1, 1)})
-        assert 0.25 < time.monotonic() - started < 3.0
-    finally:
-        batcher.close()
-
-
-def test_closing_fails_queued_requests():
-    batcher = Batcher(max_batch_size=8, timeout_s=30)
-    outcome = []
-    thread = threading.Thread(target=lambda: outcome.append(pytest.raises(BatcherClosedError, batcher.run, ("k",), Recorder(), {"x": torch.ones(1, 1)})))
-    thread.start()
-    time.sleep(0.1)
-    batcher.close()
-    thread.join(10)
-    assert len(outcome) == 1
-    with pytest.raises(BatcherClosedError, match="shutting down"):
-        batcher.run(("k",), Recorder(), {"x": torch.ones(1, 1)})
+@pytest.mark.parametrize("field, value, message", [
+    ("max_batch_size", 0, "`max_batch_size` must be an integer >= 1; received 0"),
+    ("max_batches", 1.5, "`max_batches` must be an integer >= 1; received 1.5"),
+])
+def test_batcher_checks_its_arguments(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        Batcher(**{"max_batch_size": 4, field: value})
 
 
 @pytest.mark.parametrize("inputs, outputs, request_rows, expected", [
@@ -171,7 +177,7 @@ def test_batched_answers_equal_unbatched_ones(base):
             body = client.post("/v1/models/tiny:predict", {"instances": [x[i].tolist()]})[1]
             answers[i] = np.asarray(body["predictions"][0]["probabilities"], dtype=np.float32)
 
-    with serve(base, "tiny", port=0, poll_secs=0, batching=True, max_batch_size=8, batch_timeout_ms=20, threads=8) as server:
+    with serve(base, "tiny", port=0, poll_secs=0, batching=True, max_batch_size=8, threads=8) as server:
         threads = [threading.Thread(target=client_loop, args=(k,)) for k in range(8)]
         for thread in threads:
             thread.start()
@@ -192,3 +198,36 @@ def test_with_batching_on_large_and_columnar_requests_still_work(base):
         assert body["outputs"]["classes"] == model({"x": x})["classes"].tolist()
         status, body, _ = client.post("/v1/models/tiny:classify", {"signature_name": "classification", "examples": [{"x": x[0].tolist()}]})
         assert status == 200 and len(body["results"][0]) == 3
+
+
+def _lone_rate(port, requests=40):
+    client = Client(port)
+    body = {"instances": [[0.1, 0.2, 0.3, 0.4]]}
+    started = time.perf_counter()
+    for _ in range(requests):
+        assert client.post("/v1/models/tiny:predict", body)[0] == 200
+    client.close()
+    return requests / (time.perf_counter() - started)
+
+
+def test_half_open_connections_do_not_slow_a_lone_client(base):
+    """Requests whose bodies never finish arriving are not waited for: only fully arrived requests batch."""
+    with serve(base, "tiny", port=0, poll_secs=0, batching=True, max_batch_size=8) as server:
+        _lone_rate(server.port, 10)  # warm-up
+        ratios = []
+        for _ in range(3):  # paired rounds: without, then with three half-open uploads
+            alone = _lone_rate(server.port)
+            half_open = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(3)]
+            try:
+                for sock in half_open:
+                    sock.sendall(b"POST /v1/models/tiny:predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+                deadline = time.monotonic() + 10
+                while server.in_flight < 3 and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                assert server.in_flight == 3
+                ratios.append(_lone_rate(server.port) / alone)
+            finally:
+                for sock in half_open:
+                    sock.close()
+        assert server._batcher.batches_run == 0  # a lone client's requests never waited for companions
+    assert sorted(ratios)[1] > 0.5, ratios  # waiting for the half-open ones would cost a timeout per request

@@ -4,6 +4,7 @@ wrong, as ``{"error": ...}``, and the server stays healthy after all of them."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import re
 import socket
@@ -95,7 +96,9 @@ CASES = [
     ("POST", f"/v2/models/{NAME}/infer", {"outputs": []}, 400, r"'inputs' must be a non-empty list"),
     ("POST", f"/v2/models/{NAME}/infer", v2([{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3]}]), 400, r"Input 'x': shape \[1, 4\] needs 4 values but 'data' has 3"),
     ("POST", f"/v2/models/{NAME}/infer", v2([{"name": "y", "shape": [1, 4], "datatype": "FP32", "data": ROW}]), 400, r"Unexpected inference input 'y' \(inputs\[0\]\); the model takes \['x'\]"),
-    ("POST", f"/v2/models/{NAME}/infer", v2([{"name": "x", "shape": [1], "datatype": "BYTES", "data": ["abcd"]}]), 400, r"Input 'x': BYTES tensors are not supported; the model takes FP32 values"),
+    ("POST", f"/v2/models/{NAME}/infer", v2([{"name": "x", "shape": [1], "datatype": "BYTES", "data": ["abcd"]}]), 400, r"Input 'x' BYTES element 0 decodes to 1 float32 values, which do not fill input 'x''s shape \[4\]"),
+    ("POST", f"/v2/models/{NAME}/infer", v2([{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1e39, 0, 0, 0]}]), 400, r"Input 'x' holds 1e\+39, outside the range of float32 .*it would become infinite"),
+    ("POST", PREDICT, {"instances": [[1.0, 2.0, -1e39, 4.0]]}, 400, r"Input 'x' holds -1e\+39, outside the range of float32 \(largest finite value 3.40282e\+38\); it would become infinite"),
     ("POST", f"/v2/models/{NAME}/infer", v2([{"name": "x", "shape": [1, 4], "datatype": "FP99", "data": ROW}]), 400, r"Input 'x': unknown datatype 'FP99'"),
     ("POST", f"/v2/models/{NAME}/infer", v2([{"name": "x", "shape": [1, 4], "datatype": "INT32", "data": ROW}]), 400, r"Input 'x': datatype INT32 but 'data' holds 'f'-kind values \(floats\)"),
     ("POST", f"/v2/models/{NAME}/infer", v2([{"name": "x", "shape": [1, -4], "datatype": "FP32", "data": ROW}]), 400, r"Input 'x': 'shape' must be a list of non-negative integers"),
@@ -152,18 +155,20 @@ def test_there_are_at_least_thirty_hostile_requests():
 # Requests that need raw bytes: broken framing, lengths and request lines.
 RAW_CASES = [
     (b"POST %s HTTP/1.1\r\nHost: x\r\n\r\n" % PREDICT.encode(), 411, r"A POST needs a Content-Length header"),
-    (b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n" % PREDICT.encode(), 400, r"Invalid Content-Length 'abc'"),
-    (b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\n" % PREDICT.encode(), 400, r"Invalid Content-Length"),
+    (b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n" % PREDICT.encode(), 400, r"Bad request: Invalid character in Content-Length"),
+    (b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\n" % PREDICT.encode(), 400, r"Bad request: Duplicate Content-Length"),
     (b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n\r\n" % PREDICT.encode(), 413, r"Request body is 99999999 bytes"),
     (b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\nExpect: 100-continue\r\n\r\n" % PREDICT.encode(), 413, r"the limit is 65536 bytes"),
-    (b"POST %s HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n" % PREDICT.encode(), 501, r"Transfer-Encoding gzip is not supported"),
-    (b"POST %s HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n" % PREDICT.encode(), 400, r"both Transfer-Encoding and Content-Length"),
-    (b"POST %s HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n" % PREDICT.encode(), 400, r"Malformed chunked body"),
-    (b"POST %s HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n" % (PREDICT.encode(), LIMIT + 1), 413, r"Request body is more than 65536 bytes \(chunked\); the limit is 65536 bytes"),
+    (b"POST %s HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n" % PREDICT.encode(), 400, r"Bad request: Request has invalid `Transfer-Encoding`"),
+    (b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Encoding: br\r\n\r\n{}" % PREDICT.encode(), 415, r"Content-Encoding 'br' is not supported; send gzip, deflate or an uncompressed body"),
+    (b"POST %s HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n" % PREDICT.encode(), 400, r"Content-Length can't be present with Transfer-Encoding"),
+    (b"POST %s HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n" % PREDICT.encode(), 400, r"Bad request: Invalid character in chunk size"),
+    (b"POST %s HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n" % (PREDICT.encode(), LIMIT + 1, b"x" * (LIMIT + 1)), 413, r"Request body is more than 65536 bytes \(chunked\); the limit is 65536 bytes"),
     (b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"instances\"" % PREDICT.encode(), 408, r"The request body did not arrive in time \(12 of 100 bytes"),
-    (b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n", 414, r"longer than 65536 bytes"),
+    (b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n", 414, r"The request line is longer than 65536 bytes"),
+    (b"GET /v2/health/live HTTP/1.1\r\nX-Big: " + b"a" * 70000 + b"\r\n\r\n", 431, r"The request line and headers are longer than 65536 bytes"),
     (b"HELLO\r\n\r\n", 400, r"Bad request"),
-    (b"GET / HTTP/9.9\r\n\r\n", 505, r"Invalid HTTP version"),
+    (b"GET / HTTP/9.9\r\n\r\n", 400, r"Bad request: Invalid HTTP version"),
     (b"GET /v2/health/live HTTP/1.1\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(200)) + b"\r\n", 431, r"Too many headers"),
 ]
 
@@ -198,27 +203,79 @@ def test_the_server_is_healthy_after_every_hostile_request(server):
     assert client.get("/v2/health/live")[0] == 200
     assert client.get(f"/v1/models/{NAME}")[1]["model_version_status"][0]["state"] == "AVAILABLE"
     assert client.post(PREDICT, {"instances": [ROW, ROW]})[0] == 200
-    assert len(server._httpd.connections) <= 2  # every broken connection was closed
+    assert server.open_connections <= 2  # every broken connection was closed
 
 
-def test_many_open_connections_beyond_the_limit_are_refused(tmp_path_factory):
+def _wait_for(condition, seconds=10.0):
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return condition()
+
+
+def test_beyond_max_connections_the_longest_idle_connection_makes_room(tmp_path_factory):
     base = tmp_path_factory.mktemp("connections_base")
     copy_version(exports(tmp_path_factory)[V2], base, V2)
     with serve(base, NAME, port=0, poll_secs=0, max_connections=3) as server:
-        sockets = [socket.create_connection(("127.0.0.1", server.port), timeout=5) for _ in range(3)]
+        sockets = []
         try:
-            deadline = time.monotonic() + 10
-            while len(server._httpd.connections) < 3 and time.monotonic() < deadline:
-                time.sleep(0.01)
-            status, answer = parse_raw_response(raw_exchange(server.port, b"GET /v2/health/live HTTP/1.1\r\n\r\n"))
-            assert (status, answer) == (503, {"error": "Too many open connections; retry later."})
+            for _ in range(3):
+                sockets.append(socket.create_connection(("127.0.0.1", server.port), timeout=5))
+                assert _wait_for(lambda: server.open_connections == len(sockets))
+                time.sleep(0.02)  # distinct idle times: sockets[0] has waited longest
+            sockets[1].sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n")  # headers started, not finished
+            assert Client(server.port).get("/v2/health/live")[:2] == (200, {"live": True})
+            assert sockets[0].recv(1) == b""  # the longest idle connection was closed to make room
+            assert server.open_connections <= 3
         finally:
             for sock in sockets:
                 sock.close()
-        deadline = time.monotonic() + 10
-        while server._httpd.connections and time.monotonic() < deadline:
-            time.sleep(0.01)
+
+
+def test_when_every_connection_is_working_a_new_one_gets_503(tmp_path):
+    release = threading.Event()
+
+    def slow(inputs):
+        release.wait(20)
+        return {"y": inputs["x"]}
+
+    base = fake_base(tmp_path, [1])
+    with serve(base, "slow", port=0, poll_secs=0, max_connections=2, self_check=False,
+               load_fn=lambda path: fake_model(slow)) as server:
+        posts = [threading.Thread(target=lambda: Client(server.port).post("/v1/models/slow:predict", {"instances": [[1.0, 2.0]]}))
+                 for _ in range(2)]
+        for thread in posts:
+            thread.start()
+        try:
+            assert _wait_for(lambda: server.in_flight == 2)
+            status, answer = parse_raw_response(raw_exchange(server.port, b"GET /v2/health/live HTTP/1.1\r\n\r\n"))
+            assert (status, answer) == (503, {"error": "Too many open connections; retry later."})
+        finally:
+            release.set()
+            for thread in posts:
+                thread.join(20)
+        assert _wait_for(lambda: server.open_connections == 0)
         assert Client(server.port).get("/v2/health/live")[0] == 200
+
+
+def test_headers_that_do_not_arrive_in_time_get_408_and_the_connection_is_closed(tmp_path_factory):
+    base = tmp_path_factory.mktemp("headers_base")
+    copy_version(exports(tmp_path_factory)[V2], base, V2)
+    with serve(base, NAME, port=0, poll_secs=0, header_timeout_secs=0.5) as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            started = time.monotonic()
+            sock.sendall(b"GET /v2/health/live HTTP/1.1\r\n")
+            for _ in range(3):  # dripping bytes does not extend the deadline
+                time.sleep(0.2)
+                with contextlib.suppress(OSError):
+                    sock.sendall(b"X-A: b\r\n")
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+            status, answer = parse_raw_response(data)
+            assert (status, answer) == (408, {"error": "The request line and headers did not arrive within 0.5s "
+                                                       "(header_timeout_secs)."})
+            assert 0.4 < time.monotonic() - started < 5
 
 
 def test_an_idle_connection_is_closed_after_the_idle_timeout(tmp_path_factory):
@@ -297,9 +354,10 @@ def test_tensors_json_cannot_carry_are_a_500(tmp_path):
     assert (status, answer) == (500, {"error": "The model returned a torch.complex64 tensor, which JSON cannot represent."})
 
 
-def test_a_get_with_a_body_is_answered_and_the_connection_closed(server):
-    data = raw_exchange(server.port, b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
-    assert data.startswith(b"HTTP/1.1 200 ") and b"Connection: close" in data
+def test_a_get_with_a_body_is_answered_and_the_connection_stays_usable(server):
+    data = raw_exchange(server.port, b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"
+                                     b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert data.count(b"HTTP/1.1 200 ") == 2, data
 
 
 def test_bodies_being_uploaded_at_once_are_bounded(tmp_path_factory):
@@ -313,6 +371,6 @@ def test_bodies_being_uploaded_at_once_are_bounded(tmp_path_factory):
             status, answer, _ = Client(server.port).post(PREDICT, {"instances": [ROW] * 10})  # > 100 bytes
             assert (status, answer) == (503, {"error": "Too many large requests at once (max_inflight_body_bytes=1000); retry later."})
         deadline = time.monotonic() + 10
-        while server._body_bytes and time.monotonic() < deadline:
+        while server._app.budget.used and time.monotonic() < deadline:
             time.sleep(0.01)
         assert Client(server.port).post(PREDICT, {"instances": [ROW]})[0] == 200

@@ -257,10 +257,10 @@ def test_regress_returns_one_value_per_example(client, model):
 
 
 def test_v2_health_and_server_metadata(client):
-    assert client.get("/v2/health/live")[:2] == (200, b"")
-    assert client.get("/v2/health/ready")[:2] == (200, b"")
+    assert client.get("/v2/health/live")[:2] == (200, {"live": True})
+    assert client.get("/v2/health/ready")[:2] == (200, {"ready": True})
     status, body, _ = client.get("/v2")
-    assert (status, body["name"], body["extensions"]) == (200, "torch_estimator", [])
+    assert (status, body["name"], body["extensions"]) == (200, "torch_estimator", ["binary_tensor_data"])
 
 
 def test_v2_model_metadata_and_readiness(client):
@@ -366,23 +366,28 @@ def test_a_missing_artifact_leaves_no_version_and_the_status_says_why(base):
         assert status == 200
         assert body["model_version_status"][0]["state"] == "END"
         assert "FileNotFoundError: No model.pt2 in" in body["model_version_status"][0]["status"]["error_message"]
-        assert client.get("/v2/health/ready")[0] == 400
+        assert client.get("/v2/health/ready")[:2] == (503, {"ready": False})
         assert client.post(f"/v1/models/{NAME}:predict", {"instances": [[1, 2, 3, 4]]})[:2] == (
             404, {"error": f"Servable not found for request: Latest({NAME})"})
 
 
-def test_serving_modules_import_only_the_loader_torch_numpy_and_the_standard_library():
+@pytest.mark.parametrize("name, extra", [
+    ("server", set()), ("rest", set()), ("versions", set()), ("batching", set()),
+    ("app", {"starlette", "anyio"}), ("transport", {"uvicorn", "httptools"}),
+])
+def test_serving_modules_import_only_the_loader_torch_numpy_and_the_standard_library(name, extra):
+    """The HTTP stack (the serve extra) is imported by app and transport only, and by server lazily."""
     folder = Path(loader.__file__).parent
-    allowed = set(sys.stdlib_module_names) | {"torch", "numpy"}
-    for name in ("server", "rest", "versions", "batching"):
-        tree = ast.parse((folder / f"{name}.py").read_text())
-        absolute = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-        modules = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and not n.level}
-        absolute |= {m.split(".")[0] for m in modules}
-        package = {m for m in modules if m.startswith("torch_estimator")}
-        assert sorted(absolute - allowed - {"torch_estimator"}) == [], name
-        assert package <= {f"torch_estimator.serving{m}" for m in ("", ".loader", ".rest", ".versions", ".batching")}, name
-        assert not any(isinstance(n, ast.ImportFrom) and n.level for n in ast.walk(tree)), f"{name}: relative import"
+    allowed = set(sys.stdlib_module_names) | {"torch", "numpy"} | extra
+    tree = ast.parse((folder / f"{name}.py").read_text())
+    absolute = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    modules = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and not n.level}
+    absolute |= {m.split(".")[0] for m in modules}
+    package = {m for m in modules if m.startswith("torch_estimator")}
+    assert sorted(absolute - allowed - {"torch_estimator"}) == [], name
+    layers = ("", ".loader", ".rest", ".versions", ".batching") + ((".app", ".transport") if name == "server" else ())
+    assert package <= {f"torch_estimator.serving{m}" for m in layers}, name
+    assert not any(isinstance(n, ast.ImportFrom) and n.level for n in ast.walk(tree)), f"{name}: relative import"
 
 
 # ----------------------------------------------------------------------------------------------------------

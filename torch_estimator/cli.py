@@ -225,8 +225,9 @@ def _serve(args: argparse.Namespace) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("torch_estimator").setLevel(logging.INFO)
     options = {name: getattr(args, name) for name in (
-        "host", "port", "poll_secs", "threads", "batching", "max_batch_size", "batch_timeout_ms", "max_body_bytes",
-        "max_inflight_body_bytes", "num_torch_threads", "max_cached_versions", "device", "format")}
+        "host", "port", "poll_secs", "threads", "batching", "max_batch_size", "max_body_bytes",
+        "max_inflight_body_bytes", "num_torch_threads", "max_cached_versions", "max_connections",
+        "header_timeout_secs", "idle_timeout_secs", "device", "format")}
     running = server.ModelServer(args.model_base_path, args.model_name, server.ServerConfig(**options)).start()
     name = args.model_name
     print(f"Serving model {name!r} at {running.url} (REST: {running.url}/v1/models/{name}:predict, "
@@ -272,10 +273,9 @@ def _add_serve(subparsers: Any) -> None:
                         help="seconds between looks for new versions (default 1; 0: never)")
     parser.add_argument("--threads", type=int, default=4, help="inferences that may run at once (default 4)")
     parser.add_argument("--batching", "--enable_batching", action="store_true",
-                        help="merge concurrent small requests into batches")
+                        help="merge small requests that wait at the same time into batches (a lone request "
+                             "never waits)")
     parser.add_argument("--max_batch_size", type=int, default=32, help="rows per merged batch (default 32)")
-    parser.add_argument("--batch_timeout_ms", type=float, default=5.0,
-                        help="how long a request waits for others to batch with (default 5)")
     parser.add_argument("--max_body_bytes", type=int, default=32 * 1024 * 1024,
                         help="larger request bodies get 413 (default 32 MiB)")
     parser.add_argument("--max_inflight_body_bytes", type=int, default=128 * 1024 * 1024,
@@ -283,6 +283,12 @@ def _add_serve(subparsers: Any) -> None:
     parser.add_argument("--num_torch_threads", type=int, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--max_cached_versions", type=int, default=1,
                         help="older versions kept loaded for /versions/N requests (default 1; 0: latest only)")
+    parser.add_argument("--max_connections", type=int, default=1024,
+                        help="open connections; beyond it the longest idle one is closed (default 1024)")
+    parser.add_argument("--header_timeout_secs", type=float, default=10.0,
+                        help="seconds a request line and headers may take once started (default 10; then 408)")
+    parser.add_argument("--idle_timeout_secs", type=float, default=30.0,
+                        help="seconds an idle connection is kept open (default 30)")
     parser.add_argument("--device", default="cpu", help="where the model runs (default cpu)")
     parser.add_argument("--format", choices=loader.FORMATS, help="which artifact (default: model.pt if present)")
     parser.set_defaults(func=_serve)
