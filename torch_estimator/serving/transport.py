@@ -81,6 +81,7 @@ class _GuardedProtocol(HttpToolsProtocol):
         self._header_bytes = 0
         self._header_count = self._header_size = 0
         self._header_timer: asyncio.TimerHandle | None = None
+        self._header_started: float | None = None  # when the first byte of the current request's head came
         self._rejection: _Rejected | None = None
         self._refused = False
         # uvicorn arms its keep-alive timer only after a response; a fresh connection gets the same idle bound.
@@ -119,11 +120,10 @@ class _GuardedProtocol(HttpToolsProtocol):
         if self._refused:
             return
         self._unset_keepalive_if_required()
-        waiting = self.idle
-        if waiting:
+        if self.idle:
             self._header_bytes += len(data)
-            if self._header_timer is None:
-                self._header_timer = self.loop.call_later(self.guards.header_timeout_secs, self._headers_late)
+            if self._header_started is None:
+                self._header_started = self.loop.time()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -133,8 +133,15 @@ class _GuardedProtocol(HttpToolsProtocol):
             rejection = self._rejection or _Rejected(400, f"Bad request: {error}".rstrip("."))
             self._reject(rejection.status, rejection.message)
             return
-        if self.idle and self._header_bytes > self.guards.max_header_bytes:
+        if not self.idle or self.transport.is_closing():
+            return
+        if self._header_bytes > self.guards.max_header_bytes:
             self._reject(431, f"The request line and headers are longer than {self.guards.max_header_bytes} bytes.")
+        elif self._header_timer is None and self._header_started is not None:
+            # Headers incomplete after this read: they must be complete within the deadline of their first byte
+            # (a timer only for requests whose headers span reads, not for every request).
+            left = self._header_started + self.guards.header_timeout_secs - self.loop.time()
+            self._header_timer = self.loop.call_later(max(left, 0.0), self._headers_late)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -163,6 +170,7 @@ class _GuardedProtocol(HttpToolsProtocol):
             self._header_timer.cancel()
             self._header_timer = None
         self._header_bytes = 0
+        self._header_started = None
         super().on_headers_complete()
 
     def on_response_complete(self) -> None:
