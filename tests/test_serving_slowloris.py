@@ -105,3 +105,48 @@ def test_dripped_headers_are_cut_at_the_header_deadline(tmp_path_factory, more_f
         out, _ = attacker.communicate(timeout=60)
     reconnects = int(out.split("reconnects")[1])
     assert reconnects >= 50  # every connection was cut at least once within 3.5 s of dripping
+
+
+def _rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) / 1024
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_memory_is_returned_after_concurrent_large_requests(tmp_path_factory):
+    """Six concurrent 26 MB bodies: the memory they took is returned afterwards (the server does not keep
+    hundreds of MB); requests beyond max_inflight_body_bytes wait their turn, or get a readable 503."""
+    import json
+    import threading
+
+    from .test_serving_server import _start_cli
+
+    base = tmp_path_factory.mktemp("memory_base")
+    copy_version(exports(tmp_path_factory)[V2], base, V2)
+    process, port = _start_cli(base, "--poll_secs", "0", "--max_body_bytes", str(32 << 20),
+                               "--max_inflight_body_bytes", str(64 << 20))
+    try:
+        row = [0.123456789, 0.987654321, 0.5, 0.25]
+        body = json.dumps({"inputs": {"x": [row] * 680_000}}).encode()  # about 26 MB
+        assert 24 << 20 < len(body) < 32 << 20
+        assert Client(port).post(f"/v1/models/{NAME}:predict", {"instances": [row]})[0] == 200
+        before = _rss_mib(process.pid)
+        statuses: list = []
+
+        def post():
+            statuses.append(Client(port, timeout=300).request("POST", f"/v1/models/{NAME}:predict", body)[0])
+
+        threads = [threading.Thread(target=post) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(300)
+        time.sleep(1.0)
+        after = _rss_mib(process.pid)
+        print(f"server RSS before {before:.0f} MiB, after six 26 MB requests {after:.0f} MiB")
+        assert len(statuses) == 6 and set(statuses) <= {200, 503} and 200 in statuses
+        assert after - before < 150, (before, after)
+    finally:
+        process.terminate()
+        process.communicate(timeout=60)

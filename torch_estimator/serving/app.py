@@ -246,6 +246,8 @@ class RestApp:
                 body = await self._decode(request, body)
                 return await endpoint(Incoming(method, path, request.headers, body)), False
         except ServingError as error:
+            if not body_read and method == "POST" and error.status != 413:
+                body_read = await self._discard_body(request)  # so the client can read the answer
             return Reply.error(error), not body_read
         except ClientDisconnect:
             return None, True
@@ -291,6 +293,24 @@ class RestApp:
             raise ServingError(408, f"The request body did not arrive in time ({received} of {expected} bytes "
                                     f"within {timeout:g}s).") from None
         return b"".join(chunks)
+
+    async def _discard_body(self, request: Request) -> bool:
+        """Read and drop a refused request's body (within the limits), so that the connection stays in step
+        and the client, still sending, gets the answer instead of a reset. False if that failed."""
+        received, limit = 0, self.limits.max_body_bytes
+
+        async def drain() -> None:
+            nonlocal received
+            async for chunk in request.stream():
+                received += len(chunk)
+                if received > limit:
+                    raise ServingError(413, _too_large(received, limit, chunked=True))
+
+        try:
+            await _within(drain(), self.limits.request_timeout_secs)
+        except (ServingError, ClientDisconnect, asyncio.TimeoutError, RuntimeError):
+            return False
+        return True
 
     async def _decode(self, request: Request, body: bytes) -> bytes:
         encoding = request.headers.get("content-encoding", "identity").strip().lower()
