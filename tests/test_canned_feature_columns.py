@@ -234,6 +234,8 @@ def test_make_feature_spec_per_column_kind():
     assert sorted(spec) == ["age", "c", "city", "day", "xy"]
     assert spec["age"].shape == [None] and spec["xy"].shape == [None, 2] and spec["age"].dtype == torch.float32
     assert (spec["day"].low, spec["day"].high) == (0, 7)  # the identity range wins over the cross's
+    assert spec["day"].dtype == torch.int64 and not spec["day"].strings  # the identity column's ints win
+    assert spec["city"].strings and spec["c"].strings  # a cross's raw key is a string, as TF parsed it
     assert spec["c"].example.tolist() == [fingerprint("a"), fingerprint("b")]
 
 

@@ -234,3 +234,21 @@ def test_open_inference_protocol_takes_bytes_tensors(exported):
         rest.parse_v2_infer(body, model)
     metadata = rest.v2_model_metadata("m", model, [1])
     assert {i["name"]: i["datatype"] for i in metadata["inputs"]}["size"] == "BYTES"
+
+
+def test_a_crossed_raw_key_is_a_string_input(tmp_path):
+    size = canned.categorical_column_with_vocabulary_list("size", SIZES)
+    columns = [canned.indicator_column(canned.crossed_column(["shop", size], 16)), canned.numeric_column("x")]
+    est = canned.DNNClassifier([4], columns, model_dir=str(tmp_path / "model"),
+                               config=te.RunConfig(random_seed=0, progress_bar=False, device="cpu"))
+    raw, y = _raw(60, seed=1)
+    raw["shop"] = np.random.default_rng(2).choice(["north", "south"], 60)
+    est.train(te.inputs.numpy_input_fn(canned.encode_features(raw, columns), y, batch_size=20, num_epochs=None,
+                                       shuffle=True), steps=5)
+    path = est.export_saved_model(tmp_path / "e", te.build_raw_serving_input_receiver_fn(canned.make_feature_spec(columns)))
+    model = loader.load(path)
+    assert model.signatures["predict"]["inputs"]["shop"]["dtype"] == "string"
+    request = {"shop": ["south", "north"], "size": ["large", ""], "x": [0.5, -0.5]}
+    expected = _predict(est, columns, {k: np.array(v, dtype=np.float32 if k == "x" else None) for k, v in request.items()})
+    np.testing.assert_allclose(model(request, "predict")["probabilities"].numpy(),
+                               np.stack([p["probabilities"] for p in expected]), atol=1e-6)

@@ -1008,8 +1008,10 @@ def make_feature_spec(feature_columns: Sequence[FeatureColumn]) -> dict[str, Ten
 
     Numeric features are float32 ``[batch]`` (``[batch, *shape]`` when a column has a shape); integer
     categorical ones int64 ``[batch]``; string ones (a vocabulary of strings, or hash buckets of strings)
-    dtype ``"string"`` ``[batch]``, which clients send as strings. Each comes with valid example values for
-    export's self-check.
+    dtype ``"string"`` ``[batch]``, which clients send as strings; so are the raw keys of a ``crossed_column``
+    (as TF parsed them) unless another column reads them as integers. An integer sent for a string input is
+    taken as its fingerprint, so integer features crossed by name still serve. Each comes with valid example
+    values for export's self-check.
 
     Raises:
         ValueError: If one raw feature is read both as numbers and as categories.
@@ -1052,6 +1054,7 @@ def _raw_specs(column: FeatureColumn) -> list[tuple[str, str, int, TensorSpec]]:
         if column.dtype is str:
             return [(column.key, "categorical", 1, TensorSpec([None], STRING, low=0, high=1000))]
         return [(column.key, "categorical", 0, generic)]
-    if isinstance(column, CrossedColumn):
-        return [(part, "categorical", 0, generic) for part in column.parts if isinstance(part, str)]
+    if isinstance(column, CrossedColumn):  # raw keys are strings, as TF parses them; any other column's spec wins
+        raw = TensorSpec([None], STRING, low=0, high=1000)
+        return [(part, "categorical", -1, raw) for part in column.parts if isinstance(part, str)]
     return []  # built on other columns, which are listed themselves
