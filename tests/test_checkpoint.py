@@ -435,7 +435,8 @@ def test_the_hash_computed_on_threads_is_the_same(tmp_path, monkeypatch, algorit
             self.register_buffer("empty", torch.zeros(0, 4, dtype=torch.bfloat16))
 
     model = Big()
-    serial, parallel = str(tmp_path / "model.ckpt-1.safetensors"), str(tmp_path / "model.ckpt-2.safetensors")
+    (tmp_path / "parallel").mkdir()
+    serial, parallel = str(tmp_path / "model.ckpt-1.safetensors"), str(tmp_path / "parallel" / "model.ckpt-1.safetensors")
     ckpt.write_checkpoint(serial, 1, model=model)
     monkeypatch.setattr(ckpt, "_PARALLEL_HASH_BYTES", 0)
     monkeypatch.setattr(ckpt.os, "cpu_count", lambda: 4)
@@ -539,10 +540,10 @@ def test_restore_latest_falls_back_to_the_newest_intact_checkpoint(tmp_path, cap
 
 def test_restore_latest_tries_files_outside_the_index_last(tmp_path):
     _save_steps(tmp_path, [1, 2, 3], keep=2)
-    (tmp_path / "model.ckpt-0.safetensors").write_bytes((tmp_path / "model.ckpt-2.safetensors").read_bytes())  # kept forever
+    ckpt.write_checkpoint(str(tmp_path / "model.ckpt-0.safetensors"), 0, model=TinyNet())  # kept forever, say
     for step in (2, 3):
         _zero(ckpt.checkpoint_path_for_step(str(tmp_path), step))
-    assert ckpt.read_latest_checkpoint(str(tmp_path)).global_step == 2  # model.ckpt-0 holds step 2's content
+    assert ckpt.read_latest_checkpoint(str(tmp_path)).global_step == 0  # step 1 was rotated away
 
 
 def test_when_every_checkpoint_is_damaged_the_error_lists_them(tmp_path):
@@ -631,7 +632,7 @@ def test_saves_are_flushed_to_disk_file_and_directory(tmp_path, monkeypatch):
     monkeypatch.setattr(ckpt.os, "fsync", lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}")) or real_fsync(fd))
     ckpt.CheckpointManager(str(tmp_path)).save(5, model=TinyNet())
     path, pid = str(tmp_path / "model.ckpt-5.safetensors"), os.getpid()
-    assert synced == [f"{path}.tmp{pid}/model.ckpt-5.safetensors", str(tmp_path), f"{tmp_path}/checkpoint.tmp{pid}", str(tmp_path)]
+    assert synced == [f"{path}.tmp{pid}", str(tmp_path), f"{tmp_path}/checkpoint.tmp{pid}", str(tmp_path)]
 
 
 def test_checkpoint_files_get_the_umask_permissions(tmp_path):

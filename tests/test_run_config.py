@@ -134,6 +134,15 @@ INVALID = [
     ("precision", 32, r"`precision` must be one of \('32', 'bf16', 'fp16'\); received 32"),
     ("progress_bar", "yes", r"`progress_bar` must be True, False or None; received 'yes'"),
     ("model_dir", "", r"`model_dir` must be a non-empty path or None; received ''"),
+    ("random_seed", 2**70, r"`random_seed` must be < 2\*\*64; received 1180591620717411303424"),
+    ("device", "meta", r"`device` 'meta' holds no data \(meta tensors have shapes only\)"),
+    ("device", "meta:0", r"`device` 'meta:0' holds no data"),
+    ("save_checkpoints_secs", float("nan"), r"`save_checkpoints_secs` must be a number > 0 or None; received nan"),
+    ("keep_checkpoint_every_n_hours", float("nan"), r"`keep_checkpoint_every_n_hours` must be a number > 0 or None; received nan"),
+    ("gradient_clip_norm", float("nan"), r"`gradient_clip_norm` must be a finite number > 0 or None; received nan"),
+    ("gradient_clip_norm", float("inf"), r"`gradient_clip_norm` must be a finite number > 0 or None; received inf"),
+    ("gradient_clip_value", float("nan"), r"`gradient_clip_value` must be a finite number > 0 or None; received nan"),
+    ("distributed_timeout_secs", float("nan"), r"`distributed_timeout_secs` must be a finite number > 0; received nan"),
 ]
 
 

@@ -27,12 +27,14 @@ Example:
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import errno
 import hashlib
 import json
 import logging
 import math
+import operator
 import os
 import random
 import re
@@ -46,7 +48,6 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -227,8 +228,12 @@ class Checkpoint:
 
 
 def checkpoint_path_for_step(model_dir: str, step: int) -> str:
-    """``<model_dir>/model.ckpt-<step>.safetensors``."""
-    return os.path.join(model_dir, f"model.ckpt-{step}.safetensors")
+    """``<model_dir>/model.ckpt-<step>.safetensors``.
+
+    Raises:
+        ValueError: If ``step`` is not an int from 0 to 2**63 - 1.
+    """
+    return os.path.join(model_dir, f"model.ckpt-{_check_step(step)}.safetensors")
 
 
 def checkpoint_identity(path: str) -> tuple[str, int, int] | None:
@@ -272,22 +277,47 @@ def _fsync_file(path: str) -> None:
         os.close(fd)
 
 
+def _advice(error_number: int | None, path: str) -> str:
+    """What to do about an error writing ``path``."""
+    if error_number in (errno.ENOSPC, getattr(errno, "EDQUOT", -1), errno.EFBIG):
+        return "free disk space (or raise the quota)"
+    if error_number in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return "make the directory writable (or remount it read-write)"
+    if error_number == errno.EISDIR:
+        return f"move the directory {path} away (it stands where a file belongs)"
+    return "fix the cause above"
+
+
+def _discard(tmp: str) -> str:
+    """Remove a temporary file or directory; '' when done (or nothing was there), else why not.
+
+    A failure here (the file system went read-only) must not replace the error that made us clean up.
+    """
+    try:
+        _remove(tmp)
+    except OSError as error:
+        logger.error("Could not remove the temporary %s: %s.", tmp, error.strerror or error)
+        return f" The temporary file {tmp} could not be removed ({error.strerror or error}); delete it."
+    return ""
+
+
 def _atomic_write(path: str, write: Any, what: str = "checkpoint", staged: bool = False) -> None:
     """``write(tmp)``, flush it to disk, then move it over ``path``: readers see the old or the new file.
 
-    ``staged`` writes into a private directory ``<path>.tmp<pid>/`` instead of a temporary file: safetensors
-    writes through a temporary file of its own (``.tmpXXXXXX``, mode 0600) beside its target, so a crash
-    leaves that inside our directory, which the next writer removes; the file gets the umask's permissions.
+    ``staged`` writes into a private directory ``<path>.tmp<pid>/`` instead of a temporary file ``<path>.tmp<pid>``,
+    for writers that make temporary files of their own beside their target; either is removed by the next
+    writer if a crash leaves it behind.
 
     Raises:
-        OSError: Of the original kind and errno, with a message naming ``path`` and saying that the
-            previous files are unchanged (the temporary file is removed).
+        OSError: Of the original kind and errno, with a message naming ``path``, saying that the previous
+            files are unchanged and what to do (the temporary file is removed; if even that fails, the
+            message says so and the original error still wins).
     """
     tmp = f"{path}.tmp{os.getpid()}"
     target = os.path.join(tmp, os.path.basename(path)) if staged else tmp
     try:
+        _remove(tmp)  # left by an earlier process with the same pid (containers reuse them)
         if staged:
-            _remove(tmp)  # left by an earlier process with the same pid (containers reuse them)
             os.mkdir(tmp)
         write(target)
         if staged:
@@ -295,19 +325,75 @@ def _atomic_write(path: str, write: Any, what: str = "checkpoint", staged: bool 
         _fsync_file(target)
         os.replace(target, path)
     except BaseException as error:
-        _remove(tmp)
+        leftover = _discard(tmp)
         if isinstance(error, OSError):
             reason = error.strerror or str(error)
             message = (
                 f"Could not write the {what} {path}: {reason}. The previous checkpoints and the index are "
-                f"unchanged; free disk space or make the directory writable, then train again (training "
-                f"resumes from the latest checkpoint)."
+                f"unchanged; {_advice(error.errno, path)}, then train again (training resumes from the latest "
+                f"checkpoint).{leftover}"
             )
-            raise (OSError(error.errno, message) if error.errno is not None else OSError(message)) from error
+            raise (type(error)(error.errno, message) if error.errno is not None else OSError(message)) from error
         raise
     if staged:
-        _remove(tmp)
+        _discard(tmp)
     _fsync_dir(os.path.dirname(path))
+
+
+# safetensors' names of torch dtypes.
+_SAFETENSORS_DTYPES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+    torch.bool: "BOOL", torch.complex64: "C64",
+    **{getattr(torch, name): tag for name, tag in [
+        ("float8_e4m3fn", "F8_E4M3"), ("float8_e4m3fnuz", "F8_E4M3FNUZ"), ("float8_e5m2", "F8_E5M2"),
+        ("float8_e5m2fnuz", "F8_E5M2FNUZ"), ("uint16", "U16"), ("uint32", "U32"), ("uint64", "U64")]
+       if hasattr(torch, name)},
+}
+_WRITE_CHUNK = 64 << 20
+
+
+def save_file(tensors: Mapping[str, torch.Tensor], filename: str, metadata: Mapping[str, str] | None = None) -> None:
+    """Write CPU, contiguous tensors as a safetensors file (the format of ``safetensors.torch.save_file``).
+
+    Written here with plain ``os.write`` rather than by safetensors so that a failing write (a full disk)
+    surfaces as the ``OSError`` the kernel gave, with its errno, and so that nothing but ``filename`` is
+    created. Tensors are laid out by decreasing element size, then name, so every tensor stays aligned.
+
+    Raises:
+        OSError: From the file system.
+        TypeError: For a dtype safetensors cannot store.
+    """
+    header: dict[str, Any] = {}
+    if metadata:
+        header["__metadata__"] = dict(metadata)
+    order = sorted(tensors, key=lambda key: (-tensors[key].element_size(), key))
+    offset = 0
+    for key in order:
+        tensor = tensors[key]
+        if tensor.dtype not in _SAFETENSORS_DTYPES:
+            raise TypeError(f"Cannot checkpoint {key!r}: safetensors cannot store dtype {tensor.dtype}.")
+        size = tensor.numel() * tensor.element_size()
+        header[key] = {"dtype": _SAFETENSORS_DTYPES[tensor.dtype], "shape": list(tensor.shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    fd = os.open(filename, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o666)
+    try:
+        _write_all(fd, len(encoded).to_bytes(8, "little") + encoded)
+        for key in order:
+            view = _raw_bytes(tensors[key])
+            for at in range(0, len(view), _WRITE_CHUNK):
+                _write_all(fd, view[at:at + _WRITE_CHUNK])
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, data: Any) -> None:
+    view = memoryview(data).cast("B")
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
 
 
 def _to_host(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -407,6 +493,7 @@ def write_checkpoint(
             path; the previous files are untouched.
         TypeError: If some state cannot be represented without pickle.
     """
+    _check_step(global_step)
     tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
     state: dict[str, Any] = {}
     parts = {
@@ -428,7 +515,7 @@ def write_checkpoint(
     host = _to_host(tensors)
     if content_hash:
         metadata[CONTENT_HASH_KEY] = _content_hash(host, metadata)
-    _atomic_write(path, lambda tmp: save_file(host, tmp, metadata=metadata), staged=True)
+    _atomic_write(path, lambda tmp: save_file(host, tmp, metadata=metadata))
 
 
 def _verify(path: str, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> None:
@@ -454,30 +541,80 @@ def _verify(path: str, tensors: Mapping[str, torch.Tensor], metadata: Mapping[st
         )
 
 
+_MAX_STEP = 2**63 - 1
+_KNOWN_METADATA = frozenset({"format", "global_step", "state", "torch_version", CONTENT_HASH_KEY})
+
+
+def _check_step(global_step: Any) -> int:
+    try:
+        step = operator.index(global_step) if not isinstance(global_step, bool) else None
+    except TypeError:
+        step = None
+    if step is None or not 0 <= step <= _MAX_STEP:
+        raise ValueError(f"A checkpoint's global step must be an int from 0 to 2**63 - 1; received {global_step!r}.")
+    return int(step)
+
+
+def _open_regular(path: str) -> int:
+    """Open ``path`` for reading, refusing anything but a regular file without blocking (a FIFO would block
+    ``open`` and every read forever; a device never ends).
+
+    Raises:
+        FileNotFoundError: If it does not exist.
+        CheckpointCorruptError: If it is a directory, FIFO, socket or device.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    mode = os.fstat(fd).st_mode
+    if stat.S_ISREG(mode):
+        return fd
+    os.close(fd)
+    if stat.S_ISDIR(mode):
+        raise CheckpointCorruptError(
+            path, f"Checkpoint path {path} is a directory, not a checkpoint file; give a file "
+                  f"model.ckpt-<step>.safetensors (the newest one in a directory: checkpoint.latest_checkpoint(dir)).")
+    raise CheckpointCorruptError(path, f"Checkpoint path {path} is not a regular file (a FIFO, socket or device); "
+                                       f"it cannot be a checkpoint. Move it away.")
+
+
+@contextlib.contextmanager
+def _safe_open(path: str) -> Any:
+    """``safe_open`` on a regular file only, through the descriptor that was checked (no swap in between)."""
+    fd = _open_regular(path)
+    try:
+        through = f"/proc/self/fd/{fd}"
+        with safe_open(through if os.path.exists(through) else path, framework="pt", device="cpu") as handle:
+            yield handle, os.fstat(fd)
+    finally:
+        os.close(fd)
+
+
 def read_checkpoint(path: str, *, verify: bool = True) -> Checkpoint:
     """Read a checkpoint file written by :func:`write_checkpoint` (tensors on the CPU), checking its hash.
 
+    Only a regular file is opened. The metadata's global step must be an int from 0 to 2**63 - 1 and, for a
+    file named ``model.ckpt-<step>.safetensors``, equal that step. A file without a content hash (written with
+    ``content_hash=False``) loads with a warning, unless its metadata has a key this version does not know
+    (a damaged ``content_hash`` key): then it is refused as damaged.
+
     Args:
-        verify: Check the content hash (a checkpoint without one, from an older version, is not checked).
+        verify: Check the content hash.
 
     Raises:
         FileNotFoundError: If the file does not exist (for example, rotated away meanwhile).
-        CheckpointCorruptError: A ``ValueError``: the file is truncated, zeroed, altered or not a
-            torch_estimator checkpoint; the message names the file.
+        CheckpointCorruptError: A ``ValueError``: the file is truncated, zeroed, altered, not a regular file
+            or not a torch_estimator checkpoint; the message names the file.
     """
-    identity = checkpoint_identity(path)
     try:
-        with safe_open(path, framework="pt", device="cpu") as handle:
+        with _safe_open(path) as (handle, status):
             metadata = handle.metadata() or {}
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-    except FileNotFoundError:
+    except (FileNotFoundError, CheckpointCorruptError):
         raise
     except Exception as error:  # safetensors raises its own error types for damaged headers
-        if identity is None and not os.path.exists(path):
-            raise FileNotFoundError(errno.ENOENT, "No such checkpoint file", path) from error
         raise CheckpointCorruptError(
             path, f"Checkpoint {path} could not be read: {error}. It is truncated or damaged; use an older checkpoint."
         ) from error
+    identity = (os.path.abspath(path), status.st_mtime_ns, status.st_size)
     if metadata.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointCorruptError(
             path,
@@ -485,12 +622,27 @@ def read_checkpoint(path: str, *, verify: bool = True) -> Checkpoint:
             f"expected {CHECKPOINT_FORMAT!r}).",
         )
     if verify:
+        if CONTENT_HASH_KEY not in metadata:
+            unknown = sorted(set(metadata) - _KNOWN_METADATA)
+            if unknown:
+                raise CheckpointCorruptError(
+                    path, f"Checkpoint {path} is damaged: it has no content hash but unknown metadata keys {unknown} "
+                          f"(a damaged content_hash key?); use an older checkpoint.")
+            logger.warning("Checkpoint %s has no content hash (written with content_hash=False); loading it unchecked.", path)
         _verify(path, tensors, metadata)
     try:
         state = _decode(json.loads(metadata["state"]), tensors)
-        global_step = int(metadata["global_step"])
+        raw_step = metadata["global_step"]
+        if not re.fullmatch(r"\d{1,19}", raw_step) or int(raw_step) > _MAX_STEP:
+            raise ValueError(f"global step {raw_step[:40]!r} is not an int from 0 to 2**63 - 1")
+        global_step = int(raw_step)
     except (KeyError, ValueError, TypeError) as error:
         raise CheckpointCorruptError(path, f"Checkpoint {path} has damaged metadata: {error!r}.") from error
+    named = _step_of(path)
+    if named is not None and named != global_step:
+        raise CheckpointCorruptError(
+            path, f"Checkpoint {path} says it is global step {global_step}, but its name says {named}: it was renamed "
+                  f"or altered. Rename it back to model.ckpt-{global_step}.safetensors, or use another checkpoint.")
     model = {key[len("model/"):]: value for key, value in tensors.items() if key.startswith("model/")}
     return Checkpoint(path=path, global_step=global_step, model=model, state=state, identity=identity)
 
@@ -515,9 +667,9 @@ def list_variables(path: str) -> dict[str, tuple[int, ...]]:
         CheckpointCorruptError: If the file's header is damaged.
     """
     try:
-        with safe_open(path, framework="pt", device="cpu") as handle:
+        with _safe_open(path) as (handle, _):
             shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
-    except FileNotFoundError:
+    except (FileNotFoundError, CheckpointCorruptError):
         raise
     except Exception as error:
         raise CheckpointCorruptError(path, f"Checkpoint {path} could not be read: {error}.") from error
@@ -539,7 +691,19 @@ def _load_model(model: torch.nn.Module, tensors: Mapping[str, torch.Tensor], pat
             f"Checkpoint {path} does not match the model: missing keys {missing}, unexpected keys "
             f"{unexpected}, mis-shaped {mis_shaped}. Was it written by a different model?"
         )
+    _warn_about_casts(tensors, own, path)
     model.load_state_dict(tensors)
+
+
+def _warn_about_casts(tensors: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor], path: str) -> None:
+    """Warn when floating-point tensors are loaded into a model of another floating-point dtype (load_state_dict
+    casts silently: float64 loses precision, float16 range)."""
+    cast = sorted(f"{k} ({str(tensors[k].dtype).replace('torch.', '')} -> {str(own[k].dtype).replace('torch.', '')})"
+                  for k in tensors if k in own and tensors[k].dtype != own[k].dtype
+                  and tensors[k].is_floating_point() and own[k].is_floating_point())
+    if cast:
+        logger.warning("Checkpoint %s holds tensors of another dtype than the model's; they are cast: %s%s.",
+                       path, ", ".join(cast[:8]), " …" if len(cast) > 8 else "")
 
 
 def _apply(
@@ -549,11 +713,16 @@ def _apply(
     lr_scheduler: Any,
     grad_scaler: Any,
 ) -> Checkpoint:
-    _load_model(model, checkpoint.model, checkpoint.path)
     state = checkpoint.state
+    if optimizer is not None and "optimizer" in state:
+        _check_optimizer(optimizer, state["optimizer"], checkpoint.path)
+    _load_model(model, checkpoint.model, checkpoint.path)
     if optimizer is not None:
         if "optimizer" in state:
-            optimizer.load_state_dict(state["optimizer"])
+            try:
+                optimizer.load_state_dict(state["optimizer"])
+            except (KeyError, ValueError, TypeError, RuntimeError) as error:
+                raise ValueError(_optimizer_mismatch(optimizer, checkpoint.path, f"loading its state failed: {error!r}")) from error
         else:
             logger.warning("Checkpoint %s has no optimizer state; the optimizer starts fresh.", checkpoint.path)
     if lr_scheduler is not None and "lr_scheduler" in state:
@@ -561,6 +730,32 @@ def _apply(
     if grad_scaler is not None and state.get("grad_scaler"):
         grad_scaler.load_state_dict(state["grad_scaler"])
     return checkpoint
+
+
+def _optimizer_mismatch(optimizer: torch.optim.Optimizer, path: str, detail: str) -> str:
+    return (
+        f"Checkpoint {path} holds the state of a different optimizer than this Estimator's "
+        f"{type(optimizer).__name__} ({detail}). To continue this model_dir, use the optimizer it was trained "
+        f"with; to switch optimizers, train into a new model_dir with warm_start_from=<this model_dir> (the "
+        f"weights only). evaluate and predict need only the weights and work as they are."
+    )
+
+
+def _check_optimizer(optimizer: torch.optim.Optimizer, saved: Any, path: str) -> None:
+    """Refuse optimizer state written by another kind of optimizer, before anything is loaded: torch would
+    load it and fail later (``KeyError: 'step'``) or run with the other optimizer's settings."""
+    groups = saved.get("param_groups") if isinstance(saved, Mapping) else None
+    if not isinstance(groups, list) or len(groups) != len(optimizer.param_groups):
+        count = len(groups) if isinstance(groups, list) else "no"
+        raise ValueError(_optimizer_mismatch(optimizer, path, f"{count} parameter groups saved, "
+                                                              f"{len(optimizer.param_groups)} expected"))
+    for index, (ours, theirs) in enumerate(zip(optimizer.param_groups, groups)):
+        expected = set(ours) - {"params"}
+        found = set(theirs) - {"params"} if isinstance(theirs, Mapping) else set()
+        if expected - found:  # extra saved settings may be a scheduler's (initial_lr); missing ones never fit
+            raise ValueError(_optimizer_mismatch(
+                optimizer, path, f"parameter group {index} lacks its settings {sorted(expected - found)} and has "
+                                 f"{sorted(found - expected)}"))
 
 
 def restore_checkpoint(
@@ -637,6 +832,35 @@ def _index_names(data: Any, key: str) -> list[str]:
     return names
 
 
+_MAX_INDEX_BYTES = 4 << 20  # an index lists a few file names: 4 MiB is thousands of checkpoints
+
+
+def _read_small(path: str, limit: int) -> bytes:
+    """The content of a regular file of at most ``limit`` bytes (never blocks on a FIFO, never reads a device).
+
+    Raises:
+        FileNotFoundError: If it does not exist.
+        ValueError: If it is not a regular file, or is larger than ``limit``.
+    """
+    try:
+        fd = _open_regular(path)
+    except CheckpointCorruptError as error:
+        raise ValueError("it is " + ("a directory" if "is a directory" in str(error) else "not a regular file")) from None
+    try:
+        chunks, size = [], 0
+        while size <= limit:
+            chunk = os.read(fd, limit + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    finally:
+        os.close(fd)
+    if size > limit:
+        raise ValueError(f"it is larger than {limit} bytes")
+    return b"".join(chunks)
+
+
 def read_index(model_dir: str) -> CheckpointIndex:
     """Read ``model_dir/checkpoint``; rebuilt from the files present if it is missing or unreadable.
 
@@ -645,8 +869,7 @@ def read_index(model_dir: str) -> CheckpointIndex:
     """
     index_path = os.path.join(model_dir, INDEX_NAME)
     try:
-        with open(index_path, encoding="utf-8") as handle:
-            data = json.load(handle)
+        data = json.loads(_read_small(index_path, _MAX_INDEX_BYTES).decode("utf-8"))
         if not isinstance(data, dict):
             raise ValueError("not a JSON object")
         names = _index_names(data, "all_model_checkpoint_paths")
@@ -796,6 +1019,11 @@ def check_model_dir(model_dir: str) -> str:
         ValueError: If ``model_dir`` or one of its parents exists and is not a directory.
     """
     path = os.path.abspath(model_dir)
+    if os.path.islink(path) and not os.path.exists(path):
+        raise ValueError(
+            f"`model_dir` {model_dir} is a symbolic link to {os.readlink(path)}, which does not exist; create the "
+            f"target directory or give another model_dir."
+        )
     if os.path.exists(path) and not os.path.isdir(path):
         raise ValueError(f"`model_dir` {model_dir} exists and is not a directory; give a directory path.")
     parent = os.path.dirname(path)
@@ -904,9 +1132,11 @@ class CheckpointManager:
                 dropped.append(old)
         try:
             _write_index(self.model_dir, CheckpointIndex(tuple(p for p, _ in kept), tuple(t for _, t in kept), tuple(forever)))
-        except BaseException:
+        except BaseException as error:
             if not existed:  # leave the directory as it was before this save
-                _remove(path)
+                leftover = _discard(path)
+                if leftover and isinstance(error, OSError):  # the original error wins, and says what is left
+                    raise type(error)(error.errno, f"{error.strerror}{leftover}") from error
             raise
         self._kept, self._forever, self._next_keep_time = kept, forever, next_keep_time
         for old in dropped:
@@ -991,8 +1221,14 @@ def warm_start(model: torch.nn.Module, settings: WarmStartSettings) -> list[str]
 
     if tf_checkpoint.is_tf_checkpoint(settings.ckpt_to_initialize_from):  # a TensorFlow model_dir or prefix
         return tf_convert.warm_start_from_tf(model, settings)
-    path = settings.resolve_path()
-    checkpoint = read_checkpoint(path)
+    if os.path.isdir(settings.ckpt_to_initialize_from):  # its newest intact checkpoint, past damaged ones
+        checkpoint = read_latest_checkpoint(settings.ckpt_to_initialize_from)
+        if checkpoint is None:
+            raise ValueError(f"warm_start_from: directory {settings.ckpt_to_initialize_from} holds no checkpoint.")
+        path = checkpoint.path
+    else:
+        path = settings.resolve_path()
+        checkpoint = read_checkpoint(path)
     patterns = [settings.vars_to_warm_start] if isinstance(settings.vars_to_warm_start, str) else list(settings.vars_to_warm_start)
     own = model.state_dict()
     selected = [name for name in own if any(re.fullmatch(p, name) for p in patterns)]
@@ -1009,6 +1245,7 @@ def warm_start(model: torch.nn.Module, settings: WarmStartSettings) -> list[str]
             values[name] = checkpoint.model[source]
     if problems:
         raise ValueError(f"warm_start_from {path}: " + "; ".join(problems) + ".")
+    _warn_about_casts(values, own, path)
     model.load_state_dict(values, strict=False)
     logger.info("Warm-started %d tensors from %s.", len(values), path)
     return selected

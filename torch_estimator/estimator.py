@@ -448,16 +448,25 @@ class Estimator:
         if checkpoint_path is not None and not os.path.exists(checkpoint_path):
             raise ValueError(f"`checkpoint_path` {checkpoint_path} does not exist.")
         identity = None if path is None else ckpt.checkpoint_identity(path)
-        if path is not None and (identity is None or identity != self._synced):
-            parts = {"model": self._model, "optimizer": self._optimizer, "lr_scheduler": self._lr_scheduler,
-                     "grad_scaler": self._scaler}
+        # Training needs everything the checkpoint holds; evaluate, predict and export only the model (so a
+        # model_dir trained with another optimizer still evaluates).
+        full = mode == ModeKeys.TRAIN
+        held = (self._synced,) if full else (self._synced, getattr(self, "_model_synced", None))
+        if path is not None and (identity is None or identity not in held):
+            parts = {"model": self._model}
+            if full:
+                parts.update(optimizer=self._optimizer, lr_scheduler=self._lr_scheduler, grad_scaler=self._scaler)
             # The latest may be damaged, or rotated away by now: restore_latest falls back to the newest intact one.
             checkpoint = (ckpt.restore_checkpoint(path, **parts) if checkpoint_path is not None
                           else ckpt.restore_latest(self.model_dir, **parts))
             path = None if checkpoint is None else checkpoint.path
             if checkpoint is not None:
-                self._global_step, self._synced, self._pending_rng = checkpoint.global_step, checkpoint.identity, checkpoint
-                self._input_state = checkpoint.state.get("input")
+                self._global_step = checkpoint.global_step
+                if full:
+                    self._synced, self._pending_rng = checkpoint.identity, checkpoint
+                    self._input_state = checkpoint.state.get("input")
+                else:  # the optimizer's state in memory no longer belongs to these weights
+                    self._synced, self._model_synced = None, checkpoint.identity
                 logger.info("Restoring parameters from %s", path)
         if path is None:
             if self._warm_start is not None and not self._warm_started:
@@ -663,6 +672,7 @@ class Estimator:
     def _train_locked(self, input_fn: Callable[..., Any], hooks: list[Any], steps: int | None,
                       max_steps: int | None, listeners: list[Any]) -> Estimator:
         path = self._prepare()
+        self._model_synced = None  # from here on the model in memory moves on
         self._finite_step: int | None = self._global_step if path is not None else None
         if max_steps is not None and max_steps <= self._global_step:
             logger.info("Skipping training since max_steps has already saved.")

@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from typing import Any
 
@@ -139,19 +140,26 @@ class RunConfig:
             object.__setattr__(self, "model_dir", model_dir)
         if self.random_seed is not None:
             _check_int("random_seed", self.random_seed, 0, allow_none=True)
+            if self.random_seed >= 2**64:  # torch.manual_seed's limit
+                raise ValueError(f"RunConfig `random_seed` must be < 2**64; received {self.random_seed!r}.")
         _check_int("save_summary_steps", self.save_summary_steps, 0, allow_none=True)
         _check_int("save_checkpoints_steps", steps, 1, allow_none=True)
-        if secs is not None and (isinstance(secs, bool) or not isinstance(secs, (int, float)) or secs <= 0):
+        if secs is not None and (isinstance(secs, bool) or not isinstance(secs, (int, float)) or not secs > 0):
             raise ValueError(f"RunConfig `save_checkpoints_secs` must be a number > 0 or None; received {secs!r}.")
         _check_int("keep_checkpoint_max", self.keep_checkpoint_max, 0, allow_none=True)
         hours = self.keep_checkpoint_every_n_hours
-        if hours is not None and (isinstance(hours, bool) or not isinstance(hours, (int, float)) or hours <= 0):
+        if hours is not None and (isinstance(hours, bool) or not isinstance(hours, (int, float)) or not hours > 0):
             raise ValueError(f"RunConfig `keep_checkpoint_every_n_hours` must be a number > 0 or None; received {hours!r}.")
         _check_int("log_step_count_steps", self.log_step_count_steps, 1, allow_none=True)
         if not isinstance(self.device, str) or not self.device:
             raise ValueError(
                 f"RunConfig `device` must be 'auto' or a device string such as 'cpu' or 'cuda:0'; "
                 f"received {self.device!r}."
+            )
+        if self.device.partition(":")[0].strip().lower() == "meta":
+            raise ValueError(
+                f"RunConfig `device` {self.device!r} holds no data (meta tensors have shapes only); training, "
+                f"evaluation and prediction need a real device: 'auto', 'cpu', 'cuda' or 'mps'."
             )
         if self.precision not in _PRECISIONS:
             raise ValueError(f"RunConfig `precision` must be one of {_PRECISIONS}; received {self.precision!r}.")
@@ -162,8 +170,8 @@ class RunConfig:
             value = getattr(self, name)
             if value is None and name != "distributed_timeout_secs":
                 continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                raise ValueError(f"RunConfig `{name}` must be a number > 0{' or None' if 'clip' in name else ''}; received {value!r}.")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:  # NaN too
+                raise ValueError(f"RunConfig `{name}` must be a finite number > 0{' or None' if 'clip' in name else ''}; received {value!r}.")
         for name in ("compile", "channels_last", "find_unused_parameters", "static_graph"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"RunConfig `{name}` must be True or False; received {getattr(self, name)!r}.")

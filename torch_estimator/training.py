@@ -379,16 +379,38 @@ def run_evaluator(
         logger.info("Waiting %s secs before starting to evaluate.", delay)
         time.sleep(delay)
     last_new, newest = time.monotonic(), None
+    damaged: dict[tuple[str, int, int], str | None] = {}  # a damaged checkpoint -> the newest intact one then
     while not (max_steps is not None and all(e.last_step is not None and e.last_step >= max_steps for e in evaluations)):
-        path = estimator.latest_checkpoint()
+        path = latest = estimator.latest_checkpoint()
         if path is not None and path != newest:
             newest, last_new = path, time.monotonic()
-        if path is None or not _evaluate_checkpoint(evaluations, path):
+        identity = None if latest is None else ckpt.checkpoint_identity(latest)
+        if identity in damaged:
+            path = damaged[identity]
+        try:
+            acted = path is not None and _evaluate_checkpoint(evaluations, path)
+        except ckpt.CheckpointCorruptError as error:
+            if path != latest or os.path.abspath(error.path) != os.path.abspath(latest):
+                raise
+            damaged[identity] = fallback = _newest_intact(estimator.model_dir)  # type: ignore[index]
+            logger.warning("%s The evaluator uses the newest intact checkpoint instead: %s.", error, fallback)
+            acted = fallback is not None and _evaluate_checkpoint(evaluations, fallback)
+        if not acted:
             if timeout_secs is not None and time.monotonic() - last_new >= timeout_secs:
                 logger.info("No new checkpoint in %s secs; the evaluator stops.", timeout_secs)
                 break
             time.sleep(poll_secs)
     return _results(eval_spec, evaluations)
+
+
+def _newest_intact(model_dir: str) -> str | None:
+    """The newest checkpoint whose content checks out (damaged ones are skipped with a warning each); None
+    when there is none yet, or every one is damaged (the evaluator then waits for a new one)."""
+    try:
+        return ckpt.latest_intact_checkpoint(model_dir)
+    except ckpt.CheckpointCorruptError as error:
+        logger.warning("%s The evaluator waits for a new checkpoint.", error)
+        return None
 
 
 def _evaluate_checkpoint(evaluations: Sequence[_Evaluation], path: str) -> bool:
