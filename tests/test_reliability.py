@@ -17,6 +17,7 @@ import os
 import pickle
 import random
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -307,6 +308,344 @@ def test_train_and_evaluate_holds_the_lock_while_its_evaluations_read(make_estim
                           te.EvalSpec(_eval_fn(data), steps=None, hooks=[Look()], throttle_secs=0))
     assert seen and all(pid == os.getpid() for pid in seen)
     assert not (tmp_path / "model" / "train.lock").exists()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Faults that must not stop the work: another optimizer, damaged newest checkpoints, special files, forged
+# metadata, odd model_dirs.
+
+
+def test_switching_optimizer_evaluates_and_predicts_and_train_says_how(data, tmp_path):
+    model_dir = tmp_path / "model"
+    config = te.RunConfig(device="cpu", save_checkpoints_steps=5, log_step_count_steps=None, save_summary_steps=None)
+    te.Estimator(classifier_fn, model_dir=str(model_dir), model=TinyNet(), config=config,
+                 optimizer=lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9)).train(_train_fn(data), steps=10)
+    trained = ckpt.read_checkpoint(str(model_dir / "model.ckpt-10.safetensors")).model
+    adam = te.Estimator(classifier_fn, model_dir=str(model_dir), model=TinyNet(), config=config,
+                        optimizer=lambda p: torch.optim.Adam(p, lr=0.01))
+    assert int(adam.evaluate(_eval_fn(data))["global_step"]) == 10  # the weights are all evaluation needs
+    assert len(list(adam.predict(numpy_input_fn({"x": data[0]}, batch_size=25, shuffle=False)))) == 100
+    assert _same(_weights(adam), trained)
+    before = _snapshot(model_dir)
+    with pytest.raises(ValueError, match=r"model.ckpt-10.safetensors holds the state of a different optimizer than this "
+                                         r"Estimator's Adam \(parameter group 0 lacks its settings \[.*'betas'.*\] and has "
+                                         r"\[.*'momentum'.*\]\).*warm_start_from=<this model_dir>"):
+        adam.train(_train_fn(data), steps=5)
+    assert _snapshot(model_dir) == before and _same(_weights(adam), trained)  # nothing loaded, nothing written
+    assert int(adam.evaluate(_eval_fn(data))["global_step"]) == 10
+    # The fix the message gives: the weights into a new model_dir, Adam from scratch.
+    switched = te.Estimator(classifier_fn, model_dir=str(tmp_path / "adam"), model=TinyNet(), config=config,
+                            optimizer=lambda p: torch.optim.Adam(p, lr=0.01), warm_start_from=str(model_dir))
+    switched.train(_train_fn(data), steps=5)
+    assert ckpt.read_checkpoint(switched.latest_checkpoint()).global_step == 5
+
+
+def test_run_evaluator_falls_back_past_a_damaged_newest_checkpoint(make_estimator, data, tmp_path, caplog):
+    make_estimator(save_checkpoints_steps=5).train(_train_fn(data), steps=10)
+    newest = tmp_path / "model" / "model.ckpt-10.safetensors"
+    _damage(str(newest))
+    with caplog.at_level(logging.WARNING, logger="torch_estimator"):
+        result, _ = te.run_evaluator(make_estimator(), te.EvalSpec(_eval_fn(data), throttle_secs=0), poll_secs=0.05, timeout_secs=0.5)
+    assert int(result["global_step"]) == 5
+    assert re.search(re.escape(str(newest)) + r" is damaged: .* The evaluator uses the newest intact checkpoint instead: "
+                     r".*model.ckpt-5.safetensors", caplog.text)
+    assert caplog.text.count("is damaged") <= 3  # said once (plus the fallback's own notes), not at every poll
+
+
+def test_warm_start_from_a_directory_falls_back_past_a_damaged_newest_checkpoint(make_estimator, data, tmp_path, caplog):
+    make_estimator(save_checkpoints_steps=5).train(_train_fn(data), steps=10)
+    _damage(str(tmp_path / "model" / "model.ckpt-10.safetensors"))
+    step5 = ckpt.read_checkpoint(str(tmp_path / "model" / "model.ckpt-5.safetensors")).model
+    est = te.Estimator(classifier_fn, model_dir=str(tmp_path / "warm"), model=TinyNet(), warm_start_from=str(tmp_path / "model"),
+                       config=te.RunConfig(device="cpu", log_step_count_steps=None))
+    with caplog.at_level(logging.WARNING, logger="torch_estimator"):
+        est.evaluate(_eval_fn(data))
+    assert _same(_weights(est), step5)
+    assert "model.ckpt-10.safetensors is damaged" in caplog.text and "Using checkpoint" in caplog.text
+
+
+@pytest.fixture
+def never_blocks():
+    """Fail instead of hanging if a call blocks (on a FIFO, say): SIGALRM interrupts the blocked system call."""
+
+    def expire(signum, frame):
+        raise TimeoutError("blocked for 60 s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(60)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_a_fifo_as_index_or_newest_checkpoint_never_blocks(make_estimator, data, tmp_path, caplog, never_blocks):
+    make_estimator(save_checkpoints_steps=5).train(_train_fn(data), steps=10)
+    model_dir = tmp_path / "model"
+    os.remove(model_dir / "checkpoint")
+    os.mkfifo(model_dir / "checkpoint")
+    os.mkfifo(model_dir / "model.ckpt-99.safetensors")
+    with caplog.at_level(logging.WARNING, logger="torch_estimator"):
+        assert int(make_estimator().evaluate(_eval_fn(data))["global_step"]) == 10
+        assert "model.ckpt-99" in ckpt.latest_checkpoint(str(model_dir))  # the cheap look does not open it
+        with pytest.raises(ckpt.CheckpointCorruptError, match=r"model.ckpt-99.safetensors is not a regular file \(a FIFO"):
+            make_estimator().evaluate(_eval_fn(data), checkpoint_path=str(model_dir / "model.ckpt-99.safetensors"))
+        with pytest.raises(ckpt.CheckpointCorruptError, match="is not a regular file"):
+            ckpt.list_variables(str(model_dir / "model.ckpt-99.safetensors"))
+    assert "Checkpoint index" in caplog.text and "is unreadable (it is not a regular file)" in caplog.text
+    assert "model.ckpt-99.safetensors is not a regular file" in caplog.text
+    os.remove(model_dir / "model.ckpt-99.safetensors")
+    make_estimator(save_checkpoints_steps=5).train(_train_fn(data), steps=5)
+    assert json.loads((model_dir / "checkpoint").read_text())["model_checkpoint_path"] == "model.ckpt-15.safetensors"
+
+
+@pytest.mark.parametrize("kind", ["dev-zero", "one-gigabyte", "directory"])
+def test_an_index_that_is_a_device_huge_or_a_directory_is_rebuilt(make_estimator, data, tmp_path, caplog, never_blocks, kind):
+    make_estimator(save_checkpoints_steps=5).train(_train_fn(data), steps=10)
+    index = tmp_path / "model" / "checkpoint"
+    os.remove(index)
+    if kind == "dev-zero":
+        os.symlink("/dev/zero", index)
+    elif kind == "one-gigabyte":
+        with open(index, "wb") as handle:  # sparse: costs no disk, but reading it would cost a gigabyte
+            handle.truncate(1 << 30)
+    else:
+        index.mkdir()
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="torch_estimator"):
+        assert ckpt.latest_checkpoint(str(tmp_path / "model")).endswith("model.ckpt-10.safetensors")
+        assert int(make_estimator().evaluate(_eval_fn(data))["global_step"]) == 10
+    assert time.monotonic() - started < 20
+    reason = {"dev-zero": "not a regular file", "one-gigabyte": "larger than 4194304 bytes", "directory": "a directory"}[kind]
+    assert f"is unreadable (it is {reason}); rebuilding it from the files present" in caplog.text
+    if kind != "directory":  # training replaces it with a real index
+        make_estimator(save_checkpoints_steps=5).train(_train_fn(data), steps=5)
+        assert json.loads(index.read_text())["model_checkpoint_path"] == "model.ckpt-15.safetensors"
+    else:  # a directory is the user's: training says what to do and leaves everything as it was
+        before = _snapshot(tmp_path / "model")
+        with pytest.raises(IsADirectoryError, match=r"Could not write the checkpoint index .*model/checkpoint: Is a directory. "
+                                                    r"The previous checkpoints and the index are unchanged; move the directory"):
+            make_estimator(save_checkpoints_steps=5, save_summary_steps=None).train(_train_fn(data), steps=5)
+        assert _snapshot(tmp_path / "model") == before
+
+
+def _rewrite_metadata(path: Path, target: Path, **changes: str) -> None:
+    """A forger's copy: other metadata, with a content hash that matches it (so only the checks on values stop it)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = {**handle.metadata(), **changes}
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    metadata[ckpt.CONTENT_HASH_KEY] = ckpt._content_hash(tensors, metadata)
+    save_file(tensors, str(target), metadata=metadata)
+
+
+def test_forged_or_odd_checkpoint_metadata_is_refused(make_estimator, data, tmp_path, caplog):
+    make_estimator(save_checkpoints_steps=5).train(_train_fn(data), steps=10)
+    model_dir = tmp_path / "model"
+    five = model_dir / "model.ckpt-5.safetensors"
+    # Step 5's file under the name of step 30: the metadata and the name disagree; resuming there would overwrite.
+    (model_dir / "model.ckpt-30.safetensors").write_bytes(five.read_bytes())
+    with caplog.at_level(logging.WARNING, logger="torch_estimator"):
+        est = make_estimator(save_checkpoints_steps=5)
+        est.train(_train_fn(data), steps=5)
+    assert re.search(r"model.ckpt-30.safetensors says it is global step 5, but its name says 30: it was renamed or altered",
+                     caplog.text)
+    assert ckpt.read_checkpoint(str(model_dir / "model.ckpt-15.safetensors")).global_step == 15  # resumed at 10
+    for value in ("-3", str(10**30), "1e3", " 7"):
+        forged = tmp_path / "forged" / f"{abs(hash(value))}" / "model.ckpt-5.safetensors"
+        forged.parent.mkdir(parents=True)
+        _rewrite_metadata(five, forged, global_step=value)
+        with pytest.raises(ckpt.CheckpointCorruptError, match=r"has damaged metadata: .*is not an int from 0 to 2\*\*63 - 1"):
+            ckpt.read_checkpoint(str(forged))
+    for step in (-3, 2**63, 1.5, True):
+        with pytest.raises(ValueError, match=r"global step must be an int from 0 to 2\*\*63 - 1; received"):
+            ckpt.CheckpointManager(str(tmp_path / "neg")).save(step, model=TinyNet())
+    assert not any(n.startswith("model.ckpt-") for n in os.listdir(tmp_path / "neg"))
+
+
+def test_a_checkpoint_without_content_hash_warns_and_one_with_a_damaged_hash_key_is_refused(tmp_path, caplog):
+    plain = tmp_path / "model.ckpt-3.safetensors"
+    ckpt.write_checkpoint(str(plain), 3, model=TinyNet(), content_hash=False)
+    with caplog.at_level(logging.WARNING, logger="torch_estimator"):
+        assert ckpt.read_checkpoint(str(plain)).global_step == 3
+    assert "has no content hash (written with content_hash=False); loading it unchecked" in caplog.text
+    hashed = tmp_path / "flipped" / "model.ckpt-3.safetensors"
+    hashed.parent.mkdir()
+    ckpt.write_checkpoint(str(hashed), 3, model=TinyNet())
+    data = hashed.read_bytes()
+    assert data.count(b'"content_hash"') == 1
+    hashed.write_bytes(data.replace(b'"content_hash"', b'"content_hasi"'))  # one flipped bit in the key's name
+    with pytest.raises(ckpt.CheckpointCorruptError, match=r"is damaged: it has no content hash but unknown metadata keys "
+                                                          r"\['content_hasi'\]"):
+        ckpt.read_checkpoint(str(hashed))
+
+
+def test_tensors_of_another_dtype_are_cast_with_a_warning(make_estimator, data, tmp_path, caplog):
+    double = TinyNet().double()
+    ckpt.CheckpointManager(str(tmp_path / "model")).save(7, model=double)
+    with caplog.at_level(logging.WARNING, logger="torch_estimator"):
+        est = make_estimator()
+        assert int(est.evaluate(_eval_fn(data))["global_step"]) == 7
+    assert re.search(r"model.ckpt-7.safetensors holds tensors of another dtype than the model's; they are cast: "
+                     r"hidden.bias \(float64 -> float32\), hidden.weight \(float64 -> float32\)", caplog.text)
+    caplog.clear()
+    half = tmp_path / "half" / "model.ckpt-1.safetensors"
+    half.parent.mkdir()
+    ckpt.write_checkpoint(str(half), 1, model=TinyNet().half())
+    with caplog.at_level(logging.WARNING, logger="torch_estimator"):
+        te.Estimator(classifier_fn, model_dir=str(tmp_path / "warm"), model=TinyNet(), warm_start_from=str(half),
+                     config=te.RunConfig(device="cpu")).evaluate(_eval_fn(data))
+    assert "(float16 -> float32)" in caplog.text
+
+
+def test_evaluate_on_a_read_only_model_dir_warns_that_summaries_were_not_written(make_estimator, data, tmp_path, caplog, small_disk):
+    est = make_estimator(model_dir=small_disk / "model", save_checkpoints_steps=5)
+    est.train(_train_fn(data), steps=5)
+    _remount(small_disk, "ro")
+    reader = make_estimator(model_dir=small_disk / "model")
+    with caplog.at_level(logging.WARNING, logger="torch_estimator"):
+        result = reader.evaluate(_eval_fn(data))
+    assert int(result["global_step"]) == 5 and 0 <= result["accuracy"] <= 1
+    assert re.search(r"The evaluation summaries could not be written \(the metrics are returned\): \[Errno 30\] Could not "
+                     r"write TensorBoard events to .*model/eval: Read-only file system", caplog.text)
+    assert len(list(reader.predict(numpy_input_fn({"x": data[0]}, batch_size=25, shuffle=False)))) == 100
+    with pytest.raises(PermissionError, match=r"`model_dir` .*model is not writable; checkpoints cannot be saved there"):
+        reader.train(_train_fn(data), steps=1)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# A real full disk: a small tmpfs (needs root; skipped elsewhere).
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if os.name != "posix" or os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _remount(mount: Path, mode: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,{mode}", str(mount)], check=True)
+
+
+def _leave_free(mount: Path, nbytes: int) -> None:
+    """Fill ``mount`` with a filler file until exactly ``nbytes`` (a multiple of the page size) stay free."""
+    filler = mount / "filler"
+    page = os.statvfs(mount).f_frsize
+    with open(filler, "ab") as handle:
+        while True:
+            free = os.statvfs(mount).f_bavail * page
+            if free == nbytes:
+                return
+            if free > nbytes:
+                handle.write(b"\0" * min(free - nbytes, 1 << 20))
+                handle.flush()
+                os.fsync(handle.fileno())
+            else:
+                handle.truncate(max(0, os.fstat(handle.fileno()).st_size - (nbytes - free)))
+
+
+def _files_and_bytes(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and p.name != "filler"}
+
+
+def _full_disk_estimator(model_dir: Path):
+    torch.manual_seed(0)
+    return te.Estimator(tr.model_fn, model_dir=str(model_dir), model=tr.Net(), optimizer=lambda p: torch.optim.Adam(p, lr=1e-4),
+                        config=te.RunConfig(device="cpu", save_checkpoints_steps=2, keep_checkpoint_max=2,
+                                            log_step_count_steps=None, save_summary_steps=None, progress_bar=False))
+
+
+def _net_input():
+    rng = np.random.default_rng(0)
+    return numpy_input_fn(rng.normal(size=(64, 32)).astype("float32"), np.zeros(64, "int64"), batch_size=16, num_epochs=None, shuffle=False)
+
+
+def test_a_real_full_disk_inside_the_tensor_write_is_a_clear_oserror_and_nothing_is_lost(small_disk):
+    model_dir = small_disk / "model"
+    est = _full_disk_estimator(model_dir)
+    est.train(_net_input(), steps=4)  # checkpoints 2 and 4, about 1 MB each with Adam's state
+    size = os.stat(model_dir / "model.ckpt-4.safetensors").st_size
+    before = _files_and_bytes(model_dir)
+    _leave_free(small_disk, 64 << 10)  # room for the lock and a sliver of the next checkpoint
+    with pytest.raises(OSError, match=r"Could not write the checkpoint .*model/model.ckpt-6.safetensors: No space left on "
+                                      r"device. The previous checkpoints and the index are unchanged; free disk space") as caught:
+        est.train(_net_input(), steps=4)
+    assert caught.value.errno == errno.ENOSPC and size > (64 << 10)
+    assert _files_and_bytes(model_dir) == before  # no partial file, no temporary file, index and checkpoints as they were
+    os.remove(small_disk / "filler")
+    est.train(_net_input(), steps=4)  # space is back: it resumes from step 4
+    assert ckpt._step_of(ckpt.latest_checkpoint(str(model_dir))) == 8
+
+
+def test_a_real_full_disk_at_the_index_removes_the_new_checkpoint(small_disk):
+    model_dir = small_disk / "model"
+    est = _full_disk_estimator(model_dir)
+    est.train(_net_input(), steps=4)
+    page = os.statvfs(small_disk).f_frsize
+    size = os.stat(model_dir / "model.ckpt-4.safetensors").st_size
+    before = _files_and_bytes(model_dir)
+    _leave_free(small_disk, (-(-size // page) + 1) * page)  # the checkpoint fits, with one page for the lock; not the index
+    with pytest.raises(OSError, match=r"Could not write the checkpoint index .*model/checkpoint: No space left on device. The "
+                                      r"previous checkpoints and the index are unchanged; free disk space") as caught:
+        est.train(_net_input(), steps=2)
+    assert caught.value.errno == errno.ENOSPC
+    assert _files_and_bytes(model_dir) == before
+
+
+def test_when_cleanup_fails_too_the_original_error_wins(small_disk, monkeypatch):
+    model_dir = small_disk / "model"
+    est = _full_disk_estimator(model_dir)
+    est.train(_net_input(), steps=2)
+    _leave_free(small_disk, 64 << 10)
+    real_remove, real_save, failed = ckpt._remove, ckpt.save_file, []
+
+    def save(tensors, filename, metadata=None):
+        try:
+            return real_save(tensors, filename, metadata=metadata)  # the disk fills, for real
+        except OSError:
+            failed.append(filename)
+            raise
+
+    def read_only_by_now(path):
+        # Then the file system turns read-only (as ext4's errors=remount-ro does). Simulated: a real
+        # `mount -o remount,ro` is refused (EBUSY) while the trainer holds files open for writing.
+        if failed:
+            raise OSError(errno.EROFS, "Read-only file system", path)
+        return real_remove(path)
+
+    monkeypatch.setattr(ckpt, "save_file", save)
+    monkeypatch.setattr(ckpt, "_remove", read_only_by_now)
+    with pytest.raises(OSError, match=r"Could not write the checkpoint .*model.ckpt-4.safetensors: No space left on device\..*"
+                                      r"The temporary file .*model.ckpt-4.safetensors.tmp\d+ could not be removed "
+                                      r"\(Read-only file system\); delete it.") as caught:
+        est.train(_net_input(), steps=2)
+    assert caught.value.errno == errno.ENOSPC and isinstance(caught.value.__cause__, OSError)
+    assert caught.value.__cause__.errno == errno.ENOSPC
+
+
+def test_events_on_a_real_full_disk_are_a_clear_oserror(small_disk):
+    _leave_free(small_disk, 0)
+    logdir = small_disk / "events"
+    with pytest.raises(OSError, match=r"Could not write TensorBoard events to .*events: No space left on device. Checkpoints "
+                                      r"are written separately and are unaffected; free disk space") as caught:
+        for step in range(50):
+            te.summary.write_summaries(str(logdir), {"loss": 0.5, "weights": np.arange(1000.0)}, step)
+            te.summary.flush_all()
+    assert caught.value.errno == errno.ENOSPC
+    os.remove(small_disk / "filler")
+    te.summary.write_summaries(str(logdir), {"loss": 0.25}, 100)  # a new writer once there is room again
+    te.summary.flush_all()
+    assert te.summary.read_scalars(str(logdir))[100] == {"loss": 0.25}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -611,6 +950,14 @@ class Env:
         self.foreign.parent.mkdir()
         save_file({"w": torch.zeros(2)}, str(self.foreign))
         self.truncated.write_bytes((self.dir / "model.ckpt-5.safetensors").read_bytes()[:-40])
+        self.renamed = self.tmp / "other" / "model.ckpt-9.safetensors"  # step 5's file under step 9's name
+        self.renamed.write_bytes((self.dir / "model.ckpt-5.safetensors").read_bytes())
+        self.dir_index = self.tmp / "dir_index"  # the trained model_dir, with a directory where the index belongs
+        shutil.copytree(self.dir, self.dir_index)
+        os.remove(self.dir_index / "checkpoint")
+        (self.dir_index / "checkpoint").mkdir()
+        self.dangling = self.tmp / "dangling"
+        os.symlink(self.tmp / "nowhere", self.dangling)
         return self
 
     def est(self, model_fn=classifier_fn, model=None, model_dir=None, config=None, **kwargs):
@@ -785,6 +1132,9 @@ CASES = [
     pytest.param(lambda e: te.RunConfig(keep_checkpoint_every_n_hours=0), ValueError, r"RunConfig `keep_checkpoint_every_n_hours` must be a number > 0 or None; received 0", id="config-keep_every_n_hours-0"),
     pytest.param(lambda e: te.RunConfig(precision="fp8"), ValueError, r"RunConfig `precision` must be one of \('32', 'bf16', 'fp16'\); received 'fp8'", id="config-precision-unknown"),
     pytest.param(lambda e: te.RunConfig(random_seed=-1), ValueError, r"RunConfig `random_seed` must be an int >= 0 or None; received -1", id="config-random_seed-negative"),
+    pytest.param(lambda e: te.RunConfig(random_seed=2**70), ValueError, r"RunConfig `random_seed` must be < 2\*\*64; received 1180591620717411303424", id="config-random_seed-too-large"),
+    pytest.param(lambda e: te.RunConfig(gradient_clip_norm=float("nan")), ValueError, r"RunConfig `gradient_clip_norm` must be a finite number > 0 or None; received nan", id="config-gradient_clip_norm-nan"),
+    pytest.param(lambda e: te.RunConfig(device="meta"), ValueError, r"RunConfig `device` 'meta' holds no data \(meta tensors have shapes only\); training, evaluation and prediction need a real device", id="config-device-meta"),
     pytest.param(lambda e: te.RunConfig(log_step_count_steps=0), ValueError, r"RunConfig `log_step_count_steps` must be an int >= 1 or None; received 0", id="config-log_step_count_steps-0"),
     pytest.param(lambda e: te.RunConfig(model_dir=3), ValueError, r"RunConfig `model_dir` must be a path \(str or os.PathLike\) or None; received 3", id="config-model_dir-not-a-path"),
     pytest.param(lambda e: te.RunConfig().replace(save_steps=3), ValueError, r"RunConfig.replace: cannot replace \['save_steps'\]; allowed fields are", id="config-replace-unknown-field"),
@@ -799,11 +1149,16 @@ CASES = [
     pytest.param(lambda e: (setattr(ckpt, "save_file", _read_only_fs), e.est(config=e.quiet).train(e.train_fn(), steps=100)), OSError, r"Could not write the checkpoint .*model.ckpt-105.safetensors: Read-only file system. The previous checkpoints and the index are unchanged", id="model_dir-read-only"),
     pytest.param(_while_locked, te.ModelDirLockedError, rf"`model_dir` .*model is being trained by process {os.getpid()} on host .* \(training since 20.*\): it holds the lock .*model/train.lock. Two trainers in one model_dir would overwrite", id="model_dir-locked-by-another-trainer"),
     pytest.param(lambda e: e.est(_hidden_nan_fn, config=e.quiet).train(e.train_fn(), steps=1), te.NanLossDuringTrainingError, r"The weights or optimizer state became NaN or infinite at global step 6, while the loss stayed finite.*Non-finite: \['model/out.bias'\]\. Training stopped and no checkpoint of them was written", id="weights-nan-with-a-finite-loss"),
+    pytest.param(lambda e: e.est(model_dir=e.dangling), ValueError, r"`model_dir` .*dangling is a symbolic link to .*nowhere, which does not exist; create the target directory or give another model_dir", id="model_dir-dangling-symlink"),
+    pytest.param(lambda e: e.est(model_dir=e.dir_index, config=e.quiet).train(e.train_fn(), steps=1), IsADirectoryError, r"\[Errno 21\] Could not write the checkpoint index .*dir_index/checkpoint: Is a directory. The previous checkpoints and the index are unchanged; move the directory .*dir_index/checkpoint away", id="index-is-a-directory-train"),
+    pytest.param(lambda e: e.est(optimizer=lambda p: torch.optim.Adam(p)).train(e.train_fn(), steps=1), ValueError, r"model.ckpt-5.safetensors holds the state of a different optimizer than this Estimator's Adam \(parameter group 0 lacks its settings \[.*'betas'.*\] and has \[.*'momentum'.*\]\). To continue this model_dir, use the optimizer it was trained with; to switch optimizers, train into a new model_dir with warm_start_from=<this model_dir>", id="optimizer-switched-train"),
     # --- a checkpoint of another model, or not a checkpoint ------------------------------------------------
     pytest.param(lambda e: e.est(model=Wider()).train(e.train_fn(), steps=1), ValueError, r"model.ckpt-5.safetensors does not match the model: missing keys \['extra.bias', 'extra.weight'\], unexpected keys \[\], mis-shaped \[\]", id="checkpoint-missing-keys"),
     pytest.param(lambda e: e.est(model=Smaller()).evaluate(e.eval_fn()), ValueError, r"does not match the model: missing keys \[\], unexpected keys \['hidden.bias', 'hidden.weight'\], mis-shaped \['out.weight: checkpoint \(2, 8\) vs model \(2, 4\)'\]", id="checkpoint-unexpected-keys"),
     pytest.param(lambda e: list(e.est(model=Narrower()).predict(e.eval_fn())), ValueError, r"mis-shaped \['hidden.bias: checkpoint \(8,\) vs model \(3,\)', 'hidden.weight: checkpoint \(8, 4\) vs model \(3, 4\)', 'out.weight: checkpoint \(2, 8\) vs model \(2, 3\)'\]. Was it written by a different model\?", id="checkpoint-mis-shaped"),
     pytest.param(lambda e: e.est().evaluate(e.eval_fn(), checkpoint_path=str(e.foreign)), ckpt.CheckpointCorruptError, r"model.ckpt-1.safetensors is not a torch_estimator checkpoint \(format None, expected 'torch_estimator.checkpoint/1'\)", id="checkpoint-foreign-safetensors"),
+    pytest.param(lambda e: e.est().evaluate(e.eval_fn(), checkpoint_path=str(e.dir)), ckpt.CheckpointCorruptError, r"Checkpoint path .*model is a directory, not a checkpoint file; give a file model.ckpt-<step>.safetensors", id="checkpoint_path-is-a-directory"),
+    pytest.param(lambda e: e.est().evaluate(e.eval_fn(), checkpoint_path=str(e.renamed)), ckpt.CheckpointCorruptError, r"Checkpoint .*other/model.ckpt-9.safetensors says it is global step 5, but its name says 9: it was renamed or altered", id="checkpoint-step-differs-from-its-name"),
     pytest.param(lambda e: e.est().evaluate(e.eval_fn(), checkpoint_path=str(e.truncated)), ckpt.CheckpointCorruptError, r"Checkpoint .*other/model.ckpt-5.safetensors could not be read: .*incomplete metadata, file not fully covered. It is truncated or damaged", id="checkpoint-truncated"),
     # --- warm start (into a fresh model_dir) ------------------------------------------------------------------
     pytest.param(lambda e: e.est(model_dir=e.tmp / "fresh", warm_start_from=str(e.tmp / "nothing")).train(e.train_fn(), steps=1), ValueError, r"warm_start_from: .*nothing does not exist; give a checkpoint file or a model_dir", id="warm_start-path-missing"),
@@ -832,7 +1187,7 @@ def _snapshot(root: Path) -> dict[str, tuple[int, int] | str]:
         for name in dirs:
             out[os.path.relpath(os.path.join(directory, name), root)] = "dir"
         for name in files:
-            stat = os.stat(os.path.join(directory, name))
+            stat = os.lstat(os.path.join(directory, name))
             out[os.path.relpath(os.path.join(directory, name), root)] = (stat.st_size, stat.st_mtime_ns)
     return out
 

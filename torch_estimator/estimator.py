@@ -693,8 +693,14 @@ class Estimator:
             )
         try:
             last_loss = self._train_loop(batches, HookList([*hooks, *stop, *defaults]), saver, already_saved=path is not None and self._synced is not None)
-        finally:
+        except BaseException:
+            with contextlib.suppress(OSError):  # the error that stopped training is the one to report
+                summary.flush_all()
+            _close_progress_bars(defaults)
+            raise
+        try:
             summary.flush_all()
+        finally:
             _close_progress_bars(defaults)
         self._input_state = self._capture_input(source)
         self._sync_after_training()
@@ -971,8 +977,11 @@ class Estimator:
             written = {k: v for k, v in result.items() if k != "global_step"}
             if used is not None:
                 written["checkpoint_path"] = summary.Text(used)
-            summary.write_summaries(self.eval_dir(name), written, self._global_step)
-            summary.flush_all()
+            try:
+                summary.write_summaries(self.eval_dir(name), written, self._global_step)
+                summary.flush_all()
+            except OSError as error:  # a read-only or full model_dir: the evaluation itself stands
+                logger.warning("The evaluation summaries could not be written (the metrics are returned): %s", error)
         return result
 
     @contextlib.contextmanager

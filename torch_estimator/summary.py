@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import glob
 import io
 import logging
@@ -39,7 +40,7 @@ __all__ = ["Image", "Text", "writer_for", "write_summaries", "write_graph", "flu
 
 _writers: dict[str, Any] = {}
 _graphs: set[str] = set()  # logdirs this process has written (or tried to write) a model graph to
-_lock = threading.Lock()
+_lock = threading.RLock()  # re-entered when a failed writer is dropped
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,23 +59,61 @@ class Text:
 
 
 def writer_for(logdir: str) -> Any:
-    """The process's ``SummaryWriter`` for ``logdir``, created (with its event file) on first use."""
+    """The process's ``SummaryWriter`` for ``logdir``, created (with its event file) on first use.
+
+    Raises:
+        OSError: If the directory or the event file cannot be created (see :func:`write_summaries`).
+    """
     key = os.path.abspath(logdir)
     with _lock:
         writer = _writers.get(key)
         if writer is None:
             from torch.utils.tensorboard import SummaryWriter  # deferred: importing tensorboard takes seconds
 
-            writer = _writers[key] = SummaryWriter(log_dir=key)
+            try:
+                writer = _writers[key] = SummaryWriter(log_dir=key)
+            except OSError as error:
+                raise _write_error(key, error) from error
         return writer
 
 
-def flush_all() -> None:
-    """Flush every open writer (done at the end of each train, evaluate and predict)."""
+def _write_error(logdir: str, error: OSError) -> OSError:
+    """The error of a failed event write: errno kept, the directory named, what to do said; the broken
+    writer is dropped, so that a later write starts a new event file."""
     with _lock:
-        writers = list(_writers.values())
-    for writer in writers:
-        writer.flush()
+        writer = _writers.pop(logdir, None)
+    if writer is not None:
+        try:
+            writer.close()
+        except Exception:  # noqa: BLE001 - it failed already; the first error is the one to report
+            pass
+    if error.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+        advice = "free disk space"
+    elif error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        advice = "make the directory writable"
+    else:
+        advice = "fix the cause above"
+    message = (f"Could not write TensorBoard events to {logdir}: {error.strerror or error}. Checkpoints are written "
+               f"separately and are unaffected; {advice}, then run again.")
+    return type(error)(error.errno, message) if error.errno is not None else OSError(message)
+
+
+def flush_all() -> None:
+    """Flush every open writer (done at the end of each train, evaluate and predict).
+
+    Raises:
+        OSError: The first writer that failed (every writer is flushed all the same).
+    """
+    with _lock:
+        writers = list(_writers.items())
+    failed: OSError | None = None
+    for key, writer in writers:
+        try:
+            writer.flush()
+        except OSError as error:
+            failed = failed or _write_error(key, error)
+    if failed is not None:
+        raise failed
 
 
 def _host(value: Any, to_host: Callable[[Any], Any]) -> Any:
@@ -98,8 +137,17 @@ def write_summaries(logdir: str, summaries: Mapping[str, Any], step: int) -> Non
 
     Raises:
         TypeError: If a value has none of these types (the message names the tag).
+        OSError: If the events cannot be written (full disk, read-only directory): the errno kept, the
+            directory named and what to do said.
     """
     writer = writer_for(logdir)
+    try:
+        _write(writer, summaries, step)
+    except OSError as error:
+        raise _write_error(os.path.abspath(logdir), error) from error
+
+
+def _write(writer: Any, summaries: Mapping[str, Any], step: int) -> None:
     for tag, value in summaries.items():
         if value is None:
             continue
