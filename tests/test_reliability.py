@@ -392,6 +392,9 @@ def test_a_fifo_as_index_or_newest_checkpoint_never_blocks(make_estimator, data,
             make_estimator().evaluate(_eval_fn(data), checkpoint_path=str(model_dir / "model.ckpt-99.safetensors"))
         with pytest.raises(ckpt.CheckpointCorruptError, match="is not a regular file"):
             ckpt.list_variables(str(model_dir / "model.ckpt-99.safetensors"))
+        warm = te.Estimator(classifier_fn, model_dir=str(tmp_path / "warm"), model=TinyNet(), warm_start_from=str(model_dir),
+                            config=te.RunConfig(device="cpu"))
+        assert int(warm.evaluate(_eval_fn(data))["global_step"]) == 0  # warm-started from step 10, past the FIFOs
     assert "Checkpoint index" in caplog.text and "is unreadable (it is not a regular file)" in caplog.text
     assert "model.ckpt-99.safetensors is not a regular file" in caplog.text
     os.remove(model_dir / "model.ckpt-99.safetensors")

@@ -69,6 +69,8 @@ def _checkpoint_state(directory: str) -> str | None:
 
 def _is_state_file(path: str) -> bool:
     """TF's ``checkpoint`` state file is a text proto; torch_estimator's index of the same name is JSON."""
+    if not os.path.isfile(path):  # a FIFO would block the open, a device never end
+        return False
     try:
         with open(path, encoding="utf-8", errors="replace") as file:
             head = file.read(4096)
