@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 import os
 import shutil
@@ -116,6 +117,26 @@ def test_estimator_trains_from_tfrecords_and_checkpoints_the_position(tmp_path):
     estimator.train(lambda **kw: _float_labels(input_fn(**kw)), steps=3)
     state = te.checkpoint.read_latest_checkpoint(str(tmp_path / "model")).state["input"]
     assert state["epoch"] == 0 and state["offset"] == 12 and state["fingerprint"].startswith("tfrecord:")
+
+
+def test_estimator_resumes_the_tfrecord_input_where_the_last_checkpoint_stopped(tmp_path):
+    for k in range(2):
+        write_numbered(tmp_path / f"part-{k}.tfrecord", 7, start=10 * k)
+    seen: list[int] = []
+
+    def model_fn(features, labels, mode, model):
+        seen.extend(labels.tolist())
+        return te.EstimatorSpec(mode, loss=(model(features["x"]).squeeze(1) - labels.float()).pow(2).mean())
+
+    input_fn = tfrecord_input_fn(str(tmp_path / "part-*"), NUMBERED, batch_size=4, num_epochs=None, shuffle=True,
+                                 seed=1, label_key="i", shuffle_buffer_size=4)
+    make = lambda: te.Estimator(model_fn, model_dir=str(tmp_path / "model"), model=torch.nn.Linear(2, 1),  # noqa: E731
+                                optimizer=lambda p: torch.optim.SGD(p, lr=0.001),
+                                config=te.RunConfig(random_seed=0))
+    make().train(input_fn, steps=3)
+    make().train(input_fn, steps=3)  # a new Estimator: the position comes from the checkpoint
+    uninterrupted = [i for batch in itertools.islice(iter(input_fn()), 6) for i in batch[1].tolist()]
+    assert seen == uninterrupted
 
 
 class _float_labels:  # noqa: N801 (a thin wrapper that keeps the input's state protocol)

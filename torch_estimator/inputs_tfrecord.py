@@ -294,6 +294,9 @@ def tfrecord_input_fn(
         on_corrupt: ``"error"`` (a corrupt record raises, naming the file and offset) or ``"skip"`` (it is
             skipped, logged and counted in ``TFRecordInput.skipped_records``).
 
+    Unlike ``numpy_input_fn``, shards are not padded to equal sizes (their sizes are unknown before reading):
+    in training with several processes use ``num_epochs=None`` with ``max_steps``, as with tf.data.
+
     Returns:
         An ``input_fn(mode=None, config=None, input_context=None)`` returning a :class:`TFRecordInput`.
 
@@ -335,6 +338,11 @@ def tfrecord_input_fn(
         shard = (0, 1) if input_context is None else (input_context.input_pipeline_id, input_context.num_input_pipelines)
         if mode == "infer":  # predictions are not sharded: every process predicts what it is given
             shard = (0, 1)
+        if mode == "train" and shard[1] > 1 and num_epochs is not None:
+            logger.warning("tfrecord_input_fn: with %d processes and num_epochs=%d, the shards may hold different "
+                           "numbers of records and so take different numbers of steps (a process that finishes early "
+                           "leaves the others waiting); as with tf.data, train with num_epochs=None and max_steps.",
+                           shard[1], num_epochs)
         return TFRecordInput(files, specs, label_key, batch_size, num_epochs, shuffle, chosen, shuffle_buffer_size,
                              compression, shard, on_corrupt)
 
