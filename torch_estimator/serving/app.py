@@ -122,9 +122,7 @@ class _BodyBudget:
     def __init__(self, limit: int, timeout: float) -> None:
         self.limit, self.timeout = limit, timeout
         self.used = 0
-        self._large = 0  # large bodies being handled
         self._waiting = 0  # requests waiting for room
-        self._trim_pending = False
         self._cond: asyncio.Condition | None = None
 
     @contextlib.asynccontextmanager
@@ -145,20 +143,22 @@ class _BodyBudget:
                                         f"retry later.") from None
             finally:
                 self._waiting -= 1
-        large = size >= LARGE_BODY_BYTES
-        self._large += large
         try:
             yield
         finally:
-            self._large -= large
-            self._trim_pending |= large
             self.used -= size
             if self._waiting:
                 async with cond:
                     cond.notify_all()
-            if self._trim_pending and not self._large:
-                self._trim_pending = False
-                asyncio.get_running_loop().run_in_executor(None, _malloc_trim)
+
+
+def _declares_large_body(scope: Mapping[str, Any]) -> bool:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            return value.isdigit() and int(value) >= LARGE_BODY_BYTES
+        if name == b"transfer-encoding":
+            return True  # unknown size: count it
+    return False
 
 
 def _decoder(encoding: str) -> Callable[[], Any] | None:
@@ -205,11 +205,15 @@ class RestApp:
         self.handler, self.limits = handler, limits
         self.in_flight = 0  # requests whose headers have arrived and that are not answered yet
         self.budget = _BodyBudget(limits.max_inflight_body_bytes, limits.queue_timeout_secs)
+        self._large = 0  # requests with large bodies being handled
+        self._trim_due = False  # a large request finished since memory was last returned
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":  # lifespan and websocket events: nothing to do
             return
         self.in_flight += 1
+        large = _declares_large_body(scope)
+        self._large += large
         try:
             request = Request(scope, receive)
             reply, close = await self._answer(request)
@@ -226,6 +230,14 @@ class RestApp:
             # Cancelled when a stop gave up on this request: its connection is closed already.
         finally:
             self.in_flight -= 1
+            self._large -= large
+            self._trim_due |= large
+            if self._trim_due and not self._large:
+                # Once the last large request is answered (its body, parsed values and response freed), give
+                # the freed heap back to the system; a moment later, when the response has left the socket.
+                self._trim_due = False
+                loop = asyncio.get_running_loop()
+                loop.call_later(0.5, lambda: loop.run_in_executor(None, _malloc_trim))
 
     async def _answer(self, request: Request) -> tuple[Reply | None, bool]:
         """``(reply, close the connection)``; reply None when the client disconnected."""
