@@ -84,6 +84,22 @@ def test_canned_estimators_warm_start_from_tf_canned_model_dirs(tmp_path, name):
     np.testing.assert_allclose(np.stack(got), expected, atol=1e-5)
 
 
+def test_dnn_with_embedding_and_indicator_columns_warm_starts_from_tf(tmp_path):
+    with np.load(FIXTURES / "dnn_embedding_predictions.npz", allow_pickle=False) as data:
+        inputs, expected = {key: data[key] for key in ("x", "color", "day")}, data["probabilities"]
+    colors = ["red", "blue", "green"]
+    fc = te.feature_column
+    columns = [fc.numeric_column("x", shape=[2]),
+               fc.embedding_column(fc.categorical_column_with_vocabulary_list("color", colors), 3),
+               fc.indicator_column(fc.categorical_column_with_identity("day", 7))]
+    features = te.canned.encode_features({"x": inputs["x"], "color": [colors[i] for i in inputs["color"]],
+                                          "day": inputs["day"]})
+    estimator = te.DNNClassifier(hidden_units=[4], feature_columns=columns, n_classes=3, model_dir=str(tmp_path / "m"),
+                                 warm_start_from=str(FIXTURES / "dnn_embedding"))
+    got = [p["probabilities"] for p in estimator.predict(te.inputs.numpy_input_fn(features, shuffle=False))]
+    np.testing.assert_allclose(np.stack(got), expected, atol=1e-5)
+
+
 def test_user_mapping_and_rename_rules():
     values, _ = TFCheckpoint(FIXTURES / "dnn").read_all()
     model = nn.Sequential()

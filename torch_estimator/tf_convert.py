@@ -6,7 +6,7 @@ Names are matched, in order of precedence, by:
 2. ``rename`` rules: ``(regex, replacement)`` pairs; a TF name that matches a regex in full becomes
    ``re.sub``'s replacement, a model name (e.g. ``(r"net/fc(\\d+)/kernel", r"layers.\\1.weight")``);
 3. the canned estimators' names (``dnn/hiddenlayer_0/kernel`` -> ``hidden_layers.0.weight``, ``dnn/logits/...``,
-   batch norm, ``linear/linear_model/<column>/weights``, ``baseline/bias``), matched against model names
+   batch norm, embedding columns' ``embedding_weights``, ``linear/linear_model/<column>/weights``, ``baseline/bias``), matched against model names
    that equal the target or end with ``.<target>`` (so wide & deep's ``dnn.``/``linear.`` prefixes work);
 4. ``tf.layers``/Keras layer names (``conv2d``, ``conv2d_1``, ..., ``dense``, ``dense_1``, ...): the i-th TF
    layer of a kind goes to the i-th ``nn.Conv2d`` / ``nn.Linear`` still unfilled, in definition order — the
@@ -55,6 +55,7 @@ CANNED_RULES: tuple[tuple[str, str], ...] = (
     (r"dnn/hiddenlayer_(\d+)/batchnorm_\d+/beta", r"batch_norms.\1.bias"),
     (r"dnn/hiddenlayer_(\d+)/batchnorm_\d+/moving_mean", r"batch_norms.\1.running_mean"),
     (r"dnn/hiddenlayer_(\d+)/batchnorm_\d+/moving_variance", r"batch_norms.\1.running_var"),
+    (r"dnn/input_from_feature_columns/input_layer/([^/]+)/embedding_weights", r"input_layer.column_states.states.\1.weight"),
     (r"dnn/logits/kernel", r"logits.weight"),
     (r"dnn/logits/bias", r"logits.bias"),
     (r"linear/linear_model/bias_weights", r"linear_model.bias"),
