@@ -344,10 +344,25 @@ def tfrecord_inputs(data: str, batch_size: int, predict: int) -> tuple[Any, Any,
 # The script.
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help with each option's default (where it has one) and the docstring's examples as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False:  # no value to show: "(default: None)" says nothing
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _plain(text: str) -> str:
+    """The docstring's reST as plain text for --help: ``code`` -> code, a trailing :: -> :."""
+    return re.sub(r"``(.+?)``", r"\1", text).replace("::\n", ":\n")
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", choices=sorted(TORCHVISION_FOLDERS), default="mnist")
+    paragraphs = __doc__.split("\n\n")
+    parser = argparse.ArgumentParser(description=_plain("\n\n".join(paragraphs[:2])),
+                                     epilog=_plain("\n\n".join(paragraphs[2:4])), formatter_class=_HelpFormatter)
+    parser.add_argument("--dataset", choices=sorted(TORCHVISION_FOLDERS), default="mnist", help="the images to learn")
     parser.add_argument("--data-dir", help="directory with the four IDX files (plain or .gz), or torchvision's root")
     parser.add_argument("--synthetic", action="store_true", help="use seeded random data (no files, no download)")
     parser.add_argument("--data", metavar="tfrecord:PATTERN",
@@ -355,10 +370,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                              "the pattern is 'train' or 'eval'")
     parser.add_argument("--write-tfrecords", metavar="DIR",
                         help="write the chosen data to DIR/train-00000.tfrecord and DIR/eval-00000.tfrecord, then stop")
-    parser.add_argument("--steps", type=int, default=20000, help="training steps (the tutorial's 20000)")
+    parser.add_argument("--steps", type=int, default=20000, help="training steps, as the tutorial's")
     parser.add_argument("--learning-rate", type=float, default=0.001, help="SGD learning rate")
-    parser.add_argument("--batch-size", type=int, default=100)
-    parser.add_argument("--model-dir", help="checkpoints and summaries (default: runs/<dataset>)")
+    parser.add_argument("--batch-size", type=int, default=100, help="examples per training batch, as the tutorial's")
+    parser.add_argument("--model-dir", help="checkpoints and summaries; runs/<dataset> when omitted")
     parser.add_argument("--seed", type=int, default=0, help="seeds the model's initialisation and the shuffle")
     parser.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', 'cuda:1', 'mps', ...")
     parser.add_argument("--predict", type=int, default=5, metavar="N", help="predict the first N eval images")

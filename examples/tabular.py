@@ -146,8 +146,15 @@ def train_regressor(model_dir: str | Path, export_dir: str | Path, steps: int = 
             "export_dir": path, "variance": float(y_test.var())}
 
 
+def _rounded(values: Any, digits: int = 1) -> list[float]:
+    """Values as a flat list of Python floats rounded for printing (float32 prints 115.0999984741211 otherwise)."""
+    array = values.numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
+    return [round(float(v), digits) for v in array.reshape(-1)]
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--model-dir", default="runs/tabular", help="parent of the two model directories and exports")
     parser.add_argument("--steps", type=int, default=500, help="training steps per model")
     args = parser.parse_args(argv)
@@ -165,8 +172,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     regressor = train_regressor(base / "regressor", base / "regressor_export", args.steps)
     print(f"regressor: average loss {regressor['metrics']['average_loss']:.3f} in label deviations^2 "
           f"(predicting the mean: {regressor['variance']:.3f})")
-    print(f"  served from {regressor['export_dir']}: {np.round(regressor['served']['outputs'].numpy(), 1).tolist()} "
-          f"(true: {regressor['truth'].tolist()})")
+    print(f"  served from {regressor['export_dir']}: {_rounded(regressor['served']['outputs'])} "
+          f"(true: {_rounded(regressor['truth'])})")
     return {"classifier": classifier, "regressor": regressor}
 
 

@@ -4,6 +4,8 @@ exported and served."""
 from __future__ import annotations
 
 import importlib.util
+import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -52,3 +54,11 @@ def test_main_prints_both_models(tabular, tmp_path, capsys):
     tabular.main(["--model-dir", str(tmp_path), "--steps", "20"])
     out = capsys.readouterr().out
     assert "classifier: accuracy" in out and "regressor: average loss" in out and "served from" in out
+    served = re.search(r"regressor_export/\d+: (\[.*?\]) \(true: (\[.*?\])\)", out)
+    for printed in served.groups():  # rounded to one decimal, not float32's 115.0999984741211
+        assert all(re.fullmatch(r"-?\d+\.\d", v) for v in printed.strip("[]").split(", ")), printed
+
+
+def test_main_runs_as_a_script_and_help_shows_defaults(tmp_path):
+    result = subprocess.run([sys.executable, str(EXAMPLE), "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "(default: 500)" in result.stdout and "(default: runs/tabular)" in result.stdout

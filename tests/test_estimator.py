@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 
 import numpy as np
 import pytest
@@ -432,7 +433,8 @@ def test_evaluate_returns_metrics_loss_and_global_step(make_estimator, data):
     est.train(_train_fn(data), steps=20)
     result = est.evaluate(_eval_fn(data, batch_size=30))
     assert set(result) == {"accuracy", "loss", "global_step"}
-    assert result["global_step"] == 20 and isinstance(result["global_step"], np.int64)
+    assert result["global_step"] == 20 and type(result["global_step"]) is int
+    assert type(result["loss"]) is float and type(result["accuracy"]) is float
     x, y = data
     model = est.model.eval()
     with torch.no_grad():
@@ -441,6 +443,32 @@ def test_evaluate_returns_metrics_loss_and_global_step(make_estimator, data):
         accuracy = (logits.argmax(1).numpy() == y).mean()
     assert result["loss"] == pytest.approx(np.mean(batch_losses), rel=1e-5)  # mean of per-batch losses
     assert result["accuracy"] == pytest.approx(accuracy)
+
+
+def test_evaluate_results_print_as_plain_numbers(make_estimator, data, caplog):
+    # numpy 2 prints its scalars as np.float64(0.78); the results are Python numbers, the float32 loss by
+    # its shortest repr (as TF printed it), so a printed dict reads as numbers.
+    est = make_estimator()
+    est.train(_train_fn(data), steps=5)
+    with caplog.at_level(logging.INFO, logger="torch_estimator"):
+        result = est.evaluate(_eval_fn(data, batch_size=30))
+    assert "np." not in repr(result) and "np." not in caplog.text
+    loss32 = np.float32(result["loss"])
+    assert repr(result["loss"]) == str(loss32)  # shortest digits that give the float32 back
+    assert re.fullmatch(r"\{'accuracy': [0-9.]+, 'global_step': 5, 'loss': [0-9.]+\}", repr(dict(sorted(result.items()))))
+
+
+def test_array_metrics_stay_arrays(tmp_path, data):
+    def model_fn(features, labels, mode, model):
+        spec = classifier_fn(features, labels, mode, model)
+        logits = model(features["x"]).detach()
+        per_class = te.metrics.MetricUpdate({"total": logits.sum(0), "count": torch.tensor(float(len(logits)))},
+                                            lambda stats: stats["total"] / stats["count"])
+        return spec.replace(eval_metric_ops={**spec.eval_metric_ops, "mean_logits": per_class})
+
+    est = te.Estimator(model_fn, model_dir=str(tmp_path), model=TinyNet(), config=te.RunConfig(device="cpu"))
+    result = est.evaluate(_eval_fn(data))
+    assert isinstance(result["mean_logits"], np.ndarray) and result["mean_logits"].shape == (2,)
 
 
 def test_evaluate_without_checkpoint_uses_initial_weights(make_estimator, data, caplog):

@@ -321,3 +321,15 @@ def test_export_dir_is_served_as_is(tmp_path):
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=60)
+
+
+def test_help_shows_defaults_and_no_rest_markup(tmp_path):
+    result = subprocess.run([sys.executable, str(EXAMPLE), "--help"], cwd=tmp_path, env=_offline_env(),
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    out, flat = result.stdout, " ".join(result.stdout.split())  # argparse wraps lines
+    for default in ("(default: 20000)", "(default: 0.001)", "(default: 100)", "(default: mnist)", "(default: auto)"):
+        assert default in flat, default
+    assert "``" not in out and "::" not in out and "(default: None)" not in out and "(default: False)" not in out
+    assert "The TensorFlow Estimator CNN tutorial (cnn_mnist.py)" in out
+    assert "python examples/mnist.py --synthetic --steps 200" in out  # the examples, as written

@@ -158,6 +158,18 @@ def _to_host(value: Any) -> Any:
     return value
 
 
+def _plain(value: Any) -> Any:
+    """A metric as a plain Python number where it is a scalar (``0.8125``, not ``np.float64(0.8125)``):
+    float32 values by their shortest repr (``0.6954324``, what TF printed), arrays unchanged."""
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value[()]
+    if isinstance(value, (np.float32, np.float16)):
+        return float(str(value))
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
 def _found_inf(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) -> bool:
     """Whether the fp16 gradients overflowed (the scaler will skip the step), after ``unscale_``.
     ``GradScaler.step`` reads the same flags on the host; reading them first adds no wait for the device,
@@ -949,7 +961,8 @@ class Estimator:
         """Evaluate the latest (or given) checkpoint on ``input_fn``'s batches.
 
         Returns:
-            The ``eval_metric_ops`` values, ``loss`` (the mean of per-batch losses) and ``global_step``.
+            The ``eval_metric_ops`` values, ``loss`` (the mean of per-batch losses) and ``global_step``, scalars
+            as plain Python numbers (``float``, ``int``, ``bool``); array-valued metrics stay numpy arrays.
 
         Raises:
             ValueError: For a non-positive ``steps``, a reserved metric name, or a missing checkpoint path.
@@ -1027,7 +1040,8 @@ class Estimator:
             raise ValueError("evaluate: input_fn yielded no batches (on at least one process); give each at least one.")
         result = accumulator.compute(reduce=distribute.all_reduce_sum if collective else None)
         result["loss"] = _to_host(totals[0] / totals[1])
-        result["global_step"] = np.int64(self._global_step)
+        result["global_step"] = self._global_step
+        result = {name: _plain(value) for name, value in result.items()}
         context.results = result
         hooks.end(context)
         return result
