@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 import torch_estimator as te
 
-SAVE_EVERY = 2
+SAVE_EVERY = 1
 KEEP = 3
 REPEAT = 6
 

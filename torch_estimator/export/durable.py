@@ -31,6 +31,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -45,8 +46,8 @@ try:
 except ImportError:  # not POSIX: only the age rule applies
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["ExportWriter", "remove_dead_temp_dirs", "sync_and_record", "fsync_dir", "TEMP_PREFIX", "WRITER_FILE",
-           "STALE_SECONDS"]
+__all__ = ["ExportWriter", "remove_dead_temp_dirs", "sync_and_record", "fsync_dir", "write_file", "TEMP_PREFIX",
+           "WRITER_FILE", "STALE_SECONDS"]
 
 logger = logging.getLogger("torch_estimator")
 
@@ -230,3 +231,25 @@ def _remove(path: str, why: str) -> bool:
         return False
     logger.warning("Removed %s, the temporary directory of %s (it never completed).", path, why)
     return True
+
+
+def write_file(path: str, data: bytes) -> None:
+    """Write an artifact serialized in memory with plain ``os.write``: torch's own file writers abort the
+    process on a full disk (an exception thrown in a destructor), this raises.
+
+    Raises:
+        OSError: With the errno, naming ``path`` and saying what to do.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o666)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view[:_CHUNK]):]
+        finally:
+            os.close(fd)
+    except OSError as error:
+        advice = "free disk space" if error.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)) else "make the export directory writable"
+        message = (f"Could not write the export file {path}: {error.strerror or error}. No new export version "
+                   f"appeared (its temporary directory is removed); {advice}, then export again.")
+        raise type(error)(error.errno, message) if error.errno is not None else OSError(message) from error

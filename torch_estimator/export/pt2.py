@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from ..serving import loader
+from . import durable
 from .receivers import TensorSpec
 
 __all__ = ["MODEL_FILE", "DEFAULT_PROGRAM", "program_name", "export_program", "save", "load"]
@@ -94,7 +95,9 @@ def save(programs: Mapping[str, torch.export.ExportedProgram], path: str, signat
 
     for program in programs.values():
         program.example_inputs = None  # else written with torch.save, and read back with pickle
-    package_pt2(path, exported_programs=dict(programs), extra_files={"signature.json": signature_text})
+    buffer = io.BytesIO()  # serialized in memory: torch's file writer aborts the process on a full disk
+    package_pt2(buffer, exported_programs=dict(programs), extra_files={"signature.json": signature_text})
+    durable.write_file(path, buffer.getbuffer())
 
 
 def load(path: str) -> tuple[dict[str, torch.export.ExportedProgram], str]:

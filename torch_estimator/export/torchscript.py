@@ -12,12 +12,15 @@ This module silences those warnings, and only those, around its own calls (docs/
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
+
+from . import durable
 
 __all__ = ["ServingModule", "quiet_torchscript", "trace", "save", "load", "MODEL_FILE"]
 
@@ -92,8 +95,10 @@ def trace(
 
 def save(module: torch.jit.ScriptModule, path: str, signature_text: str) -> None:
     """Write ``model.pt`` with ``signature.json`` embedded."""
+    buffer = io.BytesIO()  # serialized in memory: torch's file writer aborts the process on a full disk
     with quiet_torchscript():
-        torch.jit.save(module, path, _extra_files={"signature.json": signature_text.encode("utf-8")})
+        torch.jit.save(module, buffer, _extra_files={"signature.json": signature_text.encode("utf-8")})
+    durable.write_file(path, buffer.getbuffer())
 
 
 def load(path: str, device: torch.device | str | None = None) -> tuple[torch.jit.ScriptModule, str]:
