@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+
 import numpy as np
 import pytest
 import torch
@@ -14,6 +18,12 @@ def pytest_configure(config: pytest.Config) -> None:
     # One intra-op thread: on small shared CI machines torch's default thread pool makes tiny ops
     # (a softmax over 32x2) take milliseconds instead of microseconds.
     torch.set_num_threads(1)
+    # Compiled code (torch.compile, AOTInductor exports) goes to a cache of this run's own: test runs
+    # side by side on one machine would otherwise race in the shared default cache under /tmp.
+    if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+        cache = tempfile.mkdtemp(prefix="te-inductor-cache-")
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
+        config.add_cleanup(lambda: shutil.rmtree(cache, ignore_errors=True))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
