@@ -456,3 +456,47 @@ def test_replace_validates_again():
 def test_replace_reshapes_a_loss_of_shape_1():
     spec = EstimatorSpec(ModeKeys.TRAIN, loss=LOSS).replace(loss=torch.tensor([3.0]))
     assert spec.loss.shape == torch.Size([])
+
+
+# ---------------------------------------------------------------------------
+# Validation is remembered per structure (the training loop builds a spec per step)
+# ---------------------------------------------------------------------------
+
+
+def test_a_remembered_structure_does_not_hide_errors_of_another():
+    for _ in range(2):
+        EstimatorSpec(ModeKeys.EVAL, loss=LOSS, predictions={"p": torch.ones(2)}, eval_metric_ops={"m": TinyMetric()})
+    with pytest.raises(TypeError, match=r"`predictions\['p'\]` must be a Tensor; received int 1"):
+        EstimatorSpec(ModeKeys.EVAL, loss=LOSS, predictions={"p": 1}, eval_metric_ops={"m": TinyMetric()})
+    with pytest.raises(TypeError, match=r"`eval_metric_ops\['m'\]` must be a metric"):
+        EstimatorSpec(ModeKeys.EVAL, loss=LOSS, predictions={"p": torch.ones(2)}, eval_metric_ops={"m": 3})
+    with pytest.raises(ValueError, match="needs `loss`"):
+        EstimatorSpec(ModeKeys.TRAIN, predictions={"p": torch.ones(2)})
+
+
+def test_mappings_other_than_dicts_are_checked_every_time():
+    import types
+
+    EstimatorSpec(ModeKeys.PREDICT, predictions=types.MappingProxyType({"p": torch.ones(2)}))
+    with pytest.raises(TypeError, match=r"`predictions\['p'\]` must be a Tensor"):
+        EstimatorSpec(ModeKeys.PREDICT, predictions=types.MappingProxyType({"p": "x"}))
+
+
+def test_a_loss_of_shape_one_is_reshaped_every_time():
+    for _ in range(3):
+        assert EstimatorSpec(ModeKeys.TRAIN, loss=torch.tensor([0.5]), predictions=PREDICTIONS).loss.shape == torch.Size([])
+    with pytest.raises(ValueError, match=r"must be a scalar \(shape \[\] or \[1\]\); received shape \[2\]"):
+        EstimatorSpec(ModeKeys.TRAIN, loss=torch.ones(2), predictions=PREDICTIONS)
+
+
+def test_the_plain_training_spec_is_still_checked():
+    spec = EstimatorSpec(ModeKeys.TRAIN, loss=LOSS)
+    assert spec.loss is LOSS and spec.training_hooks == () and dataclasses.replace(spec).loss is LOSS
+    with pytest.raises(ValueError, match="must be a scalar"):
+        EstimatorSpec(ModeKeys.TRAIN, loss=torch.ones(3))
+    with pytest.raises(TypeError, match="`loss` must be a scalar Tensor; received float 0.5"):
+        EstimatorSpec(ModeKeys.TRAIN, loss=0.5)
+    with pytest.raises(ValueError, match="`mode` must be one of"):
+        EstimatorSpec("training", loss=LOSS)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.loss = LOSS  # type: ignore[misc]

@@ -51,6 +51,21 @@ class ExportOutput:
 
 _HOOK_METHODS = ("begin", "before_run", "after_run", "end")
 _HOOK_FIELDS = ("training_chief_hooks", "training_hooks", "evaluation_hooks", "prediction_hooks")
+_EMPTY: tuple[Any, ...] = ()
+# Structures of EstimatorSpecs validated already (see EstimatorSpec._structure_key); a model_fn returns one or
+# a few structures, so the bound only matters for code that builds specs of ever new shapes.
+_VALID_STRUCTURES: set[tuple[Any, ...]] = set()
+_MAX_STRUCTURES = 256
+
+
+def _mapping_key(value: Any) -> Any:
+    """None, a Tensor as its type, a dict as its keys and value types. Raises TypeError for anything else,
+    whose validity its type does not tell."""
+    if value is None or isinstance(value, torch.Tensor):
+        return value.__class__
+    if value.__class__ is dict:
+        return tuple(value), tuple(map(type, value.values()))
+    raise TypeError("not a structure to remember")
 
 
 def _describe(value: Any) -> str:
@@ -103,7 +118,7 @@ def _check_hooks(field: str, hooks: Any) -> tuple[Any, ...]:
     return tuple(hooks)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, init=False)
 class EstimatorSpec:
     """Everything ``model_fn`` tells the Estimator about one batch in one mode.
 
@@ -147,7 +162,72 @@ class EstimatorSpec:
     fetches: Mapping[str, torch.Tensor] | None = None
     summaries: Mapping[str, Any] | None = None
 
-    def __post_init__(self) -> None:
+    def __init__(
+        self,
+        mode: str,
+        predictions: torch.Tensor | Mapping[str, torch.Tensor] | None = None,
+        loss: torch.Tensor | None = None,
+        train_op: Callable[[torch.Tensor], Any] | None = None,
+        eval_metric_ops: Mapping[str, Any] | None = None,
+        export_outputs: Mapping[str, Any] | None = None,
+        training_chief_hooks: Sequence[Any] = (),
+        training_hooks: Sequence[Any] = (),
+        evaluation_hooks: Sequence[Any] = (),
+        prediction_hooks: Sequence[Any] = (),
+        fetches: Mapping[str, torch.Tensor] | None = None,
+        summaries: Mapping[str, Any] | None = None,
+    ) -> None:
+        # Built on every step: the fields go straight into the instance dict (a frozen dataclass's generated
+        # __init__ makes one object.__setattr__ call per field), and a spec whose structure was validated
+        # before is not validated again field by field (see _structure_key).
+        values = self.__dict__
+        values["mode"] = mode
+        values["predictions"] = predictions
+        values["loss"] = loss
+        values["train_op"] = train_op
+        values["eval_metric_ops"] = eval_metric_ops
+        values["export_outputs"] = export_outputs
+        values["training_chief_hooks"] = training_chief_hooks
+        values["training_hooks"] = training_hooks
+        values["evaluation_hooks"] = evaluation_hooks
+        values["prediction_hooks"] = prediction_hooks
+        values["fetches"] = fetches
+        values["summaries"] = summaries
+        if (
+            loss.__class__ is torch.Tensor and predictions is None and train_op is None and eval_metric_ops is None
+            and export_outputs is None and fetches is None and summaries is None and training_chief_hooks is _EMPTY
+            and training_hooks is _EMPTY and evaluation_hooks is _EMPTY and prediction_hooks is _EMPTY
+            and (mode == "train" or mode == "eval") and not loss.dim()
+        ):
+            return  # the usual training spec: a scalar loss and nothing else
+        key = self._structure_key()
+        if key is None or key not in _VALID_STRUCTURES:
+            self._validate()
+            if key is not None:
+                if len(_VALID_STRUCTURES) >= _MAX_STRUCTURES:
+                    _VALID_STRUCTURES.clear()
+                _VALID_STRUCTURES.add(key)
+
+    def _structure_key(self) -> tuple[Any, ...] | None:
+        """What validation depends on, for a spec that needs no conversion: the mode, and the types (and, for
+        dicts, the keys and the types of the values) of every field. None when a field needs converting or
+        checking each time (a loss of shape [1], hooks)."""
+        loss = self.loss
+        if loss is not None and (not isinstance(loss, torch.Tensor) or loss.dim()):
+            return None
+        if not (self.training_chief_hooks is _EMPTY and self.training_hooks is _EMPTY
+                and self.evaluation_hooks is _EMPTY and self.prediction_hooks is _EMPTY):
+            return None
+        try:
+            return (
+                self.mode, loss.__class__, _mapping_key(self.predictions), self.train_op.__class__,
+                _mapping_key(self.eval_metric_ops), _mapping_key(self.export_outputs), _mapping_key(self.fetches),
+                _mapping_key(self.summaries),
+            )
+        except TypeError:  # an unhashable mode or key: validate (and report) it every time
+            return None
+
+    def _validate(self) -> None:
         mode = self.mode
         if mode not in ModeKeys.ALL:
             raise ValueError(
