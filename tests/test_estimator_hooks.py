@@ -308,3 +308,83 @@ def test_nan_stop_mode_still_hands_hooks_their_values(tmp_path, data, caplog):
     assert "loss = nan, step = 3" in caplog.text  # the logging hook still got the (NaN) loss of the third step
     assert caplog.text.count("Model diverged") == 1
     assert [ckpt._step_of(p) for p in ckpt.read_index(str(tmp_path)).paths] == [0]
+
+
+class SeesLoss(te.Hook):
+    """A user hook that fetches the loss on every step (or only sees the steps, with fetch=False)."""
+
+    def __init__(self, fetch=True):
+        self.fetch, self.seen = fetch, []
+
+    def before_run(self, run_context):
+        return ["loss"] if self.fetch else None
+
+    def after_run(self, run_context, run_values):
+        self.seen.append((run_context.global_step, float(run_values["loss"]) if self.fetch else None))
+
+
+@pytest.mark.parametrize("fetch", [True, False])
+def test_user_hooks_see_the_nan_step_before_the_nan_check_raises(tmp_path, data, caplog, fetch):
+    # TF's testCustomHooksAreCalledBeforeNanTensorHook: user hooks come before the NaN check, the default
+    # logging hook after it (it fetches the loss every step here, so the check runs on every step).
+    hook = SeesLoss(fetch)
+    est = te.Estimator(_nan_after(3), model_dir=str(tmp_path), model=TinyNet(), optimizer=lambda p: torch.optim.SGD(p, lr=0.1),
+                       config=te.RunConfig(device="cpu", save_checkpoints_steps=1000, log_step_count_steps=1))
+    with caplog.at_level(logging.INFO, logger="torch_estimator"), \
+            pytest.raises(te.NanLossDuringTrainingError, match="global step 3"):
+        est.train(_train_fn(data), steps=10, hooks=[hook])
+    assert [step for step, _ in hook.seen] == [1, 2, 3]
+    if fetch:
+        assert np.isfinite(hook.seen[1][1]) and np.isnan(hook.seen[2][1])
+    assert "loss = nan" not in caplog.text  # the logging hook comes after the check, as TF's did
+
+
+def test_a_user_nan_hook_placed_first_checks_before_the_other_user_hooks(tmp_path, data):
+    hook = SeesLoss()
+    est = te.Estimator(_nan_after(2), model_dir=str(tmp_path), model=TinyNet(), optimizer=lambda p: torch.optim.SGD(p, lr=0.1),
+                       config=te.RunConfig(device="cpu", save_checkpoints_steps=1000, log_step_count_steps=None))
+    with pytest.raises(te.NanLossDuringTrainingError, match="global step 2"):
+        est.train(_train_fn(data), steps=10, hooks=[te.NanTensorHook(), hook])
+    assert [step for step, _ in hook.seen] == [1]
+
+
+class EveryStep(te.Hook):
+    """An unscheduled hook: the loop must call the hooks on every step."""
+
+    def after_run(self, run_context, run_values):
+        pass
+
+
+def _cadence(est, data, caplog, hooks):
+    with caplog.at_level(logging.INFO, logger="torch_estimator"):
+        caplog.clear()
+        est.train(_train_fn(data), steps=23, hooks=hooks)
+        lines = [r.getMessage() for r in caplog.records]
+    events = [line.split(" into ")[0] if line.startswith("Saving checkpoints") else
+              line.split(", ")[-1].split(" (")[0] if line.startswith("loss =") else line.split(":")[0]
+              for line in lines if line.startswith(("loss =", "global_step/sec", "Saving checkpoints"))]
+    scalars = summary.read_scalars(est.model_dir)
+    return events, {step: sorted(tags) for step, tags in scalars.items()}
+
+
+def test_the_hook_schedule_keeps_every_cadence(make_estimator, data, caplog, tmp_path):
+    # Steps no hook observes skip the hooks entirely; the logs, summaries and saves happen at the same
+    # steps as when a hook forces every step through all of them.
+    config = dict(save_summary_steps=4, log_step_count_steps=5, save_checkpoints_steps=7)
+    scheduled = _cadence(make_estimator(model_dir=tmp_path / "a", **config), data, caplog, [])
+    every_step = _cadence(make_estimator(model_dir=tmp_path / "b", **config), data, caplog, [EveryStep()])
+    assert scheduled == every_step
+    lines, scalars = scheduled
+    assert lines == ["Saving checkpoints for 0", "step = 1", "step = 6", "global_step/sec", "Saving checkpoints for 7",
+                     "step = 11", "global_step/sec", "Saving checkpoints for 14", "step = 16", "global_step/sec",
+                     "step = 21", "global_step/sec", "Saving checkpoints for 21", "Saving checkpoints for 23"]
+    assert [step for step, tags in scalars.items() if "loss" in tags] == [1, 5, 9, 13, 17, 21]
+    assert [step for step, tags in scalars.items() if "global_step/sec" in tags] == [6, 11, 16, 21]
+
+
+def test_scheduled_step_counter_counts_every_example(make_estimator, data):
+    est = make_estimator(save_summary_steps=None, log_step_count_steps=4, save_checkpoints_steps=100)
+    est.train(_train_fn(data, batch_size=7), steps=13)
+    scalars = summary.read_scalars(est.model_dir)
+    for step in (5, 9, 13):  # examples/sec over global_step/sec: the examples of each step, 7
+        assert scalars[step]["examples/sec"] / scalars[step]["global_step/sec"] == pytest.approx(7.0)

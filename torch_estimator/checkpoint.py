@@ -1289,6 +1289,13 @@ class CheckpointSaver:
             return self._notify(global_step, wrote=False)
         return self.save(global_step)
 
+    def next_save(self) -> tuple[float, float]:
+        """When ``should_save`` next turns true: ``(global step, time.monotonic() deadline)``, the other one
+        infinite; lets a loop check one number per step instead of calling ``should_save``."""
+        if self._every_steps is not None:
+            return self._last_step + self._every_steps, math.inf
+        return math.inf, self._last_time + self._every_secs  # type: ignore[operator]
+
     def should_save(self, global_step: int) -> bool:
         if self._every_steps is not None:
             return global_step >= self._last_step + self._every_steps

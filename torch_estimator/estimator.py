@@ -36,6 +36,7 @@ import os
 import random
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -56,7 +57,7 @@ from .hooks import (
     SummarySaverHook,
     check_hooks,
 )
-from .inputs import InputContext, call_input_fn, iterate_batches, to_device
+from .inputs import InputContext, call_input_fn, iterate_batches
 from .lock import ModelDirLock
 from .metrics import MetricAccumulator
 from .run_config import RunConfig
@@ -563,6 +564,10 @@ class Estimator:
             raise ValueError("model_fn does not declare `labels`, but input_fn returns labels.")
         else:
             spec = self._model_fn(features=features, **kwargs)
+        return self._checked_spec(spec, mode)
+
+    @staticmethod
+    def _checked_spec(spec: Any, mode: str) -> EstimatorSpec:
         if not isinstance(spec, EstimatorSpec):
             raise TypeError(f"model_fn must return an EstimatorSpec; it returned {type(spec).__name__}.")
         if spec.mode != mode:
@@ -577,7 +582,7 @@ class Estimator:
         sampler = getattr(source, "sampler", None)
         if callable(getattr(sampler, "set_epoch", None)):  # a DistributedSampler: a new order per call
             sampler.set_epoch(self._global_step)
-        return source, iterate_batches(source)
+        return source, iterate_batches(source, self._device, self._config.channels_last)
 
     def _fetch(self, names: set[str], spec: EstimatorSpec, global_step: int) -> dict[str, Any]:
         values: dict[str, Any] = {}
@@ -762,7 +767,13 @@ class Estimator:
 
     def _train_loop(self, batches: Iterator[tuple[Any, Any, int]], hooks: HookList, saver: Any, already_saved: bool) -> float | None:
         """The step loop: batches, one step, the hooks, maybe a save; until the last step, the input's end or
-        an (agreed) stop."""
+        an (agreed) stop.
+
+        Most steps are bare: the batch, the step, the global step. Everything else happens at iterations
+        known in advance (``due``): a hook's period (see ``HookList.next_due``), a save, the NaN check of
+        a full loss buffer, the last step, a stop agreement between processes; a hook without a period makes
+        every step one of them. A save every N seconds is the one thing checked on every step (a clock read).
+        """
         context = RunContext(ModeKeys.TRAIN, self._global_step, self.model_dir)
         hooks.begin()
         self._model.train()
@@ -771,31 +782,54 @@ class Estimator:
         last_step = min((h.last_step for h in hooks.hooks if isinstance(h, StopAtStepHook)), default=math.inf)
         if saver is not None and saver.begin(self._global_step, already_saved):
             context.request_stop()
-        self._synced, spec, spec_hooks_pending, graph_features = None, None, True, None  # memory runs ahead of disk from here
+        self._synced, spec = None, None  # from here on, memory runs ahead of disk
         stop = self._stop_agreed(context, now=True)
-        while not stop and self._global_step < last_step:
-            micro_batches = self._next_micro_batches(batches)
-            if micro_batches is None:
-                break
-            context.batch_size = micro_batches[0][2] if len(micro_batches) == 1 else sum(b[2] for b in micro_batches)
-            wanted = hooks.before_run(context)
-            spec = self._train_step(micro_batches)
-            if spec_hooks_pending:  # hooks named in the spec join on the first step
-                spec_hooks_pending, graph_features = False, micro_batches[0][0]
+        start, pending, step_fn = self._global_step, self._pending_losses, self._step_function()
+        save_step, save_time = saver.next_save() if saver is not None else (math.inf, math.inf)
+        clock = time.monotonic if save_time != math.inf else None
+        iteration = due = examples = 0
+        nan_check = lambda: self._finite_or_stop(context)  # noqa: E731
+        for features, labels, size in (() if stop or start >= last_step else self._units(batches)):
+            if iteration < due and (clock is None or clock() < save_time):
+                spec = step_fn(features, labels)
+                iteration += 1
+                examples += size
+                self._global_step = start + iteration
+                continue
+            context.global_step = self._global_step
+            context._examples = examples = examples + size
+            context.batch_size = size
+            wanted = hooks.before_step(context, iteration)
+            self._synced = None  # memory is about to be ahead of the last save (which set it)
+            spec = step_fn(features, labels)
+            first = iteration == 0
+            if first:  # hooks named in the spec join on the first step
                 spec_hooks = spec.training_hooks + (spec.training_chief_hooks if self._dist.is_chief else ())
                 wanted = self._join_spec_hooks(hooks, spec_hooks, context, wanted)
             values = self._fetch(wanted, spec, context.global_step) if wanted else _NO_VALUES
-            context.global_step = self._global_step = self._global_step + 1
-            self._synced = None  # memory is now ahead of the last save (which set it)
-            if "loss" in values or len(self._pending_losses) >= _LOSS_BUFFER:
-                self._finite_or_stop(context)  # the host waits for the loss anyway: look at the NaN check too
-            hooks.after_run(context, values)
-            if graph_features is not None:  # the first step went through: TensorBoard's graph, once
-                graph_features = self._write_graph(graph_features)
-            if saver is not None and saver.should_save(self._global_step) and self._finite_or_stop(context):
-                if saver.save(self._global_step):
+            iteration += 1
+            context.global_step = self._global_step = step = start + iteration
+            fetched_loss = "loss" in values
+            # The host waits for a fetched loss anyway: the NaN check looks then, after the hooks before the
+            # NanTensorHook (TF's order: they see the step whose loss is NaN).
+            if not hooks.after_step(context, values, iteration - 1, nan_check if fetched_loss else None) and fetched_loss:
+                self._finite_or_stop(context)
+            if first:  # the first step went through: TensorBoard's graph, once
+                self._write_graph(features[0][0] if self._config.gradient_accumulation_steps > 1 else features)
+            if len(pending) >= _LOSS_BUFFER:
+                self._finite_or_stop(context)
+            if saver is not None and saver.should_save(step) and self._finite_or_stop(context):
+                if saver.save(step):
                     context.request_stop()
-            stop = self._stop_agreed(context)
+                save_step, save_time = saver.next_save()
+                due = iteration + 1  # the next step tells that memory is ahead of the save again
+            if self._stop_agreed(context) or step >= last_step:
+                break
+            due = min(
+                hooks.next_due(), iteration + _LOSS_BUFFER - len(pending), save_step - start - 1,
+                last_step - start - 1, self._next_stop_agreement(step) - start - 1,
+                due if due > iteration else math.inf,
+            )
         finite = self._finite_or_stop(context)
         if saver is not None:
             saver.end(self._global_step, save=finite)
@@ -811,6 +845,12 @@ class Estimator:
             summary.write_graph(self.model_dir, self._model, features)
         return None
 
+    def _next_stop_agreement(self, step: int) -> float:
+        """The global step after which the processes next agree on stopping (none with one process)."""
+        if not self._dist.is_distributed:
+            return math.inf
+        return (step // self._stop_every + 1) * self._stop_every
+
     def _stop_agreed(self, context: RunContext, now: bool = False) -> bool:
         """Whether to stop: the local request with one process; with several, every process's request,
         agreed by one tiny all-reduce every ``log_step_count_steps`` steps (never a collective per step)."""
@@ -821,16 +861,61 @@ class Estimator:
         flag = torch.tensor([float(context.stop_requested)], device=self._device)
         return bool(distribute.all_reduce_sum(flag).item() > 0)
 
-    def _next_micro_batches(self, batches: Iterator[tuple[Any, Any, int]]) -> list[tuple[Any, Any, int]] | None:
-        """The next ``gradient_accumulation_steps`` batches, on the device; None when the input ends."""
-        micro, count, channels_last = [], self._config.gradient_accumulation_steps, self._config.channels_last
-        for features, labels, size in itertools.islice(batches, count):
-            micro.append((to_device(features, self._device, channels_last), to_device(labels, self._device, channels_last), size))
-        if len(micro) == count:
-            return micro
-        if micro:
-            logger.warning("The input ended inside an accumulation of %d micro-batches; %d were dropped.", count, len(micro))
-        return None
+    def _units(self, batches: Iterator[tuple[Any, Any, int]]) -> Iterator[tuple[Any, Any, int]]:
+        """What one step consumes: a batch, or (with gradient accumulation) ``(micro-batches, None, size)``."""
+        count = self._config.gradient_accumulation_steps
+        if count == 1:
+            return batches
+        return self._accumulated(batches, count)
+
+    @staticmethod
+    def _accumulated(batches: Iterator[tuple[Any, Any, int]], count: int) -> Iterator[tuple[Any, Any, int]]:
+        while True:
+            micro = list(itertools.islice(batches, count))
+            if len(micro) < count:
+                if micro:
+                    logger.warning("The input ended inside an accumulation of %d micro-batches; %d were dropped.", count, len(micro))
+                return
+            yield micro, None, sum(b[2] for b in micro)
+
+    def _step_function(self) -> Callable[[Any, Any], EstimatorSpec]:
+        """``step(features, labels) -> spec``: one training step. The general one handles accumulation,
+        mixed precision, clipping and custom train_ops; the plain one (the default configuration) is the
+        hand-written loop plus the model_fn call and the loss kept for the NaN check."""
+        config = self._config
+        if config.gradient_accumulation_steps > 1:
+            return lambda micro, _labels: self._train_step(micro)
+        general = lambda features, labels: self._train_step([(features, labels, 0)])  # noqa: E731
+        if (self._optimizer is None or self._scaler.is_enabled() or self._autocast_dtype is not None
+                or config.gradient_clip_norm is not None or config.gradient_clip_value is not None):
+            return general
+        model_fn, kwargs, takes_labels = self._model_fn, self._fn_kwargs[ModeKeys.TRAIN], "labels" in self._fn_args
+        zero_grad, optimizer_step, keep = self._optimizer.zero_grad, self._optimizer.step, self._pending_losses.append
+        scheduler_step = self._lr_scheduler.step if self._lr_scheduler is not None else None
+        checked = self._checked_spec
+
+        def step(features: Any, labels: Any) -> EstimatorSpec:
+            zero_grad()
+            if takes_labels:
+                spec = model_fn(features=features, labels=labels, **kwargs)
+            elif labels is None:
+                spec = model_fn(features=features, **kwargs)
+            else:
+                raise ValueError("model_fn does not declare `labels`, but input_fn returns labels.")
+            if spec.__class__ is not EstimatorSpec or spec.mode != "train":
+                spec = checked(spec, ModeKeys.TRAIN)
+            loss = spec.loss
+            if spec.train_op is None:
+                loss.backward()
+                optimizer_step()
+                if scheduler_step is not None:
+                    scheduler_step()
+            else:
+                spec.train_op(loss)
+            keep(loss.detach())
+            return spec
+
+        return step
 
     def _train_step(self, micro_batches: list[tuple[Any, Any, int]]) -> EstimatorSpec:
         """Forward and backward through model_fn for each micro-batch, then one update: the spec's train_op,
@@ -933,7 +1018,7 @@ class Estimator:
         bad = ~torch.isfinite(torch.stack(self._pending_losses).float())
         if not bool(bad.any()):
             self._checked_step += len(self._pending_losses)
-            self._pending_losses = []
+            self._pending_losses.clear()
             return True
         self._synced = None  # memory holds broken weights: restore from disk next time
         step = self._checked_step + int(bad.int().argmax()) + 1
@@ -1015,11 +1100,10 @@ class Estimator:
         hooks.begin()
         self._model.eval()
         hooks.after_restore(context)
-        channels_last = self._config.channels_last
         for features, labels, size in batches:
             context.batch_size = size
             wanted = hooks.before_run(context)
-            spec = self._forward(to_device(features, self._device, channels_last), to_device(labels, self._device, channels_last), ModeKeys.EVAL)
+            spec = self._forward(features, labels, ModeKeys.EVAL)
             if count == 0:
                 wanted = self._join_spec_hooks(hooks, spec.evaluation_hooks, context, wanted)
                 self._check_metric_names(spec)
@@ -1101,7 +1185,7 @@ class Estimator:
             context.batch_size = size
             wanted = hook_list.before_run(context)
             with torch.no_grad():
-                spec = self._forward(to_device(features, self._device, self._config.channels_last), None, ModeKeys.PREDICT)
+                spec = self._forward(features, None, ModeKeys.PREDICT)
             if first:
                 wanted, first = self._join_spec_hooks(hook_list, spec.prediction_hooks, context, wanted), False
             hook_list.after_run(context, self._fetch(wanted, spec, self._global_step) if wanted else _NO_VALUES)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -68,11 +69,14 @@ class RunContext:
             evaluation, ``{"global_step"}`` after prediction.
     """
 
-    __slots__ = ("mode", "global_step", "model_dir", "batch_size", "results", "_stop_requested")
+    __slots__ = ("mode", "global_step", "model_dir", "batch_size", "results", "_stop_requested", "_examples")
 
     def __init__(self, mode: str, global_step: int, model_dir: str | None = None) -> None:
         self.mode, self.global_step, self.model_dir = mode, global_step, model_dir
         self.batch_size = 0
+        # Set by the training loop, whose hooks are not called on every step: the examples of the run so far,
+        # the current batch included. None where every hook sees every step.
+        self._examples: int | None = None
         self.results: dict[str, Any] | None = None  # set before ``end``: final loss, or evaluation metrics
         self._stop_requested = False
 
@@ -112,21 +116,35 @@ def _overrides(hook: Any, method: str) -> bool:
 
 
 class HookList:
-    """Calls each hook point on every hook, in order (per step, only the hooks that do something there)."""
+    """Calls each hook point on every hook, in order (per step, only the hooks that do something there).
+
+    The training loop calls :meth:`before_step` and :meth:`after_step` instead of ``before_run`` and
+    ``after_run``, and only at the iterations :meth:`next_due` names: the built-in hooks with a step period
+    say when they next need a call (the others are called on every step), so a step that no hook observes
+    costs no Python call at all. The NaN check of the loop runs at the place of the (first)
+    :class:`NanTensorHook` in the list, as TF's hook ran there: hooks before it see a step whose loss is NaN.
+    """
 
     def __init__(self, hooks: Iterable[Any] = ()) -> None:
         self.hooks: list[Any] = []
         self._before: list[Any] = []
-        self._after: list[Any] = []
+        self._after: list[Any] = []  # the hooks doing something in after_run, and NanTensorHooks (the NaN check)
+        self._due: dict[int, int] = {}  # id(hook) -> the next iteration it must see (scheduled hooks only)
+        self._every_step = False  # whether a hook must see every step
         self.extend(hooks)
 
     def extend(self, hooks: Iterable[Any]) -> None:
         for hook in hooks:
             self.hooks.append(hook)
-            if _overrides(hook, "before_run"):
+            before, after = _overrides(hook, "before_run"), _overrides(hook, "after_run")
+            if before:
                 self._before.append(hook)
-            if _overrides(hook, "after_run"):
+            if after or isinstance(hook, NanTensorHook):
                 self._after.append(hook)
+            if type(hook) in _SCHEDULED:  # exactly these classes: a subclass may observe more
+                self._due[id(hook)] = 0
+            elif before or after:
+                self._every_step = True
 
     def begin(self) -> None:
         for hook in self.hooks:
@@ -150,9 +168,62 @@ class HookList:
         for hook in self._after:
             hook.after_run(run_context, run_values)
 
+    def next_due(self) -> float:
+        """The first iteration (counted from 0 in this run) at which a hook must be called; 0 when some hook
+        must see every step, infinity when none ever needs a call."""
+        if self._every_step:
+            return 0
+        return min(self._due.values(), default=math.inf)
+
+    def before_step(self, run_context: RunContext, iteration: int) -> set[str] | None:
+        """``before_run`` of the hooks due at ``iteration`` (every unscheduled hook is)."""
+        wanted: set[str] | None = None
+        due = self._due
+        for hook in self._before:
+            if due.get(id(hook), 0) > iteration:
+                continue
+            names = hook.before_run(run_context)
+            if names:
+                wanted = set(names) if wanted is None else wanted.union(names)
+        return wanted
+
+    def after_step(
+        self,
+        run_context: RunContext,
+        run_values: Mapping[str, Any],
+        iteration: int,
+        nan_check: Callable[[], Any] | None = None,
+    ) -> bool:
+        """``after_run`` of the hooks due at ``iteration``, with ``nan_check()`` called at the first
+        NanTensorHook's place; the scheduled hooks then say when they are due next. Returns whether
+        ``nan_check`` was called."""
+        checked = False
+        due = self._due
+        for hook in self._after:
+            key = id(hook)
+            if due.get(key, 0) > iteration:
+                continue
+            if isinstance(hook, NanTensorHook):
+                if nan_check is not None and not checked:
+                    checked = True
+                    nan_check()
+                continue
+            hook.after_run(run_context, run_values)
+            if key in due:
+                due[key] = hook._next_due(iteration + 1, run_context)
+        return checked
+
     def end(self, run_context: RunContext) -> None:
         for hook in self.hooks:
             hook.end(run_context)
+
+
+def _steps_until(target: int | None, next_iteration: int, run_context: RunContext) -> float:
+    """The iteration whose ``after_run`` sees global step ``target``: ``run_context.global_step`` is the
+    step before iteration ``next_iteration`` (training advances it by one per iteration)."""
+    if target is None:
+        return math.inf
+    return max(next_iteration, next_iteration + target - 1 - run_context.global_step)
 
 
 def check_hooks(argument: str, hooks: Any) -> list[Any]:
@@ -307,6 +378,16 @@ class LoggingTensorHook(Hook):
             self._log({tag: run_values[name] for tag, name in self._tags.items()}, elapsed)
         self._iteration += 1
 
+    def _next_due(self, next_iteration: int, run_context: RunContext) -> float:
+        """Scheduling (see HookList): the next iteration that logs; the iterations skipped count as seen."""
+        timer = self._timer
+        if self._at_end or timer is None or timer._every_steps is None:
+            return next_iteration  # the last values, or a clock: every step
+        last = timer.last_triggered_step()
+        due = next_iteration if last is None else max(next_iteration, last + timer._every_steps)
+        self._iteration = due
+        return due
+
     def end(self, run_context: RunContext) -> None:
         if self._at_end and self._last is not None:
             self._log(self._last, None)
@@ -343,6 +424,9 @@ class StopAtStepHook(Hook):
         if self.last_step is not None and run_context.global_step >= self.last_step:
             run_context.request_stop()
 
+    def _next_due(self, next_iteration: int, run_context: RunContext) -> float:
+        return _steps_until(self.last_step, next_iteration, run_context)
+
 
 class StepCounterHook(Hook):
     """Logs ``global_step/sec`` and ``examples/sec`` every N steps or seconds, and writes them to
@@ -359,9 +443,11 @@ class StepCounterHook(Hook):
         self._timer = SecondOrStepTimer(every_secs=every_n_secs, every_steps=every_n_steps)
         self._output_dir = output_dir
         self._examples = 0
+        self._examples_seen = 0  # the run's example count at the last trigger (scheduled calls)
 
     def begin(self) -> None:
         self._timer.reset()
+        self._examples = self._examples_seen = 0
 
     def before_run(self, run_context: RunContext) -> None:
         self._examples += run_context.batch_size
@@ -372,7 +458,10 @@ class StepCounterHook(Hook):
         if not self._timer.should_trigger_for_step(step):
             return
         elapsed, steps = self._timer.update_last_triggered_step(step)
-        examples, self._examples = self._examples, 0
+        if run_context._examples is not None:  # the loop counts the examples of the steps it did not show
+            examples, self._examples_seen = run_context._examples - self._examples_seen, run_context._examples
+        else:
+            examples, self._examples = self._examples, 0
         if elapsed is None or not steps or elapsed <= 0:
             return
         rates = {"global_step/sec": steps / elapsed, "examples/sec": examples / elapsed}
@@ -380,6 +469,15 @@ class StepCounterHook(Hook):
             logger.info("%s: %g", tag, rate)
         if self._output_dir is not None:
             summary.write_summaries(self._output_dir, rates, step)
+
+    def _next_due(self, next_iteration: int, run_context: RunContext) -> float:
+        timer = self._timer
+        if timer._every_steps is None:
+            return next_iteration
+        last = timer.last_triggered_step()
+        if last is None:
+            return next_iteration
+        return _steps_until(last + timer._every_steps, next_iteration, run_context)
 
 
 class SummarySaverHook(Hook):
@@ -407,6 +505,13 @@ class SummarySaverHook(Hook):
         if self._wanted:
             self._timer.update_last_triggered_step(run_context.global_step)
             summary.write_summaries(self._output_dir or run_context.model_dir, run_values["summaries"], run_context.global_step)
+
+    def _next_due(self, next_iteration: int, run_context: RunContext) -> float:
+        timer = self._timer
+        last = timer.last_triggered_step()
+        if timer._every_steps is None or last is None:
+            return next_iteration
+        return _steps_until(last + timer._every_steps, next_iteration, run_context)
 
     def end(self, run_context: RunContext) -> None:
         summary.flush_all()
@@ -555,6 +660,10 @@ the first trace is of the second step).
         if self._profiler is not None:  # the run stopped inside a profiled step
             self._profiler.__exit__(None, None, None)
             self._profiler = None
+
+
+# The hooks whose calls the training loop schedules (exactly these classes; see HookList).
+_SCHEDULED = frozenset({LoggingTensorHook, StopAtStepHook, StepCounterHook, SummarySaverHook})
 
 
 class FinalOpsHook(Hook):

@@ -153,8 +153,11 @@ def batch_size_of(features: Any, labels: Any = None) -> int:
     return next(iter(sizes.values()))
 
 
-def iterate_batches(source: Any) -> Iterator[tuple[Any, Any, int]]:
-    """Yield ``(features, labels, batch_size)`` from what ``input_fn`` returned, converted and checked.
+def iterate_batches(
+    source: Any, device: torch.device | None = None, channels_last: bool = False
+) -> Iterator[tuple[Any, Any, int]]:
+    """Yield ``(features, labels, batch_size)`` from what ``input_fn`` returned, converted and checked, and
+    placed on ``device`` when one is given (see :func:`to_device`).
 
     Raises:
         TypeError: If ``source`` is not iterable or an item has the wrong type.
@@ -165,7 +168,21 @@ def iterate_batches(source: Any) -> Iterator[tuple[Any, Any, int]]:
             f"`input_fn` must return an iterable of batches (a list, generator or DataLoader yielding "
             f"(features, labels) or features); received {_describe(source)}."
         )
+    place = device is not None and (device.type != "cpu" or channels_last)
+    check_cpu = device is not None and not place  # on the CPU, only tensors elsewhere move
+    tensor = torch.Tensor
     for item in source:
+        if item.__class__ is tuple and len(item) == 2:
+            # The usual batch, a pair of host tensors, checked with a few attribute reads.
+            features, labels = item
+            if (features.__class__ is tensor and labels.__class__ is tensor and features.ndim and labels.ndim
+                    and (not check_cpu or (features.is_cpu and labels.is_cpu))):
+                size = features.shape[0]
+                if size == labels.shape[0]:
+                    if place:
+                        features, labels = to_device(features, device, channels_last), to_device(labels, device, channels_last)  # type: ignore[arg-type]
+                    yield features, labels, size
+                    continue
         if isinstance(item, (tuple, list)):
             if len(item) != 2:
                 raise ValueError(
@@ -177,7 +194,10 @@ def iterate_batches(source: Any) -> Iterator[tuple[Any, Any, int]]:
         else:
             features, labels = item, None
         features = _convert(features, "features")
-        yield features, labels, batch_size_of(features, labels)
+        size = batch_size_of(features, labels)
+        if device is not None:
+            features, labels = to_device(features, device, channels_last), to_device(labels, device, channels_last)
+        yield features, labels, size
 
 
 def _all_on_cpu(structure: Any) -> bool:
