@@ -2,7 +2,7 @@
 
 Layer 1: spec, run_config, distribute, lock, serving/loader — import only each other; serving/loader imports
 nothing from the package at all (it must load exports where the package is not installed).
-Layer 2: inputs, inputs_pandas, hooks, checkpoint, metrics, summary, export — import layer 1 and each other.
+Layer 2: inputs, prefetch, inputs_pandas, hooks, checkpoint, metrics, summary, export — import layer 1 and each other.
 Layer 3: estimator, training, cli, canned (the canned estimators) — import anything below (and each other);
 canned.heads, canned.multi_head, canned.feature_columns and canned.optimizers are layer 2.
 ``torch_estimator/__init__.py`` may import anything. Every import counts, including ones inside functions
@@ -40,6 +40,7 @@ LAYERS: dict[str, int] = {
     "serving.app": 2,
     "serving.transport": 2,
     "inputs": 2,
+    "prefetch": 2,
     "inputs_pandas": 2,
     "inputs_tfrecord": 2,
     "tfrecord": 2,

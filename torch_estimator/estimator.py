@@ -60,6 +60,7 @@ from .hooks import (
 from .inputs import InputContext, call_input_fn, iterate_batches
 from .lock import ModelDirLock
 from .metrics import MetricAccumulator
+from .prefetch import Prefetcher
 from .run_config import RunConfig
 from .spec import EstimatorSpec, ModeKeys
 
@@ -533,6 +534,8 @@ class Estimator:
 
     @staticmethod
     def _capture_input(source: Any) -> dict[str, Any] | None:
+        if isinstance(source, Prefetcher):  # the position after the batches consumed, not those made ahead
+            return source.state_dict()
         if not callable(getattr(source, "state_dict", None)):
             return None
         return {**source.state_dict(), "fingerprint": getattr(source, "fingerprint", None)}
@@ -583,6 +586,17 @@ class Estimator:
         if callable(getattr(sampler, "set_epoch", None)):  # a DistributedSampler: a new order per call
             sampler.set_epoch(self._global_step)
         return source, iterate_batches(source, self._device, self._config.channels_last)
+
+    def _prefetcher(self, batches: Iterator[Any], limit: int | None, source: Any = None) -> Prefetcher | None:
+        """A :class:`Prefetcher` over ``batches`` as ``RunConfig.prefetch_batches`` says (None when 0; "auto"
+        is off with ``deterministic``, as a thread reading ahead interleaves its random draws with the step's)."""
+        depth = self._config.prefetch_batches
+        if depth == 0 or (depth is None and self._config.deterministic):
+            return None
+        state = None
+        if callable(getattr(source, "state_dict", None)):
+            state = lambda: self._capture_input(source)  # noqa: E731
+        return Prefetcher(batches, depth, state=state, limit=limit or None, device=self._device)
 
     def _fetch(self, names: set[str], spec: EstimatorSpec, global_step: int) -> dict[str, Any]:
         values: dict[str, Any] = {}
@@ -698,6 +712,10 @@ class Estimator:
         self._resume(source)
         stop = [StopAtStepHook(num_steps=steps, last_step=max_steps)] if steps or max_steps else []
         total = steps if steps else (max_steps - self._global_step if max_steps else _known_length(source))
+        # With prefetching, the input's checkpointed position is the one after the last batch consumed.
+        remaining = steps if steps else (max_steps - self._global_step if max_steps else None)
+        prefetcher = self._prefetcher(batches, remaining and remaining * self._config.gradient_accumulation_steps, source)
+        position = source if prefetcher is None else prefetcher
         defaults = self._default_training_hooks(total)
         if any(isinstance(h, NanTensorHook) for h in hooks):  # the user's NaN policy replaces the default
             defaults = [h for h in defaults if not isinstance(h, NanTensorHook)]
@@ -705,21 +723,25 @@ class Estimator:
         if self._config.checkpointing_enabled and self._dist.is_chief:
             self._checkpoint_manager()
             saver = ckpt.CheckpointSaver(
-                lambda step: self._save(step, source), self._config.save_checkpoints_steps,
+                lambda step: self._save(step, position), self._config.save_checkpoints_steps,
                 self._config.save_checkpoints_secs, listeners,
             )
         try:
-            last_loss = self._train_loop(batches, HookList([*hooks, *stop, *defaults]), saver, already_saved=path is not None and self._synced is not None)
+            last_loss = self._train_loop(position if prefetcher is not None else batches, HookList([*hooks, *stop, *defaults]),
+                                         saver, already_saved=path is not None and self._synced is not None)
         except BaseException:
             with contextlib.suppress(OSError):  # the error that stopped training is the one to report
                 summary.flush_all()
             _close_progress_bars(defaults)
             raise
+        finally:
+            if prefetcher is not None:
+                prefetcher.close()
         try:
             summary.flush_all()
         finally:
             _close_progress_bars(defaults)
-        self._input_state = self._capture_input(source)
+        self._input_state = self._capture_input(position)
         self._sync_after_training()
         if last_loss is None:
             logger.warning("Training with estimator made no steps. Perhaps input is empty or misspecified.")
@@ -866,7 +888,7 @@ class Estimator:
         count = self._config.gradient_accumulation_steps
         if count == 1:
             return batches
-        return self._accumulated(batches, count)
+        return self._accumulated(iter(batches), count)
 
     @staticmethod
     def _accumulated(batches: Iterator[tuple[Any, Any, int]], count: int) -> Iterator[tuple[Any, Any, int]]:
@@ -1063,10 +1085,13 @@ class Estimator:
             hooks.append(ProgressBarHook(min(steps, length) if steps and length else steps or length,
                                          desc="evaluate", unit="batch"))
         was_training = self._model.training  # evaluate() may run inside training (a saving listener)
+        prefetcher = self._prefetcher(batches, steps)
         try:
             with torch.no_grad(), torch.random.fork_rng(devices=self._rng_devices()):
-                result = self._evaluate_loop(batches, HookList(hooks), steps)
+                result = self._evaluate_loop(batches if prefetcher is None else prefetcher, HookList(hooks), steps)
         finally:
+            if prefetcher is not None:
+                prefetcher.close()
             self._model.train(was_training)
             _close_progress_bars(hooks)
         logger.info("Saving dict for global step %d: %s", self._global_step,
@@ -1168,9 +1193,13 @@ class Estimator:
         bar = ProgressBarHook(_known_length(source), desc="predict", unit="batch") if self._progress_enabled() else None
         if bar is not None:
             hook_list.extend([bar])
+        prefetcher = self._prefetcher(batches, None)
         try:
-            yield from self._predict_loop(batches, hook_list, keys, yield_single_examples, bar)
+            yield from self._predict_loop(batches if prefetcher is None else prefetcher, hook_list, keys,
+                                          yield_single_examples, bar)
         finally:  # also when the caller stops iterating early
+            if prefetcher is not None:
+                prefetcher.close()
             if bar is not None:
                 bar.close()
 
