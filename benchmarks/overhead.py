@@ -73,6 +73,7 @@ import contextlib
 import gc
 import io
 import importlib.util
+import math
 import os
 import shutil
 import statistics
@@ -176,7 +177,7 @@ def run_hand(case: Case, batches: Batches, steps: int, seed: int) -> float:
     return clock() - start
 
 
-def run_estimator(case: Case, batches: Batches, steps: int, seed: int) -> float:
+def run_estimator(case: Case, batches: Batches, steps: int, seed: int, **options: Any) -> float:
     torch.manual_seed(seed)
     model = case.build()
     model_dir = tempfile.mkdtemp(prefix="te_overhead_")
@@ -184,7 +185,7 @@ def run_estimator(case: Case, batches: Batches, steps: int, seed: int) -> float:
         est = te.Estimator(
             model_fn, model_dir=model_dir, model=model,
             optimizer=lambda p: torch.optim.SGD(p, lr=_lr()),
-            config=te.RunConfig(device="cpu", save_checkpoints_steps=1000, progress_bar=progress_bar),
+            config=te.RunConfig(**{"device": "cpu", "save_checkpoints_steps": 1000, "progress_bar": progress_bar, **options}),
         )
         gc.collect()
         start = clock()
@@ -194,7 +195,12 @@ def run_estimator(case: Case, batches: Batches, steps: int, seed: int) -> float:
         shutil.rmtree(model_dir, ignore_errors=True)
 
 
-SIDES: dict[str, Callable[[Case, Batches, int, int], float]] = {"hand": run_hand, "estimator": run_estimator}
+def run_bare(case: Case, batches: Batches, steps: int, seed: int) -> float:
+    """The Estimator with TF's default hooks off (no logging, step counter or summaries; the NaN check stays)."""
+    return run_estimator(case, batches, steps, seed, log_step_count_steps=None, save_summary_steps=None)
+
+
+SIDES: dict[str, Callable[[Case, Batches, int, int], float]] = {"hand": run_hand, "estimator": run_estimator, "bare": run_bare}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -362,6 +368,263 @@ def measure_import(runs: int) -> float | None:
 
 
 # ----------------------------------------------------------------------------------------------------
+# Instructions: valgrind counts of N and 2N steps of each side, in subprocesses (immune to the machine's noise).
+
+
+def measure_instructions(n: int) -> dict[str, float] | None:
+    """Per-step instructions of the hand loop, the Estimator (default hooks) and the bare Estimator (hooks
+    off), marginal from N to 2N MLP steps under valgrind; runs the six counts two at a time."""
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        print("[instructions] valgrind is not installed (apt-get install valgrind); skipped")
+        return None
+    env = {**os.environ, "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    jobs = {(side, steps): [valgrind, "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
+                            os.path.realpath(sys.executable), str(Path(__file__).resolve()), "--case", "mlp",
+                            "--only", side, "--steps", str(steps)]
+            for side in ("hand", "estimator", "bare") for steps in (n, 2 * n)}
+    counts: dict[tuple[str, int], int] = {}
+    pending = list(jobs.items())
+    print(f"[instructions] valgrind, MLP, {n} and {2 * n} steps per side (several minutes)...", flush=True)
+    while pending:
+        batch, pending = pending[:2], pending[2:]
+        running = [(key, subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+                   for key, cmd in batch]
+        for key, process in running:
+            out, _ = process.communicate()
+            refs = [line for line in out.splitlines() if "I refs:" in line or "I   refs:" in line]
+            if process.returncode or not refs:
+                print(f"[instructions] valgrind failed for {key}:\n{out[-2000:]}")
+                return None
+            counts[key] = int(refs[-1].split(":")[1].replace(",", ""))
+    per_step = {side: (counts[(side, 2 * n)] - counts[(side, n)]) / n for side in ("hand", "estimator", "bare")}
+    hand = per_step["hand"]
+    print(f"[instructions] per step (marginal {n} -> {2 * n} steps): hand {hand / 1e3:,.1f}k")
+    for side, label in (("estimator", "Estimator, default hooks"), ("bare", "Estimator, hooks off")):
+        print(f"  {label:26}: {per_step[side] / 1e3:,.1f}k  ratio {per_step[side] / hand:.3f}  "
+              f"({per_step[side] - hand:+,.0f} instructions per step)")
+    return per_step
+
+
+# ----------------------------------------------------------------------------------------------------
+# Input prefetching, evaluate/predict, and repeated short train() calls: wall time (threads), paired rounds.
+
+
+def _augmenting_input(images: list[bytes], labels: list[torch.Tensor], passes: int):
+    """An input_fn doing per batch what an image pipeline does: decompress, convert, blur ``passes`` times,
+    downsample, flip and add noise (torch and zlib work, which releases the GIL, as decoders do)."""
+    import zlib
+
+    kernel = torch.full((1, 1, 5, 5), 1 / 25)
+
+    def input_fn():
+        generator = torch.Generator().manual_seed(0)
+        for blob, y in zip(images, labels):
+            x = torch.frombuffer(bytearray(zlib.decompress(blob)), dtype=torch.uint8).view(-1, 1, 56, 56).float() / 255
+            for _ in range(passes):
+                x = F.conv2d(x, kernel, padding=2)
+            x = F.avg_pool2d(x, 2)
+            if torch.rand((), generator=generator) < 0.5:
+                x = x.flip(3)
+            yield x + 0.01 * torch.randn(x.shape, generator=generator), y
+
+    return input_fn
+
+
+def _encoded_images(count: int, seed: int) -> tuple[list[bytes], list[torch.Tensor]]:
+    import zlib
+
+    generator = torch.Generator().manual_seed(seed)
+    images, labels = [], []
+    for _ in range(count):
+        pixels = (torch.rand(100, 1, 14, 14, generator=generator) * 255).to(torch.uint8)
+        pixels = pixels.repeat_interleave(4, dim=2).repeat_interleave(4, dim=3)[:, :, :56, :56]  # compressible
+        images.append(zlib.compress(pixels.contiguous().numpy().tobytes(), 1))
+        labels.append(torch.randint(0, 10, (100,), generator=generator))
+    return images, labels
+
+
+def _paired(label: str, hand: Callable[[int], float], est: Callable[[int], float], n: int, rounds: int) -> float:
+    """Marginal per-step times of both sides, N and 2N steps, alternating; prints and returns the median ratio."""
+    ratios, hand_ms, est_ms = [], [], []
+    for r in range(rounds):
+        times = {}
+        for side in (("hand", "est") if r % 2 == 0 else ("est", "hand")):
+            run = hand if side == "hand" else est
+            times[side] = (run(2 * n) - run(n)) / n
+        if times["hand"] > 0 and times["est"] > 0:
+            ratios.append(times["hand"] / times["est"])
+            hand_ms.append(times["hand"] * 1e3)
+            est_ms.append(times["est"] * 1e3)
+    if not ratios:
+        print(f"  {label}: too noisy to measure")
+        return math.nan
+    med = statistics.median
+    print(f"  {label:48} hand {med(hand_ms):7.2f} ms/step  estimator {med(est_ms):7.2f} ms/step  "
+          f"ratio {med(ratios):.3f} [min {min(ratios):.3f}, max {max(ratios):.3f}]")
+    return med(ratios)
+
+
+def _timed(fn: Callable[[], Any]) -> float:
+    gc.collect()
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _cnn_estimator(case: Case, seed: int, **options: Any) -> tuple[te.Estimator, str]:
+    torch.manual_seed(seed)
+    model_dir = tempfile.mkdtemp(prefix="te_overhead_")
+    config = te.RunConfig(device="cpu", save_checkpoints_steps=1000, progress_bar=False, **options)
+    return te.Estimator(model_fn, model_dir=model_dir, model=case.build(),
+                        optimizer=lambda p: torch.optim.SGD(p, lr=_lr()), config=config), model_dir
+
+
+def measure_prefetch(case: Case, n: int, rounds: int, seed: int) -> dict[str, float]:
+    """The CNN on an expensive input (made to cost about one step) and on a cheap one (pre-built tensors):
+    a serial hand loop against the Estimator with its default (auto) prefetching, and with it forced on."""
+    batches = make_batches(case, 2 * n + 1, seed)
+    # Calibrate the input's cost to about one step of the hand loop.
+    model = case.build()
+    opt = torch.optim.SGD(model.parameters(), lr=_lr())
+
+    def hand_steps(data: Any, steps: int) -> None:
+        for (x, y), _ in zip(data, range(steps)):
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+
+    hand_steps(batches, 3)
+    step_s = _timed(lambda: hand_steps(batches, 5)) / 5
+    images, labels = _encoded_images(2 * n + 1, seed)
+    passes = 1
+    while passes < 64:
+        input_s = _timed(lambda: list(zip(_augmenting_input(images[:5], labels[:5], passes)(), range(5)))) / 5
+        if input_s >= 0.8 * step_s:
+            break
+        passes *= 2
+    print(f"[prefetch, {case.name}] N={n}, {rounds} rounds, wall time; the input makes a batch in {input_s * 1e3:.1f} ms "
+          f"({passes} blur passes), a step takes {step_s * 1e3:.1f} ms")
+    expensive = _augmenting_input(images, labels, passes)
+    results = {}
+    for label, input_fn, options in (
+        ("expensive input, prefetch auto (default)", expensive, {}),
+        ("cheap input (tensors), prefetch auto (default)", lambda: batches, {}),
+        ("cheap input (tensors), prefetch_batches=2", lambda: batches, {"prefetch_batches": 2}),
+    ):
+        est, model_dir = _cnn_estimator(case, seed, **options)
+        est.train(input_fn, steps=3)
+
+        def hand(steps: int, input_fn: Any = input_fn) -> float:
+            return _timed(lambda: hand_steps(input_fn(), steps))
+
+        def estimator(steps: int, est: te.Estimator = est, input_fn: Any = input_fn) -> float:
+            return _timed(lambda: est.train(input_fn, steps=steps))
+
+        results[label] = _paired(label, hand, estimator, n, rounds)
+        shutil.rmtree(model_dir, ignore_errors=True)
+    return results
+
+
+def _eval_model_fn(features: torch.Tensor, labels: torch.Tensor, mode: str, model: nn.Module) -> te.EstimatorSpec:
+    logits = model(features)
+    if mode == te.ModeKeys.PREDICT:
+        return te.EstimatorSpec(mode, predictions=logits.softmax(1))
+    return te.EstimatorSpec(mode, loss=F.cross_entropy(logits, labels),
+                            eval_metric_ops={"accuracy": te.metrics.accuracy(labels, logits.argmax(1))})
+
+
+def measure_eval_predict(case: Case, n: int, rounds: int, seed: int) -> dict[str, float]:
+    """evaluate() against a no_grad loop summing the loss and the correct predictions; predict() against a
+    no_grad loop handing out each example's probabilities; each with the default and with prefetching on."""
+    batches = make_batches(case, 2 * n + 1, seed)
+    torch.manual_seed(seed)
+    model = case.build().eval()
+
+    def hand_eval(steps: int) -> float:
+        def run() -> None:
+            with torch.no_grad():
+                loss, correct, count = torch.zeros(()), torch.zeros(()), 0
+                for x, y in batches[:steps]:
+                    logits = model(x)
+                    loss += F.cross_entropy(logits, y)
+                    correct += (logits.argmax(1) == y).sum()
+                    count += len(y)
+                float(loss / steps), float(correct / count)
+        return _timed(run)
+
+    def hand_predict(steps: int) -> float:
+        def run() -> None:
+            with torch.no_grad():
+                out = []
+                for x, _ in batches[:steps]:
+                    out.extend(model(x).softmax(1).numpy())
+        return _timed(run)
+
+    print(f"[evaluate/predict, {case.name}] N={n} batches, {rounds} rounds, wall time")
+    results = {}
+    for options in ({}, {"prefetch_batches": 2}):
+        torch.manual_seed(seed)
+        model_dir = tempfile.mkdtemp(prefix="te_overhead_")
+        est = te.Estimator(_eval_model_fn, model_dir=model_dir, model=case.build(),
+                           config=te.RunConfig(device="cpu", progress_bar=False, **options))
+        est.model.load_state_dict(model.state_dict())
+        suffix = ", prefetch_batches=2" if options else ", default"
+        results["evaluate" + suffix] = _paired(
+            "evaluate" + suffix, hand_eval, lambda steps: _timed(lambda: est.evaluate(lambda: batches, steps=steps)), n, rounds)
+        results["predict" + suffix] = _paired(
+            "predict" + suffix, hand_predict,
+            lambda steps: _timed(lambda: list(est.predict(lambda: (x for x, _ in batches[:steps])))), n, rounds)
+        shutil.rmtree(model_dir, ignore_errors=True)
+    return results
+
+
+def measure_repeated(case: Case, k: int, calls: int, rounds: int, seed: int) -> float:
+    """``train(steps=k)`` called again and again (the tutorial alternates train and evaluate), against a hand
+    loop of k steps that saves the weights once per call with safetensors.torch.save_file."""
+    from safetensors.torch import save_file
+
+    batches = make_batches(case, k + 1, seed)
+    torch.manual_seed(seed)
+    model = case.build()
+    opt = torch.optim.SGD(model.parameters(), lr=_lr())
+    hand_dir = tempfile.mkdtemp(prefix="te_overhead_hand_")
+    est, model_dir = _cnn_estimator(case, seed)
+    est.train(lambda: batches, steps=k)
+
+    def hand_call(i: int) -> None:
+        for x, y in batches[:k]:
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+        save_file({name: t.contiguous() for name, t in model.state_dict().items()}, os.path.join(hand_dir, f"model-{i % 5}.safetensors"))
+
+    ratios, hand_ms, est_ms = [], [], []
+    for r in range(rounds):
+        times = {}
+        for side in (("hand", "est") if r % 2 == 0 else ("est", "hand")):
+            if side == "hand":
+                times[side] = _timed(lambda: [hand_call(i) for i in range(calls)]) / calls
+            else:
+                times[side] = _timed(lambda: [est.train(lambda: batches, steps=k) for _ in range(calls)]) / calls
+        ratios.append(times["hand"] / times["est"])
+        hand_ms.append(times["hand"] * 1e3)
+        est_ms.append(times["est"] * 1e3)
+    shutil.rmtree(model_dir, ignore_errors=True)
+    shutil.rmtree(hand_dir, ignore_errors=True)
+    med = statistics.median
+    print(f"[repeated train(steps={k}), {case.name}] {calls} calls per round, {rounds} rounds, wall time")
+    print(f"  per call: hand (+ save_file) {med(hand_ms):.1f} ms, estimator {med(est_ms):.1f} ms, "
+          f"ratio {med(ratios):.3f} [min {min(ratios):.3f}, max {max(ratios):.3f}]; "
+          f"the Estimator's fixed cost beyond the hand loop's: {med(est_ms) - med(hand_ms):+.1f} ms per call")
+    return med(ratios)
+
+
+# ----------------------------------------------------------------------------------------------------
+
+
+ROWS = ("instructions", "prefetch", "eval", "repeated")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -380,6 +643,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--strict", action="store_true", help="exit with status 1 when a target fails")
     parser.add_argument("--variants", nargs="*", metavar="NAME",
                         help=f"also measure variants on the MLP (all when none named): {', '.join(VARIANTS)}")
+    parser.add_argument("--rows", nargs="*", metavar="ROW", choices=list(ROWS),
+                        help=f"which of the further rows to run (default all): {', '.join(ROWS)}")
     parser.add_argument("--only", choices=sorted(SIDES),
                         help="run one side once for --steps steps and exit (for perf stat; see the docstring)")
     args = parser.parse_args(argv)
@@ -431,6 +696,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         if unknown:
             raise SystemExit(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
         measure_variants(cases["mlp"], 200 if args.quick else 1000, 2 if args.quick else 7, args.seed, names)
+    rows = ROWS if args.rows is None else args.rows
+    if "instructions" in rows and not args.quick:  # minutes under valgrind: not in the smoke run
+        per_step = measure_instructions(args.steps or 1000)
+        if per_step is not None:
+            for side, target in (("estimator", 1.03), ("bare", 1.01)):
+                verdict = per_step[side] / per_step["hand"] <= target
+                ok &= verdict
+                print(f"  {side} instructions <= {target}x hand: {_verdict(verdict)}")
+    if "prefetch" in rows:
+        ratios = measure_prefetch(cases["cnn"], 4 if args.quick else 12, 2 if args.quick else 5, args.seed)
+        for label, ratio in ratios.items():
+            target = 1.3 if label.startswith("expensive") else 0.99
+            verdict = ratio >= target
+            ok &= verdict
+            print(f"  {label}: ratio >= {target}: {_verdict(verdict)}")
+    if "eval" in rows:
+        ratios = measure_eval_predict(cases["cnn"], 4 if args.quick else 20, 2 if args.quick else 5, args.seed)
+        for label, ratio in ratios.items():
+            verdict = ratio >= 0.97
+            ok &= verdict
+            print(f"  {label}: ratio >= 0.97: {_verdict(verdict)}")
+    if "repeated" in rows:
+        ratio = measure_repeated(cases["cnn"], 10, 2 if args.quick else 5, 2 if args.quick else 7, args.seed)
+        verdict = ratio >= 0.97
+        ok &= verdict
+        print(f"  repeated train(steps=10): ratio >= 0.97: {_verdict(verdict)}")
     if args.quick:
         print("(--quick: few rounds; the figures are a smoke test, not a measurement)")
     return 1 if args.strict and not ok else 0
