@@ -763,3 +763,33 @@ def test_scalar_predictions_cannot_be_split_into_examples(tmp_path, data):
     est = te.Estimator(model_fn, model_dir=str(tmp_path), model=TinyNet())
     with pytest.raises(ValueError, match="must have a batch dimension to yield single examples"):
         list(est.predict(_predict_fn(data)))
+
+
+
+def test_model_fn_is_called_the_same_whatever_its_parameter_order(tmp_path, data):
+    # The training loop calls model_fn(features, labels, ...) positionally when its parameters allow it, by
+    # keyword otherwise: every order trains the same weights.
+    seen = []
+
+    def body(features, labels, mode, model):
+        seen.append(mode)
+        return classifier_fn(features, labels, mode, model)
+
+    model_fns = {
+        "positional": lambda features, labels, mode, model: body(features, labels, mode, model),
+        "reordered": lambda model, mode, labels, features: body(features, labels, mode, model),
+        "keyword_only": lambda features, *, labels, model, mode: body(features, labels, mode, model),
+    }
+    weights = {}
+    for name, model_fn in model_fns.items():
+        seen.clear()
+        torch.manual_seed(0)
+        est = te.Estimator(model_fn, model_dir=str(tmp_path / name), model=TinyNet(),
+                           optimizer=lambda p: torch.optim.SGD(p, lr=0.1),
+                           config=te.RunConfig(device="cpu", log_step_count_steps=None))
+        torch.manual_seed(1)
+        est.train(numpy_input_fn({"x": data[0]}, data[1], batch_size=10, num_epochs=None, shuffle=True, seed=1), steps=5)
+        assert seen == ["train"] * 5
+        weights[name] = est.model.state_dict()
+    for name in ("reordered", "keyword_only"):
+        assert all(torch.equal(weights["positional"][k], v) for k, v in weights[name].items())

@@ -1161,6 +1161,8 @@ CASES = [
     pytest.param(lambda e: e.est(config=te.RunConfig(device="tpu")), ValueError, r"RunConfig `device` 'tpu' is not a valid device", id="config-device-unknown"),
     pytest.param(lambda e: e.est(config=te.RunConfig(device="cuda:0")), ValueError, r"RunConfig `device` is 'cuda:0' but CUDA is not available; use 'auto' or 'cpu'", id="config-device-cuda-unavailable",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")),
+    pytest.param(lambda e: te.RunConfig(prefetch_batches=-1), ValueError, r"RunConfig `prefetch_batches` must be an int >= 0 or None; received -1", id="config-prefetch_batches-negative"),
+    pytest.param(lambda e: te.RunConfig(compile="fast"), ValueError, r"RunConfig `compile` must be True, False or one of torch.compile's modes \('default', 'reduce-overhead'.*received 'fast'", id="config-compile-unknown-mode"),
     # --- model_dir ------------------------------------------------------------------------------------------
     _needs_diff(lambda e: e.est(model_dir=e.dir / "model.ckpt-5.safetensors"), ValueError, r"`model_dir` .*model.ckpt-5.safetensors exists and is not a directory; give a directory path", id="model_dir-is-a-file"),
     pytest.param(lambda e: e.est(model_dir=e.dir / "model.ckpt-5.safetensors").train(e.train_fn(), steps=1), ValueError, r"`model_dir` .*model.ckpt-5.safetensors exists and is not a directory; give a directory path", id="model_dir-is-a-file-train"),

@@ -262,7 +262,7 @@ class Estimator:
             _seed_everything(config.random_seed)
         self._model = self._build_model(model)
         self._train_module, self._ddp = self._wrap_for_training()
-        self._eval_module = torch.compile(self._model) if config.compile else self._model
+        self._eval_module = self._compiled(self._model) if config.compile else self._model
         self._optimizer = self._build_optimizer(optimizer)
         self._lr_scheduler = self._build_lr_scheduler(lr_scheduler)
         self._autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.precision)
@@ -324,8 +324,18 @@ class Estimator:
                 static_graph=self._config.static_graph,
             )
         if self._config.compile:
-            module = torch.compile(module)
+            module = self._compiled(module)
         return module, ddp
+
+    def _compiled(self, module: torch.nn.Module) -> torch.nn.Module:
+        mode = self._config.compile
+        return torch.compile(module) if mode is True else torch.compile(module, mode=mode)
+
+    @property
+    def _cuda_graphs(self) -> bool:
+        """Whether the compiled model replays CUDA graphs: each step must then be marked as a new one, and
+        a tensor kept across steps copied out of the graph's memory, which the next replay overwrites."""
+        return self._device.type == "cuda" and self._config.compile in ("reduce-overhead", "max-autotune")
 
     @staticmethod
     def _resolve_warm_start(value: Any) -> ckpt.WarmStartSettings | None:
@@ -912,13 +922,18 @@ class Estimator:
                 or config.gradient_clip_norm is not None or config.gradient_clip_value is not None):
             return general
         model_fn, kwargs, takes_labels = self._model_fn, self._fn_kwargs[ModeKeys.TRAIN], "labels" in self._fn_args
+        positional = self._positional_args(kwargs)  # model_fn(features, labels, *positional): no dict per call
         zero_grad, optimizer_step, keep = self._optimizer.zero_grad, self._optimizer.step, self._pending_losses.append
         scheduler_step = self._lr_scheduler.step if self._lr_scheduler is not None else None
         checked = self._checked_spec
+        if self._cuda_graphs:
+            return lambda features, labels: self._train_step([(features, labels, 0)])
 
         def step(features: Any, labels: Any) -> EstimatorSpec:
             zero_grad()
-            if takes_labels:
+            if positional is not None:
+                spec = model_fn(features, labels, *positional)
+            elif takes_labels:
                 spec = model_fn(features=features, labels=labels, **kwargs)
             elif labels is None:
                 spec = model_fn(features=features, **kwargs)
@@ -939,6 +954,19 @@ class Estimator:
 
         return step
 
+    def _positional_args(self, kwargs: Mapping[str, Any]) -> tuple[Any, ...] | None:
+        """The values after ``features, labels`` when model_fn's parameters are exactly ``features, labels``
+        and then names the Estimator passes, all positional-or-keyword; else None (call by keyword)."""
+        try:
+            parameters = list(inspect.signature(self._model_fn).parameters.values())
+        except (TypeError, ValueError):
+            return None
+        names = [p.name for p in parameters]
+        if (names[:2] != ["features", "labels"] or set(names[2:]) != set(kwargs) - {"features", "labels"}
+                or any(p.kind is not p.POSITIONAL_OR_KEYWORD for p in parameters)):
+            return None
+        return tuple(kwargs[name] for name in names[2:])
+
     def _train_step(self, micro_batches: list[tuple[Any, Any, int]]) -> EstimatorSpec:
         """Forward and backward through model_fn for each micro-batch, then one update: the spec's train_op,
         or the Estimator's optimizer (with unscaling, clipping and the scheduler)."""
@@ -951,7 +979,8 @@ class Estimator:
             spec = self._accumulate(micro_batches)
         if spec.train_op is None:
             self._apply_gradients()
-        self._pending_losses.append(spec.loss.detach())
+        loss = spec.loss.detach()
+        self._pending_losses.append(loss.clone() if self._cuda_graphs else loss)
         return spec
 
     def _accumulate(self, micro_batches: list[tuple[Any, Any, int]]) -> EstimatorSpec:
@@ -981,6 +1010,8 @@ class Estimator:
         return spec
 
     def _forward(self, features: Any, labels: Any, mode: str) -> EstimatorSpec:
+        if self._cuda_graphs:  # a new step: the graphs may reuse the memory of the previous one's outputs
+            torch.compiler.cudagraph_mark_step_begin()
         if self._autocast_dtype is None:
             return self._call_model_fn(features, labels, mode)
         with torch.autocast(self._device.type, dtype=self._autocast_dtype):

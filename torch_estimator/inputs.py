@@ -175,10 +175,14 @@ def iterate_batches(
         if item.__class__ is tuple and len(item) == 2:
             # The usual batch, a pair of host tensors, checked with a few attribute reads.
             features, labels = item
-            if (features.__class__ is tensor and labels.__class__ is tensor and features.ndim and labels.ndim
+            if (features.__class__ is tensor and labels.__class__ is tensor
                     and (not check_cpu or (features.is_cpu and labels.is_cpu))):
-                size = features.shape[0]
-                if size == labels.shape[0]:
+                try:
+                    size = features.shape[0]
+                    same = size == labels.shape[0]
+                except IndexError:  # a 0-d tensor: the general path below names it
+                    same = False
+                if same:
                     if place:
                         features, labels = to_device(features, device, channels_last), to_device(labels, device, channels_last)  # type: ignore[arg-type]
                     yield features, labels, size

@@ -40,6 +40,7 @@ class _Unset:
 _UNSET: Any = _Unset()
 _DEFAULT_CHECKPOINT_SECS = 600
 _PRECISIONS = ("32", "bf16", "fp16")
+_COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def _check_int(name: str, value: Any, minimum: int, allow_none: bool) -> None:
@@ -78,7 +79,10 @@ class RunConfig:
             steps); with DDP, gradients are synchronised only on the last micro-batch.
         gradient_clip_norm: Clip the global gradient norm to this (after unscaling under fp16).
         gradient_clip_value: Clip each gradient element to ``[-v, v]`` (after unscaling under fp16).
-        compile: Run the model through ``torch.compile`` (checkpoints and exports keep the plain module's keys).
+        compile: Run the model through ``torch.compile`` (checkpoints and exports keep the plain module's keys):
+            True, or one of torch.compile's modes: ``"reduce-overhead"`` (CUDA graphs on CUDA: the step is
+            replayed as one launch, for loops bound by kernel launches), ``"max-autotune"``,
+            ``"max-autotune-no-cudagraphs"``, ``"default"``.
         channels_last: Convert the model and 4-D input batches to the channels-last memory format.
         prefetch_batches: How many batches a background thread makes ahead of the step (input_fn's work,
             conversion and, on CUDA, the copy to the device on a side stream); 0 makes them in the step
@@ -114,7 +118,7 @@ class RunConfig:
     gradient_accumulation_steps: int = 1
     gradient_clip_norm: float | None = None
     gradient_clip_value: float | None = None
-    compile: bool = False
+    compile: bool | str = False
     channels_last: bool = False
     prefetch_batches: int | None = None
     find_unused_parameters: bool = False
@@ -182,7 +186,12 @@ class RunConfig:
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:  # NaN too
                 raise ValueError(f"RunConfig `{name}` must be a finite number > 0{' or None' if 'clip' in name else ''}; received {value!r}.")
-        for name in ("compile", "channels_last", "find_unused_parameters", "static_graph"):
+        if not isinstance(self.compile, bool) and self.compile not in _COMPILE_MODES:
+            raise ValueError(
+                f"RunConfig `compile` must be True, False or one of torch.compile's modes {_COMPILE_MODES} "
+                f"(\"reduce-overhead\" uses CUDA graphs); received {self.compile!r}."
+            )
+        for name in ("channels_last", "find_unused_parameters", "static_graph"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"RunConfig `{name}` must be True or False; received {getattr(self, name)!r}.")
         _check_int("world_size", self.world_size, 1, allow_none=True)
