@@ -629,7 +629,8 @@ ROWS = ("instructions", "prefetch", "eval", "repeated")
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--case", choices=["mlp", "cnn", "all"], default="all")
+    parser.add_argument("--case", choices=["mlp", "cnn", "all", "none"], default="all",
+                        help="the per-step rows to run (none: only the --rows)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: few rounds and steps (CI)")
     parser.add_argument("--rounds", type=int, help="rounds per case (default 15, or 3 with --quick; cnn: 7 / 2)")
     parser.add_argument("--steps", type=int, help="N (each side is timed at N and 2N); with --only, the steps to run")
@@ -648,7 +649,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", choices=sorted(SIDES),
                         help="run one side once for --steps steps and exit (for perf stat; see the docstring)")
     args = parser.parse_args(argv)
-    if args.only and (args.case == "all" or args.steps is None):
+    if args.only and (args.case in ("all", "none") or args.steps is None):
         parser.error("--only needs --case mlp|cnn and --steps N")
     return args
 
@@ -676,7 +677,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         target = added is not None and added <= 0.3
         ok &= target
         print(f"  import overhead <= 0.3 s: {_verdict(target)}")
-    for name in (["mlp", "cnn"] if args.case == "all" else [args.case]):
+    for name in {"all": ["mlp", "cnn"], "none": []}.get(args.case, [args.case]):
         case = cases[name]
         n = args.steps or (case.quick_steps if args.quick else case.steps)
         default_rounds = (3 if name == "mlp" else 2) if args.quick else (15 if name == "mlp" else 7)
