@@ -30,7 +30,7 @@ import torch
 
 __all__ = ["Prefetcher"]
 
-_MEASURED = 16  # batches timed inline before "auto" decides (after one of warm-up)
+_MEASURED = 6  # batches timed inline before "auto" decides (after one of warm-up)
 _WORTH_IT = 0.15  # "auto" prefetches when making a batch takes at least this share of the time between two
 _MIN_SECONDS = 50e-6  # ... and at least this long (handing a batch over between threads costs some µs)
 _END = object()
