@@ -636,6 +636,7 @@ def test_when_cleanup_fails_too_the_original_error_wins(small_disk, monkeypatch)
     assert caught.value.__cause__.errno == errno.ENOSPC
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # tensorboard's writer thread dies
 def test_events_on_a_real_full_disk_are_a_clear_oserror(small_disk):
     _leave_free(small_disk, 0)
     logdir = small_disk / "events"
