@@ -83,7 +83,7 @@ def main() -> None:
         ratios.append(this[True] / this[False])
 
     with ckpt.safe_open(hashed, framework="pt") as handle:  # every tensor of the file: model, optimizer, RNG
-        tensors = {key: handle.get_tensor(key).clone() for key in handle.keys()}
+        tensors = {key: handle.get_tensor(key).clone() for key in handle.keys()}  # noqa: SIM118 (a safe_open handle is not iterable)
     nbytes = os.path.getsize(plain)
     metadata = {"format": ckpt.CHECKPOINT_FORMAT}
     workers = max(ckpt._MIN_HASH_THREADS, min(8, os.cpu_count() or 1))  # the pool the library would use
@@ -99,7 +99,7 @@ def main() -> None:
     def restore(verify: bool) -> None:  # read, check, copy into the model: what a resume does
         ckpt._apply(ckpt.read_checkpoint(hashed, verify=verify), model, None, None, None)
 
-    load = {verify: statistics.median(timed(lambda: restore(verify)) for _ in range(args.rounds)) for verify in (True, False)}
+    load = {verify: statistics.median(timed(lambda verify=verify: restore(verify)) for _ in range(args.rounds)) for verify in (True, False)}
     with_hash, without = statistics.median(times[True]), statistics.median(times[False])
     overhead = statistics.median(ratios) - 1.0
     fastest = min(times[True]) / min(times[False]) - 1.0

@@ -59,9 +59,9 @@ try:
 except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, str(ROOT))
     import torch_estimator as te
-from torch_estimator.export import aoti as aoti_io
-from torch_estimator.export import torchscript as torchscript_io
-from torch_estimator.serving import loader
+from torch_estimator.export import aoti as aoti_io  # noqa: E402 (after the checkout fallback above)
+from torch_estimator.export import torchscript as torchscript_io  # noqa: E402 (after the checkout fallback above)
+from torch_estimator.serving import loader  # noqa: E402 (after the checkout fallback above)
 
 
 def _load_example() -> ModuleType:

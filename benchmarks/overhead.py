@@ -88,8 +88,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
-import io
 import importlib.util
+import io
 import math
 import os
 import shutil
@@ -351,11 +351,19 @@ def measure_variants(case: Case, n: int, rounds: int, seed: int, names: Sequence
             hand(batches[:20])
             est_times, hand_times = [], []
             for _ in range(rounds):
-                start = clock(); est.train(lambda: batches[:n], hooks=hooks()); t1 = clock() - start
-                start = clock(); est.train(lambda: batches[: 2 * n], hooks=hooks()); t2 = clock() - start
+                start = clock()
+                est.train(lambda: batches[:n], hooks=hooks())
+                t1 = clock() - start
+                start = clock()
+                est.train(lambda: batches[: 2 * n], hooks=hooks())
+                t2 = clock() - start
                 est_times.append((t2 - t1) / n * 1e6)
-                start = clock(); hand(batches[:n]); h1 = clock() - start
-                start = clock(); hand(batches[: 2 * n]); h2 = clock() - start
+                start = clock()
+                hand(batches[:n])
+                h1 = clock() - start
+                start = clock()
+                hand(batches[: 2 * n])
+                h2 = clock() - start
                 hand_times.append((h2 - h1) / n * 1e6)
         shutil.rmtree(model_dir, ignore_errors=True)
         est_us, hand_us = statistics.median(est_times), statistics.median(hand_times)

@@ -391,7 +391,7 @@ def _reference_hash(path: str, algorithm: str = "sha256-tree") -> str:
 
     with safe_open(path, framework="pt") as handle:
         metadata = handle.metadata()
-        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (a safe_open handle is not iterable)
     total = hashlib.sha256()
     for name in sorted(metadata):
         if name != "content_hash":

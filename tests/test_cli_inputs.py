@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 
 from torch_estimator import cli_inputs
-from torch_estimator.cli_inputs import InputError, evaluate_expression, examples_to_inputs, parse_examples, read_input_file
+from torch_estimator.cli_inputs import (
+    InputError,
+    evaluate_expression,
+    examples_to_inputs,
+    parse_examples,
+    read_input_file,
+)
 
 # --input_exprs
 

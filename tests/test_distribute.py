@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from torch_estimator import distribute
 from torch_estimator import checkpoint as ckpt
+from torch_estimator import distribute
 
 WORKER = Path(__file__).parent / "distributed" / "worker.py"
 

@@ -143,7 +143,7 @@ def test_load_idx_dataset(tmp_path, gz):
     train_x, train_y, eval_x, eval_y = mnist.load_idx_dataset(tmp_path)
     assert train_x.shape == (6, 784) and train_x.dtype == np.float32
     assert eval_x.shape == (4, 784) and eval_y.dtype == np.int64
-    assert 0.0 <= train_x.min() and train_x.max() <= 1.0
+    assert train_x.min() >= 0.0 and train_x.max() <= 1.0
     np.testing.assert_allclose(train_x * 255, arrays["train-images-idx3-ubyte"].reshape(6, 784), atol=1e-4)
     np.testing.assert_array_equal(eval_y, arrays["t10k-labels-idx1-ubyte"])
 

@@ -232,7 +232,10 @@ class Standardize(torch.nn.Module):
 
 def test_a_receiver_module_travels_with_the_export(tmp_path):
     est = train_estimator(tmp_path / "model")
-    receiver_fn = lambda: export.ServingInputReceiver(Standardize(), {"raw": export.TensorSpec([None, NUM_FEATURES], "float32")})
+
+    def receiver_fn():
+        return export.ServingInputReceiver(Standardize(), {"raw": export.TensorSpec([None, NUM_FEATURES], "float32")})
+
     module, text = torchscript.load(os.path.join(est.export_saved_model(tmp_path / "exports", receiver_fn), "model.pt"))
     x, _ = data(3, seed=4)
     outputs = module({"raw": torch.from_numpy(x)})
@@ -242,7 +245,10 @@ def test_a_receiver_module_travels_with_the_export(tmp_path):
 
 def test_tensor_features_reach_model_fn_as_one_tensor(tmp_path):
     est = train_estimator(tmp_path / "model", make_model_fn(dict_features=False), dict_features=False)
-    receiver_fn = lambda: export.TensorServingInputReceiver(None, export.TensorSpec([None, NUM_FEATURES], torch.float32))
+
+    def receiver_fn():
+        return export.TensorServingInputReceiver(None, export.TensorSpec([None, NUM_FEATURES], torch.float32))
+
     path = est.export_saved_model(tmp_path / "exports", receiver_fn)
     x, _ = data(3, seed=5)
     outputs = loader.load(path)(x)  # one input: the bare value is enough

@@ -174,7 +174,7 @@ def test_integer_samples_respect_low_and_high():
 
 def test_float_samples_respect_low_and_high():
     values = sample_inputs({"p": TensorSpec([None, 50], torch.float64, low=0.0, high=1.0)}, TRACE_ROUND)["p"]
-    assert values.dtype == torch.float64 and 0.0 <= values.min() and values.max() < 1.0
+    assert values.dtype == torch.float64 and values.min() >= 0.0 and values.max() < 1.0
 
 
 def test_samples_repeat_the_example_rows():

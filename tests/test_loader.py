@@ -292,7 +292,8 @@ def test_a_signature_json_that_disagrees_with_the_embedded_copy_is_refused(tmp_p
     document["signatures"]["classify"]["class_labels"] = ["x", "y", "z"]
     path.write_text(json.dumps(document))
     for format in ("torchscript", "pt2"):
-        for call in (lambda: loader.load(tmp_path / "1", format=format), lambda: loader.read_document(tmp_path / "1", format=format)):
+        for call in (lambda format=format: loader.load(tmp_path / "1", format=format),
+                     lambda format=format: loader.read_document(tmp_path / "1", format=format)):
             with pytest.raises(ExportIntegrityError, match=r"signature.json disagrees with the copy embedded in .*model.pt2?"
                                r" \(differing keys: \['signatures'\]\)"):
                 call()
@@ -372,8 +373,11 @@ def test_float64_is_cast_to_float32(model):
 
 def test_floats_are_not_cast_to_ints(tmp_path):
     est = train_estimator(tmp_path / "model")
-    receiver_fn = lambda: export.ServingInputReceiver(
-        lambda r: {"x": r["ids"].float()}, {"ids": export.TensorSpec([None, NUM_FEATURES], torch.int64)})
+
+    def receiver_fn():
+        return export.ServingInputReceiver(
+            lambda r: {"x": r["ids"].float()}, {"ids": export.TensorSpec([None, NUM_FEATURES], torch.int64)})
+
     model = loader.load(est.export_saved_model(tmp_path / "exports", receiver_fn))
     with pytest.raises(InvalidInputError, match="Input 'ids' expects int64 but received float32 values; a float cannot be converted to int safely"):
         model({"ids": [[0.5, 1.0, 2.0, 3.0]]})
@@ -381,8 +385,11 @@ def test_floats_are_not_cast_to_ints(tmp_path):
 
 def test_integers_out_of_range_are_rejected(tmp_path):
     est = train_estimator(tmp_path / "model")
-    receiver_fn = lambda: export.ServingInputReceiver(
-        lambda r: {"x": r["pixels"].float() / 255}, {"pixels": export.TensorSpec([None, NUM_FEATURES], torch.uint8)})
+
+    def receiver_fn():
+        return export.ServingInputReceiver(
+            lambda r: {"x": r["pixels"].float() / 255}, {"pixels": export.TensorSpec([None, NUM_FEATURES], torch.uint8)})
+
     model = loader.load(est.export_saved_model(tmp_path / "exports", receiver_fn))
     assert model({"pixels": [[0, 1, 2, 255]]})["classes"].shape == (1,)
     with pytest.raises(InvalidInputError, match=r"Input 'pixels' expects uint8 but holds values in \[0, 300\], outside its range \[0, 255\]"):

@@ -29,8 +29,6 @@ from .canned import (
     RegressionHead,
 )
 from .canned import feature_columns as feature_column  # TF's tf.feature_column
-from .inputs_pandas import pandas_input_fn
-from .inputs_tfrecord import tfrecord_input_fn
 from .checkpoint import WarmStartSettings
 from .early_stopping import (
     make_early_stopping_hook,
@@ -66,6 +64,8 @@ from .hooks import (
     StopAtStepHook,
     SummarySaverHook,
 )
+from .inputs_pandas import pandas_input_fn
+from .inputs_tfrecord import tfrecord_input_fn
 from .lock import ModelDirLockedError
 from .run_config import RunConfig
 from .spec import EstimatorSpec, EvalSpec, ModeKeys, TrainSpec
@@ -115,6 +115,7 @@ __all__ = [
     "ProfilerHook",
     "ProgressBarHook",
     "RegressionHead",
+    "RegressionOutput",
     "RunConfig",
     "RunContext",
     "SecondOrStepTimer",

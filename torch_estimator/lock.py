@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import errno
 import json
@@ -157,10 +158,8 @@ class ModelDirLock:
         fd, self._fd = self._fd, None
         if fd is None:
             return
-        try:
+        with contextlib.suppress(OSError):
             os.remove(self.path)
-        except OSError:
-            pass
         os.close(fd)
 
     def __enter__(self) -> ModelDirLock:
