@@ -141,6 +141,7 @@ def _gather_inputs(args: argparse.Namespace) -> tuple[dict[str, Any], list[tuple
     signature is known), each read and checked before the model is loaded."""
     inputs: dict[str, Any] = {}
     examples: list[tuple[str, list[dict[str, Any]]]] = []
+    sources: list[tuple[str, str, Callable[[str, str], np.ndarray]]]
     sources = [(n, v, cli_inputs.read_input_file) for n, v in _entries(args.inputs, "--inputs")]
     sources += [(n, v, cli_inputs.evaluate_expression) for n, v in _entries(args.input_exprs, "--input_exprs")]
     for name, value, read in sources:

@@ -152,7 +152,7 @@ class _Evaluator:
             values = [self(element) for element in node.elts]
             return values if isinstance(node, ast.List) else tuple(values)
         if isinstance(node, ast.Dict) and self.dicts and all(key is not None for key in node.keys):
-            return {self(key): self(value) for key, value in zip(node.keys, node.values)}
+            return {self(key): self(value) for key, value in zip(node.keys, node.values) if key is not None}
         if isinstance(node, ast.Name) and self.dicts and \
                 node.id in ("true", "false", "null"):  # JSON's spellings
             return {"true": True, "false": False, "null": None}[node.id]
@@ -178,9 +178,9 @@ class _Evaluator:
             for seq, times in ((left, right), (right, left)):
                 if isinstance(seq, (list, tuple, str, bytes)) and isinstance(times, int):
                     self.size_check(len(seq) * times, "a repeated list")
-        if isinstance(node.op, ast.Pow) and isinstance(left, int) and isinstance(right, int):
-            if right > 0 and left not in (0, 1, -1) and abs(left).bit_length() * right > 4096:
-                raise InputError(f"Input {self.name!r}: {ast.unparse(node)[:40]} is too large a number.")
+        if (isinstance(node.op, ast.Pow) and isinstance(left, int) and isinstance(right, int)
+                and right > 0 and left not in (0, 1, -1) and abs(left).bit_length() * right > 4096):
+            raise InputError(f"Input {self.name!r}: {ast.unparse(node)[:40]} is too large a number.")
         try:
             return _OPERATORS[type(node.op)](left, right)
         except (TypeError, ValueError, ArithmeticError) as error:

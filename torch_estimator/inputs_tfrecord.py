@@ -30,7 +30,7 @@ import itertools
 import logging
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -319,7 +319,8 @@ def tfrecord_input_fn(
     for key in label_keys:
         if key not in specs:
             raise ValueError(f"tfrecord_input_fn `label_key` {key!r} is not in `features` {sorted(specs)}.")
-        if isinstance(specs[key], VarLenFeature) and specs[key].output == "padded":
+        label_spec = specs[key]
+        if isinstance(label_spec, VarLenFeature) and label_spec.output == "padded":
             raise ValueError(f"tfrecord_input_fn `label_key` {key!r} is a padded VarLenFeature; labels must be one "
                              f"tensor: use FixedLenFeature.")
     if len(label_keys) == len(specs):
@@ -334,7 +335,7 @@ def tfrecord_input_fn(
             if shuffle and input_context is not None and input_context.num_input_pipelines > 1:
                 raise ValueError("tfrecord_input_fn with several processes needs the same shuffle on every one: give "
                                  "`seed` or RunConfig(random_seed=...).")
-            chosen = int(np.random.SeedSequence().entropy % (2**63))
+            chosen = int(cast(int, np.random.SeedSequence().entropy) % (2**63))  # an int when drawn, not given
         shard = (0, 1) if input_context is None else (input_context.input_pipeline_id, input_context.num_input_pipelines)
         if mode == "infer":  # predictions are not sharded: every process predicts what it is given
             shard = (0, 1)

@@ -37,7 +37,7 @@ _TABLE_MAGIC = 0xDB4775248B80FB57
 _FOOTER_SIZE = 48
 _BLOCK_TRAILER = 5
 # TF's DataType enum -> numpy dtype (little-endian); bfloat16 is read as uint16 bits and widened.
-_DTYPES = {
+_DTYPES: dict[int, Any] = {  # numpy scalar types, or "bfloat16" (numpy has none)
     1: np.float32, 2: np.float64, 3: np.int32, 4: np.uint8, 5: np.int16, 6: np.int8, 9: np.int64, 10: np.bool_,
     14: "bfloat16", 17: np.uint16, 19: np.float16, 22: np.uint32, 23: np.uint64,
 }
@@ -110,7 +110,7 @@ def is_tf_checkpoint(path: str | os.PathLike[str]) -> bool:
 
 
 @functools.lru_cache(maxsize=1)
-def _messages() -> dict[str, type]:
+def _messages() -> dict[str, Any]:  # protobuf message classes, built at run time
     """BundleHeaderProto and BundleEntryProto (TF's tensor_bundle.proto), built at run time."""
     try:
         from google.protobuf import descriptor_pb2, descriptor_pool, message_factory

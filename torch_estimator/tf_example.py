@@ -22,7 +22,7 @@ import dataclasses
 import functools
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -69,7 +69,7 @@ def _check_shape(shape: Any, owner: str) -> tuple[int, ...]:
     return dims
 
 
-def _check_default(default: Any, shape: tuple[int, ...], dtype: Any, owner: str) -> Any:
+def _check_default(default: Any, shape: Sequence[int], dtype: Any, owner: str) -> Any:
     if default is None:
         return None
     try:
@@ -180,12 +180,12 @@ class FixedLenSequenceFeature:
         return hash(repr(self))
 
 
-FeatureSpec = Union[FixedLenFeature, VarLenFeature, FixedLenSequenceFeature]
+FeatureSpec = FixedLenFeature | VarLenFeature | FixedLenSequenceFeature
 
 
 def _same(a: Any, b: Any) -> bool:
     if type(a) is not type(b):
-        return NotImplemented  # type: ignore[return-value]
+        return NotImplemented
     for field in dataclasses.fields(a):
         x, y = getattr(a, field.name), getattr(b, field.name)
         if isinstance(x, np.ndarray) or isinstance(y, np.ndarray):
@@ -234,7 +234,7 @@ def check_spec(features: Any, owner: str = "features") -> dict[str, FeatureSpec]
 
 
 @functools.lru_cache(maxsize=1)
-def example_classes() -> dict[str, type]:
+def example_classes() -> dict[str, Any]:
     """The ``tf.Example`` message classes by name: Example, Features, Feature, BytesList, FloatList, Int64List,
     and ``ExampleBatch`` (``repeated Example example = 1``, which parses many records in one call).
 
@@ -382,7 +382,7 @@ def parse_example(
     out: dict[str, Any] = {}
     for name, spec in specs.items():
         kind = _kind(spec.dtype)
-        rows = []
+        rows: list[Any] = []
         for i, fmap in enumerate(fmaps):
             feature = fmap.get(name)
             if feature is None:

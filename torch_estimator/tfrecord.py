@@ -129,7 +129,7 @@ def _open(path: str, compression_type: str) -> BinaryIO:
     if compression_type == "GZIP":
         return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
     if compression_type == "ZLIB":
-        return io.BufferedReader(_ZlibReader(raw), buffer_size=_CHUNK)  # type: ignore[return-value]
+        return io.BufferedReader(_ZlibReader(raw), buffer_size=_CHUNK)
     return raw
 
 
