@@ -132,7 +132,7 @@ def check_hidden_units(hidden_units: Any, owner: str, argument: str = "hidden_un
 def check_dropout(dropout: Any, owner: str, argument: str = "dropout") -> float | None:
     if dropout is None:
         return None
-    if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0.0 <= dropout < 1.0:
+    if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0.0 <= float(dropout) < 1.0:
         raise ValueError(f"{owner}: `{argument}` must be None or a probability in [0, 1); received {dropout!r}.")
     return float(dropout) or None
 

@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -27,7 +28,15 @@ from torch import nn
 
 from ..checkpoint import WarmStartSettings
 from ..run_config import RunConfig
-from .base import CannedEstimator, check_activation, check_dropout, check_head, check_hidden_units, classifier_head, regressor_head
+from .base import (
+    CannedEstimator,
+    check_activation,
+    check_dropout,
+    check_head,
+    check_hidden_units,
+    classifier_head,
+    regressor_head,
+)
 from .feature_columns import DenseFeatures, FeatureColumn, NumericColumn
 from .heads import Head, LossReduction
 from .optimizers import get_optimizer_factory
@@ -94,13 +103,17 @@ class DNNModel(nn.Module):
         return logits, hidden_layer_summaries(hidden)
 
 
+def _zero_fraction(values: torch.Tensor) -> torch.Tensor:
+    return (values == 0).float().mean()
+
+
 def hidden_layer_summaries(hidden: Sequence[torch.Tensor], prefix: str = "dnn") -> dict[str, Callable[[], torch.Tensor]]:
     """TF's per-layer training summaries: the fraction of zero activations and their histogram."""
     summaries: dict[str, Callable[[], torch.Tensor]] = {}
     for i, values in enumerate(hidden):
         values = values.detach()
-        summaries[f"{prefix}/hiddenlayer_{i}/fraction_of_zero_values"] = lambda v=values: (v == 0).float().mean()
-        summaries[f"{prefix}/hiddenlayer_{i}/activation"] = lambda v=values: v.float()
+        summaries[f"{prefix}/hiddenlayer_{i}/fraction_of_zero_values"] = functools.partial(_zero_fraction, values)
+        summaries[f"{prefix}/hiddenlayer_{i}/activation"] = values.float
     return summaries
 
 

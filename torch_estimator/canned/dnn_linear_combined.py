@@ -17,7 +17,15 @@ from torch import nn
 
 from ..checkpoint import WarmStartSettings
 from ..run_config import RunConfig
-from .base import CannedEstimator, check_activation, check_dropout, check_head, check_hidden_units, classifier_head, regressor_head
+from .base import (
+    CannedEstimator,
+    check_activation,
+    check_dropout,
+    check_head,
+    check_hidden_units,
+    classifier_head,
+    regressor_head,
+)
 from .dnn import DNNModel
 from .feature_columns import FeatureColumn, NumericColumn
 from .heads import Head, LossReduction
@@ -112,7 +120,7 @@ class DNNLinearCombinedEstimator(CannedEstimator):
                            check_activation(dnn_activation_fn, owner, "dnn_activation_fn"),
                            check_dropout(dnn_dropout, owner, "dnn_dropout"), bool(batch_norm))
         model = WideDeepModel(linear, dnn)
-        factories = {}
+        factories: dict[str, tuple[Any, nn.Module]] = {}
         if linear is not None:
             factories["linear"] = (get_optimizer_factory(linear_optimizer, linear_learning_rate(len(linear_columns)),
                                                          argument="linear_optimizer"), linear)

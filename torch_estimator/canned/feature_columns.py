@@ -38,7 +38,7 @@ import math
 import numbers
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -182,6 +182,11 @@ class DenseColumn(FeatureColumn):
     Subclasses have a ``dimension`` (an int attribute or property).
     """
 
+    if TYPE_CHECKING:
+
+        @property
+        def dimension(self) -> int: ...
+
     def _dense(self, features: Mapping[str, torch.Tensor], states: Mapping[str, nn.Module]) -> torch.Tensor:
         raise NotImplementedError
 
@@ -191,6 +196,11 @@ class CategoricalColumn(FeatureColumn):
 
     Subclasses have a ``num_buckets`` (an int attribute or property).
     """
+
+    if TYPE_CHECKING:
+
+        @property
+        def num_buckets(self) -> int: ...
 
     def _ids(self, features: Mapping[str, torch.Tensor], states: Mapping[str, nn.Module]) -> torch.Tensor:
         raise NotImplementedError
@@ -206,6 +216,11 @@ def _categorical_input(features: Mapping[str, torch.Tensor], key: str, column: s
         )
     value = value.to(torch.int64)
     return value.unsqueeze(1) if value.dim() == 1 else value.flatten(1)
+
+
+def _state(states: Mapping[str, nn.Module], column: str, name: str) -> torch.Tensor:
+    """The tensor ``name`` of a column's state module (a module's attributes are typed Tensor | Module)."""
+    return cast(torch.Tensor, getattr(states[column], name))
 
 
 class _Buffers(nn.Module):
@@ -285,7 +300,7 @@ class BucketizedColumn(DenseColumn, CategoricalColumn):
 
     def _ids(self, features: Mapping[str, torch.Tensor], states: Mapping[str, nn.Module]) -> torch.Tensor:
         values = self.source_column._values(features)
-        boundaries = states[self.name].boundaries
+        boundaries = _state(states, self.name, "boundaries")
         buckets = torch.bucketize(values.to(boundaries.dtype), boundaries, right=True)
         offsets = torch.arange(values.shape[1], device=values.device) * (len(self.boundaries) + 1)
         return buckets + offsets
@@ -326,8 +341,7 @@ class VocabularyListColumn(_KeyedColumn, CategoricalColumn):
 
     def _ids(self, features: Mapping[str, torch.Tensor], states: Mapping[str, nn.Module]) -> torch.Tensor:
         values = _categorical_input(features, self.key, self.name)
-        state = states[self.name]
-        ordered, order = state.sorted_values, state.order
+        ordered, order = _state(states, self.name, "sorted_values"), _state(states, self.name, "order")
         position = torch.searchsorted(ordered, values).clamp(max=ordered.numel() - 1)
         found = ordered[position] == values
         missing = values == MISSING
@@ -395,7 +409,7 @@ class CrossedColumn(CategoricalColumn):
     ids). Multi-valued inputs cross every combination; an example missing a part has no value.
     """
 
-    parts: tuple[Union[str, CategoricalColumn], ...]
+    parts: tuple[str | CategoricalColumn, ...]
     hash_bucket_size: int
     hash_key: int | None = None
 
@@ -421,19 +435,15 @@ class CrossedColumn(CategoricalColumn):
 
     def _ids(self, features: Mapping[str, torch.Tensor], states: Mapping[str, nn.Module]) -> torch.Tensor:
         seed = _CROSS_SEED if self.hash_key is None else self.hash_key % _CROSS_MODULUS
-        crossed: torch.Tensor | None = None
-        missing: torch.Tensor | None = None
-        for part in self.parts:
-            values = _categorical_input(features, part, self.name) if isinstance(part, str) else part._ids(features, states)
-            if crossed is None:
-                crossed = torch.remainder(seed * _CROSS_PRIME + torch.remainder(values, _CROSS_MODULUS), _CROSS_MODULUS)
-                missing = values == MISSING
-                continue
+        ids = [_categorical_input(features, part, self.name) if isinstance(part, str) else part._ids(features, states)
+               for part in self.parts]  # crossed_column checks there are >= 2 parts
+        crossed = torch.remainder(seed * _CROSS_PRIME + torch.remainder(ids[0], _CROSS_MODULUS), _CROSS_MODULUS)
+        missing = ids[0] == MISSING
+        for values in ids[1:]:
             # Every combination: [batch, a] x [batch, b] -> [batch, a * b].
             left, right = crossed.unsqueeze(2), torch.remainder(values, _CROSS_MODULUS).unsqueeze(1)
             crossed = torch.remainder(left * _CROSS_PRIME + right, _CROSS_MODULUS).flatten(1)
             missing = (missing.unsqueeze(2) | (values == MISSING).unsqueeze(1)).flatten(1)
-        assert crossed is not None and missing is not None  # crossed_column checks there are >= 2 parts
         return torch.where(missing, torch.full_like(crossed, MISSING), torch.remainder(crossed, self.hash_bucket_size))
 
 
@@ -518,7 +528,7 @@ class EmbeddingColumn(DenseColumn):
         return _EmbeddingTable(self.categorical_column.num_buckets, self.dimension, self.trainable)
 
     def _dense(self, features: Mapping[str, torch.Tensor], states: Mapping[str, nn.Module]) -> torch.Tensor:
-        rows = states[self.name].weight
+        rows = _state(states, self.name, "weight")
         if self.max_norm is not None:
             rows = rows * (self.max_norm / rows.norm(dim=1, keepdim=True).clamp(min=self.max_norm))
         ids = self.categorical_column._ids(features, states)
@@ -554,10 +564,10 @@ def numeric_column(
         2
     """
     _check_key(key, "numeric_column")
-    shape = (shape,) if isinstance(shape, numbers.Integral) else tuple(shape)
-    if not shape:
-        raise ValueError(f"numeric_column {key!r}: `shape` must have at least one dimension; received {shape!r}.")
-    shape = tuple(_check_positive_int(d, f"numeric_column {key!r} `shape` entries") for d in shape)
+    dims = (shape,) if isinstance(shape, numbers.Integral) else tuple(cast(Sequence[int], shape))
+    if not dims:
+        raise ValueError(f"numeric_column {key!r}: `shape` must have at least one dimension; received {dims!r}.")
+    shape = tuple(_check_positive_int(d, f"numeric_column {key!r} `shape` entries") for d in dims)
     if default_value is not None and (isinstance(default_value, bool) or not isinstance(default_value, numbers.Real)):
         raise ValueError(f"numeric_column {key!r}: `default_value` must be a number or None; received {default_value!r}.")
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
@@ -626,7 +636,7 @@ def categorical_column_with_vocabulary_list(
              for v in vocabulary}
     if None in kinds or len(kinds) > 1:
         raise ValueError(f"Column {key!r}: `vocabulary_list` must be all strings or all ints; received {list(vocabulary)!r}.")
-    inferred = kinds.pop()
+    inferred = cast(type, kinds.pop())  # str or int: None was refused above
     if dtype is not None and dtype is not inferred:
         raise ValueError(f"Column {key!r}: `dtype` {dtype!r} does not match the vocabulary's type {inferred.__name__}.")
     if inferred is int:
@@ -690,7 +700,7 @@ def categorical_column_with_hash_bucket(key: str, hash_bucket_size: int, dtype: 
     return HashBucketColumn(key, int(hash_bucket_size), dtype)
 
 
-def crossed_column(keys: Sequence[Union[str, CategoricalColumn]], hash_bucket_size: int, hash_key: int | None = None) -> CrossedColumn:
+def crossed_column(keys: Sequence[str | CategoricalColumn], hash_bucket_size: int, hash_key: int | None = None) -> CrossedColumn:
     """The cross of two or more raw features (by name) or categorical columns, hashed into
     ``hash_bucket_size`` ids. Best used in a linear model (or wrapped in an indicator/embedding column).
 
@@ -806,7 +816,8 @@ class _ColumnStates(nn.Module):
     def __init__(self, columns: Iterable[FeatureColumn]) -> None:
         super().__init__()
         self.names: dict[str, str] = {}
-        states, owners = {}, {}
+        states: dict[str, nn.Module] = {}
+        owners: dict[str, FeatureColumn] = {}
         for column in _all_columns(columns, unique_names=False):
             state = column._make_state()
             if state is None:
@@ -841,7 +852,7 @@ class DenseFeatures(nn.Module):
         tensor([[1., 2., 3.]])
     """
 
-    def __init__(self, feature_columns: Sequence[DenseColumn]) -> None:
+    def __init__(self, feature_columns: Sequence[FeatureColumn]) -> None:  # dense ones: checked
         super().__init__()
         columns = _check_columns(feature_columns, "DenseFeatures")
         for column in columns:
@@ -852,7 +863,7 @@ class DenseFeatures(nn.Module):
                 )
         self.columns: list[DenseColumn] = columns  # type: ignore[assignment]
         self.column_states = _ColumnStates(columns)
-        self.output_dim = sum(c.dimension for c in columns)
+        self.output_dim = sum(c.dimension for c in self.columns)
 
     def forward(self, features: Mapping[str, torch.Tensor]) -> torch.Tensor:
         states = self.column_states.by_name()

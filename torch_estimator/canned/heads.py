@@ -207,7 +207,7 @@ def _check_threshold_list(thresholds: Any, owner: str) -> tuple[float, ...]:
         raise ValueError(f"{owner}: `thresholds` must be a list of floats in (0, 1); received {thresholds!r}.")
     values = tuple(thresholds)
     for t in values:
-        if isinstance(t, bool) or not isinstance(t, numbers.Real) or not 0.0 < t < 1.0:
+        if isinstance(t, bool) or not isinstance(t, numbers.Real) or not 0.0 < float(t) < 1.0:
             raise ValueError(f"{owner}: thresholds not in (0, 1): {values!r}.")
     return tuple(float(t) for t in values)
 
@@ -768,7 +768,7 @@ class MultiLabelHead(Head):
                         f"{self._label_vocabulary}."
                     )
                 ids.append(self._label_vocabulary.index(value))
-            elif isinstance(value, numbers.Integral) and not isinstance(value, bool) and 0 <= value < self._n_classes:
+            elif isinstance(value, numbers.Integral) and not isinstance(value, bool) and 0 <= int(value) < self._n_classes:
                 ids.append(int(value))
             else:
                 raise ValueError(
@@ -878,7 +878,7 @@ class RegressionHead(Head):
         if inverse_link_fn is not None and not callable(inverse_link_fn):
             raise ValueError(f"RegressionHead: `inverse_link_fn` must be callable; received {inverse_link_fn!r}.")
         self._logits_dimension = int(label_dimension)
-        self._inverse_link_fn = inverse_link_fn
+        self._inverse_link_fn: Callable[[torch.Tensor], torch.Tensor] | None = inverse_link_fn
         self._check_weight_column_shape()
 
     @property

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -71,7 +71,7 @@ class MultiHead(Head):
                     f"MultiHead: every head must have a name (e.g. BinaryClassHead(name='click')); received "
                     f"{type(head).__name__} without one."
                 )
-        names = [head.name for head in heads]
+        names = [cast(str, head.name) for head in heads]  # each has one: checked above
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
             raise ValueError(f"MultiHead: head names must be distinct; {repeated} repeat among {names}.")
@@ -160,7 +160,7 @@ class MultiHead(Head):
         split = self._split_logits(logits)
         return self._merge(self._head_losses(features, split, self._split_labels(labels)), regularization_losses)
 
-    def predictions(self, logits: Any, keys: Sequence[Any] | None = None) -> dict[Any, torch.Tensor]:  # type: ignore[override]
+    def predictions(self, logits: Any, keys: Sequence[Any] | None = None) -> dict[Any, torch.Tensor]:
         """Every head's predictions keyed ``(head name, key)`` (all, or only ``keys``).
 
         Raises:
@@ -176,7 +176,7 @@ class MultiHead(Head):
             predictions = {k: predictions[k] for k in keys}
         return predictions
 
-    def metrics(  # type: ignore[override]
+    def metrics(
         self,
         features: Any,
         logits: Any,

@@ -224,7 +224,7 @@ def get_optimizer_factory(optimizer: Any, learning_rate: float | None = None, *,
             raise ValueError(f"`learning_rate` must be a positive number; received {rate!r}.")
         return _named(optimizer, float(rate))
     if isinstance(optimizer, type) and issubclass(optimizer, torch.optim.Optimizer):
-        cls = optimizer
+        cls: Callable[..., torch.optim.Optimizer] = optimizer  # a subclass, taking its own arguments
         return (lambda params: cls(params)) if learning_rate is None else (lambda params: cls(params, lr=learning_rate))
     if isinstance(optimizer, torch.optim.Optimizer) or callable(optimizer):
         return optimizer
