@@ -137,7 +137,8 @@ class Batcher:
         while self._running < self.max_batches and self._queues:
             key = min(self._queues, key=lambda k: self._queues[k][0].arrival)
             queue = self._queues[key]
-            batch, rows = [], 0
+            batch: list[_Item] = []
+            rows = 0
             while queue and (not batch or rows + queue[0].rows <= self.max_batch_size):
                 item = queue.popleft()
                 if item.future.cancelled():  # the client went away while it waited
@@ -160,11 +161,11 @@ class Batcher:
             outcomes = [(None, error)] * len(batch)
         finally:
             self._running -= 1
-        for item, (result, error) in zip(batch, outcomes):
+        for item, (result, failure) in zip(batch, outcomes):
             if item.future.done():
                 continue
-            if error is not None:
-                item.future.set_exception(error)
+            if failure is not None:
+                item.future.set_exception(failure)
             else:
                 item.future.set_result(result)
         if not self._closed:

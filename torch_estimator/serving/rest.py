@@ -565,7 +565,7 @@ def _scores_and_ids(outputs: Mapping[str, torch.Tensor], key: str) -> tuple[np.n
     scores, classes = outputs.get("scores"), outputs.get("classes")
     if scores is None and classes is None:
         raise ServingError(500, f"Classification signature {key!r} returned neither 'classes' nor 'scores'.")
-    arrays = []
+    arrays: list[np.ndarray | None] = []
     for name, tensor in (("scores", scores), ("classes", classes)):
         if tensor is None:
             arrays.append(None)

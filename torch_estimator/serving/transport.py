@@ -248,7 +248,7 @@ class Transport:
             timeout_keep_alive=max(1, round(guards.idle_timeout_secs)), timeout_graceful_shutdown=None,
             backlog=1024,
         )
-        config.timeout_keep_alive = guards.idle_timeout_secs  # uvicorn's option is whole seconds; the timer is not
+        config.timeout_keep_alive = guards.idle_timeout_secs  # type: ignore[assignment]  # uvicorn's option is whole seconds; the timer is not
         self.server = _Server(config)
         self._thread = threading.Thread(target=self._run, name="torch_estimator-http", daemon=True)
         self._error: BaseException | None = None
