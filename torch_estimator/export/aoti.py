@@ -58,7 +58,7 @@ def compile_package(
     return time.perf_counter() - start
 
 
-def load(path: str, device: torch.device | str = "cpu") -> tuple[dict[str, object], str]:
+def load(path: str, device: torch.device | str = "cpu") -> tuple[dict[str, Any], str]:
     """Every signature's compiled model of a package, by ``function``, and its ``signature.json`` text.
 
     Raises:

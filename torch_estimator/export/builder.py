@@ -69,7 +69,7 @@ class _Plan:
 
 def export_saved_model(
     export_dir_base: str | os.PathLike[str],
-    serving_input_receiver_fn: Callable[[], ServingInputReceiver],
+    serving_input_receiver_fn: Callable[[], ServingInputReceiver] | None,
     *,
     predict_fn: PredictFn,
     model: torch.nn.Module | None,

@@ -193,7 +193,7 @@ def remove_dead_temp_dirs(base: str, *, now: float | None = None) -> list[str]:
     Returns:
         The directories removed. Failures to remove are logged, never raised: an export goes on.
     """
-    removed = []
+    removed: list[str] = []
     try:
         entries = sorted(os.scandir(base), key=lambda e: e.name)
     except OSError:

@@ -134,7 +134,7 @@ class ClassificationOutput(ExportOutput):
                 raise ValueError("ClassificationOutput `labels` must not be empty.")
             tracing = torch.jit.is_tracing()  # the eager run checked; a traced comparison would warn
             per_class = scores is not None and classes is None and not tracing and scores.dim() >= 1
-            if per_class and scores.shape[-1] != len(labels):  # type: ignore[union-attr]
+            if per_class and scores is not None and scores.shape[-1] != len(labels):
                 raise ValueError(
                     f"ClassificationOutput has {len(labels)} labels but `scores` has {scores.shape[-1]} columns "
                     f"(one score per class is expected when `classes` is not given)."
