@@ -191,7 +191,7 @@ def test_keep_every_n_hours_none_keeps_nothing_for_its_age(tmp_path, monkeypatch
     manager = ckpt.CheckpointManager(str(tmp_path), keep_checkpoint_max=2, keep_checkpoint_every_n_hours=None)
     for step in range(5):
         manager.save(step, model=TinyNet())
-    on_disk = sorted(ckpt._step_of(f) for f in os.listdir(tmp_path) if f.endswith(".safetensors"))
+    on_disk = sorted(ckpt.step_of(f) for f in os.listdir(tmp_path) if f.endswith(".safetensors"))
     assert on_disk == [3, 4] and not ckpt.read_index(str(tmp_path)).kept_forever
 
 
@@ -201,8 +201,8 @@ def test_keep_every_n_hours_keeps_extra_checkpoints_out_of_the_index(tmp_path, m
     manager = ckpt.CheckpointManager(str(tmp_path), keep_checkpoint_max=2, keep_checkpoint_every_n_hours=1.0)
     for step in range(8):  # saved at 0.4 h, 0.8 h, ... 3.2 h
         manager.save(step, model=TinyNet())
-    indexed = [ckpt._step_of(p) for p in ckpt.read_index(str(tmp_path)).paths]
-    on_disk = sorted(ckpt._step_of(f) for f in os.listdir(tmp_path) if f.endswith(".safetensors"))
+    indexed = [ckpt.step_of(p) for p in ckpt.read_index(str(tmp_path)).paths]
+    on_disk = sorted(ckpt.step_of(f) for f in os.listdir(tmp_path) if f.endswith(".safetensors"))
     assert indexed == [6, 7]
     # 1.2 h is the first past the 1 h mark (next mark 2 h); 2.0 h is not past 2 h; 2.4 h is.
     assert on_disk == [2, 5, 6, 7]
@@ -212,7 +212,7 @@ def test_resave_of_the_same_step_moves_it_to_the_end(tmp_path):
     manager = ckpt.CheckpointManager(str(tmp_path), keep_checkpoint_max=5)
     for step in (1, 2, 1):
         manager.save(step, model=TinyNet())
-    assert [ckpt._step_of(p) for p in ckpt.read_index(str(tmp_path)).paths] == [2, 1]
+    assert [ckpt.step_of(p) for p in ckpt.read_index(str(tmp_path)).paths] == [2, 1]
 
 
 def test_a_failed_write_leaves_the_previous_state_intact(tmp_path, monkeypatch):
@@ -230,7 +230,7 @@ def test_a_failed_write_leaves_the_previous_state_intact(tmp_path, monkeypatch):
         manager.save(2, model=TinyNet())
     assert caught.value.errno == 28
     assert sorted(os.listdir(tmp_path)) == before
-    assert ckpt._step_of(ckpt.latest_checkpoint(str(tmp_path))) == 1
+    assert ckpt.step_of(ckpt.latest_checkpoint(str(tmp_path))) == 1
 
 
 def test_leftover_temporary_files_are_removed(tmp_path):
@@ -246,7 +246,7 @@ def test_a_missing_index_is_rebuilt_from_the_files(tmp_path):
     for step in (3, 12):
         manager.save(step, model=TinyNet())
     os.remove(tmp_path / "checkpoint")
-    assert ckpt._step_of(ckpt.latest_checkpoint(str(tmp_path))) == 12
+    assert ckpt.step_of(ckpt.latest_checkpoint(str(tmp_path))) == 12
 
 
 def test_a_corrupt_index_is_rebuilt_with_a_warning(tmp_path, caplog):
@@ -254,7 +254,7 @@ def test_a_corrupt_index_is_rebuilt_with_a_warning(tmp_path, caplog):
     manager.save(4, model=TinyNet())
     (tmp_path / "checkpoint").write_text("{not json")
     with caplog.at_level(logging.WARNING, logger="torch_estimator"):
-        assert ckpt._step_of(ckpt.latest_checkpoint(str(tmp_path))) == 4
+        assert ckpt.step_of(ckpt.latest_checkpoint(str(tmp_path))) == 4
     assert "is unreadable" in caplog.text
 
 
@@ -263,7 +263,7 @@ def test_index_entries_whose_file_is_gone_are_dropped(tmp_path):
     for step in (1, 2):
         manager.save(step, model=TinyNet())
     os.remove(ckpt.checkpoint_path_for_step(str(tmp_path), 2))
-    assert ckpt._step_of(ckpt.latest_checkpoint(str(tmp_path))) == 1
+    assert ckpt.step_of(ckpt.latest_checkpoint(str(tmp_path))) == 1
 
 
 def test_latest_checkpoint_of_nothing():
@@ -535,7 +535,7 @@ def test_restore_latest_falls_back_to_the_newest_intact_checkpoint(tmp_path, cap
     assert torch.equal(model.hidden.weight, expected.hidden.weight)
     assert "model.ckpt-30.safetensors is damaged" in caplog.text and "model.ckpt-20.safetensors is damaged" in caplog.text
     assert "Using checkpoint" in caplog.text and "['model.ckpt-30.safetensors', 'model.ckpt-20.safetensors']" in caplog.text
-    assert ckpt._step_of(ckpt.latest_intact_checkpoint(str(tmp_path))) == 10
+    assert ckpt.step_of(ckpt.latest_intact_checkpoint(str(tmp_path))) == 10
 
 
 def test_restore_latest_tries_files_outside_the_index_last(tmp_path):
@@ -579,7 +579,7 @@ def test_a_checkpoint_rotated_away_while_being_read_is_skipped(tmp_path, monkeyp
 
     monkeypatch.setattr(ckpt, "read_checkpoint", rotate_then_read)
     checkpoint = ckpt.restore_latest(str(tmp_path), model=TinyNet())
-    assert [ckpt._step_of(p) for p in deleted] == [3] and checkpoint.global_step == 2
+    assert [ckpt.step_of(p) for p in deleted] == [3] and checkpoint.global_step == 2
 
 
 def test_when_everything_listed_disappears_the_list_is_read_again(tmp_path, monkeypatch):
@@ -587,7 +587,7 @@ def test_when_everything_listed_disappears_the_list_is_read_again(tmp_path, monk
     read, calls = ckpt.read_checkpoint, []
 
     def writer_rotates_everything_once(path, **kwargs):
-        calls.append(ckpt._step_of(path))
+        calls.append(ckpt.step_of(path))
         if len(calls) == 1:  # the trainer saves 3 and 4 and rotates 1 and 2 away
             _save_steps(tmp_path, [3, 4], keep=2)
         return read(path, **kwargs)
@@ -681,7 +681,7 @@ def test_disk_trouble_writing_the_index_leaves_everything_as_it_was(tmp_path, mo
     monkeypatch.undo()
     assert {name: (tmp_path / name).read_bytes() for name in os.listdir(tmp_path)} == before
     manager.save(3, model=TinyNet())  # space is back: rotation goes on as if nothing happened
-    assert [ckpt._step_of(p) for p in ckpt.read_index(str(tmp_path)).paths] == [2, 3]
+    assert [ckpt.step_of(p) for p in ckpt.read_index(str(tmp_path)).paths] == [2, 3]
     assert sorted(os.listdir(tmp_path)) == ["checkpoint", "model.ckpt-2.safetensors", "model.ckpt-3.safetensors"]
 
 
@@ -738,8 +738,8 @@ def test_a_checkpoint_written_but_not_indexed_is_found(tmp_path):
     index = (tmp_path / "checkpoint").read_text()
     _save_steps(tmp_path, [3])
     (tmp_path / "checkpoint").write_text(index)  # as if killed between the file and the index
-    assert [ckpt._step_of(p) for p in ckpt.read_index(str(tmp_path)).paths] == [1, 2, 3]
-    assert ckpt._step_of(ckpt.latest_checkpoint(str(tmp_path))) == 3
+    assert [ckpt.step_of(p) for p in ckpt.read_index(str(tmp_path)).paths] == [1, 2, 3]
+    assert ckpt.step_of(ckpt.latest_checkpoint(str(tmp_path))) == 3
 
 
 def test_a_checkpoint_dropped_by_rotation_but_not_deleted_is_removed_at_the_next_start(tmp_path, monkeypatch):
@@ -761,7 +761,7 @@ def test_checkpoints_kept_forever_are_never_removed_at_start(tmp_path, monkeypat
     ckpt.CheckpointManager(str(tmp_path), keep_checkpoint_max=2)  # the next start
     index = json.loads((tmp_path / "checkpoint").read_text())
     assert index["kept_forever_paths"] == ["model.ckpt-2.safetensors", "model.ckpt-5.safetensors"]
-    assert sorted(ckpt._step_of(f) for f in os.listdir(tmp_path) if f.endswith(".safetensors")) == [2, 5, 6, 7]
+    assert sorted(ckpt.step_of(f) for f in os.listdir(tmp_path) if f.endswith(".safetensors")) == [2, 5, 6, 7]
 
 
 def test_files_unknown_to_an_older_index_are_never_removed(tmp_path):
@@ -788,7 +788,7 @@ def test_an_index_pointing_outside_model_dir_is_ignored_and_rotation_deletes_not
     (model_dir / "checkpoint").write_text(json.dumps(
         {"all_model_checkpoint_paths": names, "all_model_checkpoint_timestamps": [0.0] * len(names)}))
     with caplog.at_level(logging.WARNING, logger="torch_estimator"):
-        assert [ckpt._step_of(p) for p in ckpt.read_index(str(model_dir)).paths] == [5]
+        assert [ckpt.step_of(p) for p in ckpt.read_index(str(model_dir)).paths] == [5]
     assert "must list checkpoint file names" in caplog.text
     _save_steps(model_dir, [6, 7], keep=1)
     assert victim.read_text() == "someone else's file"

@@ -83,7 +83,7 @@ def test_two_processes_match_one_process_with_the_global_batch(tmp_path):
     assert chief["eval"]["n"] == pytest.approx(single["eval"]["n"], abs=1e-9)
     assert chief["eval"] == other["eval"]
     # Only the chief wrote: one events file, checkpoints at 0, 5, 10, 12.
-    assert [ckpt._step_of(p) for p in ckpt.read_index(str(two)).paths] == [0, 5, 10, 12]
+    assert [ckpt.step_of(p) for p in ckpt.read_index(str(two)).paths] == [0, 5, 10, 12]
     assert len([f for f in os.listdir(two) if f.startswith("events.out.tfevents")]) == 1
 
 
@@ -104,7 +104,7 @@ def test_train_and_evaluate_evaluates_and_exports_on_the_chief(tmp_path):
     assert chief["result"]["global_step"] == 12 and other["result"] is None
     assert sorted(os.listdir(tmp_path / "export" / "latest"))  # exports written by the chief
     assert all(path is not None for path in chief["exports"]) and other["exports"] == []
-    assert sorted(ckpt._step_of(p) for p in ckpt.read_index(str(tmp_path)).paths)[-1] == 12
+    assert sorted(ckpt.step_of(p) for p in ckpt.read_index(str(tmp_path)).paths)[-1] == 12
 
 
 @pytest.mark.slow
@@ -124,6 +124,6 @@ def test_the_mnist_example_runs_under_torchrun(tmp_path):
     run = _torchrun(2, str(example), "--synthetic", "--steps", "30", "--learning-rate", "0.05",
                     "--model-dir", str(tmp_path), "--predict", "2", timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert [ckpt._step_of(p) for p in ckpt.read_index(str(tmp_path)).paths][-1] == 30
+    assert [ckpt.step_of(p) for p in ckpt.read_index(str(tmp_path)).paths][-1] == 30
     assert len([f for f in os.listdir(tmp_path) if f.startswith("events.out.tfevents")]) == 1  # the chief's
     assert run.stdout.count("'global_step': np.int64(30)") == 2  # both processes evaluated (sharded) step 30

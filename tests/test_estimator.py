@@ -34,7 +34,7 @@ def _eval_fn(data, batch_size=10):
 
 
 def _steps_on_disk(model_dir) -> list[int]:
-    return [ckpt._step_of(p) for p in ckpt.read_index(str(model_dir)).paths]
+    return [ckpt.step_of(p) for p in ckpt.read_index(str(model_dir)).paths]
 
 
 class Recorder(te.CheckpointSaverListener):
@@ -198,11 +198,11 @@ def test_steps_and_max_steps_follow_tf_sequence(make_estimator, data, tmp_path, 
     est.train(_train_fn(data), steps=25)
     assert _steps_on_disk(est.model_dir) == [0, 10, 20, 25]
     est.train(_train_fn(data), steps=5)
-    assert ckpt._step_of(est.latest_checkpoint()) == 30
+    assert ckpt.step_of(est.latest_checkpoint()) == 30
     with caplog.at_level(logging.INFO, logger="torch_estimator"):
         est.train(_train_fn(data), max_steps=30)
     assert "Skipping training since max_steps has already saved" in caplog.text
-    assert ckpt._step_of(est.latest_checkpoint()) == 30
+    assert ckpt.step_of(est.latest_checkpoint()) == 30
     est.train(_train_fn(data), max_steps=33)
     assert _steps_on_disk(est.model_dir) == [0, 10, 20, 25, 30, 33]
 
@@ -211,7 +211,7 @@ def test_max_steps_is_read_from_disk_by_a_new_estimator(make_estimator, data):
     make_estimator(save_checkpoints_steps=10).train(_train_fn(data), steps=25)
     est = make_estimator(save_checkpoints_steps=10)
     est.train(_train_fn(data), max_steps=20)
-    assert ckpt._step_of(est.latest_checkpoint()) == 25
+    assert ckpt.step_of(est.latest_checkpoint()) == 25
 
 
 @pytest.mark.parametrize(
@@ -238,7 +238,7 @@ def test_listeners_need_checkpointing(make_estimator, data):
 def test_training_without_steps_runs_until_the_input_ends(make_estimator, data):
     est = make_estimator(save_checkpoints_steps=1000)
     est.train(_train_fn(data, num_epochs=2, batch_size=30))  # 200 examples -> 7 batches
-    assert ckpt._step_of(est.latest_checkpoint()) == 7
+    assert ckpt.step_of(est.latest_checkpoint()) == 7
 
 
 def test_empty_input_warns_that_no_steps_were_made(make_estimator, caplog):
@@ -269,7 +269,7 @@ def test_resumed_training_tells_listeners_without_rewriting(make_estimator, data
 def test_listener_returning_true_stops_training(make_estimator, data):
     est = make_estimator(save_checkpoints_steps=10)
     est.train(_train_fn(data), steps=100, saving_listeners=[Recorder(stop_at=20)])
-    assert ckpt._step_of(est.latest_checkpoint()) == 20
+    assert ckpt.step_of(est.latest_checkpoint()) == 20
 
 
 def test_checkpoints_every_n_seconds(make_estimator, data, monkeypatch):
@@ -415,7 +415,7 @@ def test_stop_requested_by_a_hook(make_estimator, data):
 
     est = make_estimator(save_checkpoints_steps=100)
     est.train(_train_fn(data), steps=10, hooks=[StopAtTwo()])
-    assert ckpt._step_of(est.latest_checkpoint()) == 2
+    assert ckpt.step_of(est.latest_checkpoint()) == 2
 
 
 def test_keep_checkpoint_every_n_hours_none_trains_and_rotates(make_estimator, data, tmp_path):

@@ -247,7 +247,7 @@ def test_nan_hook_can_stop_instead_of_raising(tmp_path, data, caplog):
     with caplog.at_level(logging.ERROR, logger="torch_estimator"):
         est.train(_train_fn(data), steps=20, hooks=[te.NanTensorHook(fail_on_nan_loss=False)])
     assert "Model diverged with loss = NaN at global step 4" in caplog.text
-    assert [ckpt._step_of(p) for p in ckpt.read_index(str(tmp_path)).paths] == [0, 2]
+    assert [ckpt.step_of(p) for p in ckpt.read_index(str(tmp_path)).paths] == [0, 2]
 
 
 def test_nan_is_caught_on_a_logging_step_before_any_save(tmp_path, data):
@@ -255,7 +255,7 @@ def test_nan_is_caught_on_a_logging_step_before_any_save(tmp_path, data):
                        config=te.RunConfig(device="cpu", save_checkpoints_steps=1000, log_step_count_steps=5))
     with pytest.raises(te.NanLossDuringTrainingError, match="global step 3"):
         est.train(_train_fn(data), steps=20)
-    assert [ckpt._step_of(p) for p in ckpt.read_index(str(tmp_path)).paths] == [0]
+    assert [ckpt.step_of(p) for p in ckpt.read_index(str(tmp_path)).paths] == [0]
 
 
 def test_memory_with_nan_weights_is_restored_from_disk(tmp_path, data):
@@ -307,7 +307,7 @@ def test_nan_stop_mode_still_hands_hooks_their_values(tmp_path, data, caplog):
         est.train(_train_fn(data), steps=10, hooks=[te.NanTensorHook(fail_on_nan_loss=False)])
     assert "loss = nan, step = 3" in caplog.text  # the logging hook still got the (NaN) loss of the third step
     assert caplog.text.count("Model diverged") == 1
-    assert [ckpt._step_of(p) for p in ckpt.read_index(str(tmp_path)).paths] == [0]
+    assert [ckpt.step_of(p) for p in ckpt.read_index(str(tmp_path)).paths] == [0]
 
 
 class SeesLoss(te.Hook):

@@ -131,7 +131,7 @@ def _train_into_a_full_disk(make_estimator, data, tmp_path, monkeypatch):
         est.train(_train_fn(data), steps=30)
     assert sorted(n for n in os.listdir(model_dir) if "events" not in n) == [
         "checkpoint", "model.ckpt-10.safetensors", "model.ckpt-5.safetensors"]
-    assert ckpt._step_of(ckpt.latest_checkpoint(str(model_dir))) == 10
+    assert ckpt.step_of(ckpt.latest_checkpoint(str(model_dir))) == 10
     monkeypatch.undo()  # space was freed
     return est, _weights(reference)
 
@@ -587,7 +587,7 @@ def test_a_real_full_disk_inside_the_tensor_write_is_a_clear_oserror_and_nothing
     assert _files_and_bytes(model_dir) == before  # no partial file, no temporary file, index and checkpoints as they were
     os.remove(small_disk / "filler")
     est.train(_net_input(), steps=4)  # space is back: it resumes from step 4
-    assert ckpt._step_of(ckpt.latest_checkpoint(str(model_dir))) == 8
+    assert ckpt.step_of(ckpt.latest_checkpoint(str(model_dir))) == 8
 
 
 def test_a_real_full_disk_at_the_index_removes_the_new_checkpoint(small_disk):
@@ -711,14 +711,14 @@ def test_pickles_planted_as_checkpoints_are_refused_without_running(make_estimat
     for path in _plant_everywhere(tmp_path / "model", marker):
         with pytest.raises(ValueError, match=re.escape(path)):
             est.evaluate(_eval_fn(data), checkpoint_path=path)
-        if ckpt._step_of(path) == 102:  # well-formed: the pickle is only bytes, handed back as bytes
+        if ckpt.step_of(path) == 102:  # well-formed: the pickle is only bytes, handed back as bytes
             data_bytes = ckpt.read_checkpoint(path).model["hidden.weight"].numpy().tobytes()
             assert data_bytes == pickle.dumps(_Payload(marker))
         else:
             with pytest.raises(ckpt.CheckpointCorruptError, match=re.escape(path)):
                 ckpt.read_checkpoint(path)
         with pytest.raises(ValueError):
-            te.Estimator(classifier_fn, model_dir=str(tmp_path / f"warm{ckpt._step_of(path)}"), model=TinyNet(),
+            te.Estimator(classifier_fn, model_dir=str(tmp_path / f"warm{ckpt.step_of(path)}"), model=TinyNet(),
                          warm_start_from=path, config=te.RunConfig(device="cpu")).evaluate(_eval_fn(data))
     assert not marker.exists()
 
@@ -864,7 +864,7 @@ def _complete_steps(model_dir: Path, verified: list[str]) -> list[int]:
     """Steps of every file under a checkpoint's final name, each of which must be complete and intact."""
     steps = []
     for name in sorted(os.listdir(model_dir)) if model_dir.exists() else []:
-        if ckpt._step_of(name) is not None:
+        if ckpt.step_of(name) is not None:
             steps.append(ckpt.verify_checkpoint(str(model_dir / name)))  # raises on a partial file
             verified.append(name)
     return sorted(steps)
@@ -921,7 +921,7 @@ def test_training_killed_at_random_moments_resumes_exactly(tmp_path):
         # the newest complete checkpoint, which is where the next start must resume.
         steps = _complete_steps(model_dir, verified)
         latest = ckpt.latest_checkpoint(str(model_dir))
-        assert (ckpt._step_of(latest) if latest else None) == (steps[-1] if steps else None)
+        assert (ckpt.step_of(latest) if latest else None) == (steps[-1] if steps else None)
         expected_resume = steps[-1] if steps else 0
         pending_temps |= _temp_files(model_dir)
         if process.returncode == 0:

@@ -60,6 +60,7 @@ __all__ = [
     "check_model_dir",
     "checkpoint_identity",
     "checkpoint_path_for_step",
+    "step_of",
     "latest_checkpoint",
     "latest_intact_checkpoint",
     "make_writable_model_dir",
@@ -147,7 +148,7 @@ def _rng_state() -> dict[str, Any]:
 def _set_rng_state(state: Mapping[str, Any]) -> None:
     python = state["python"]
     random.setstate((python[0], tuple(python[1]), python[2]))
-    np.random.set_state(tuple(state["numpy"]))  # type: ignore[arg-type]
+    np.random.set_state(tuple(state["numpy"]))
     torch.set_rng_state(state["torch"])
     cuda = state.get("cuda")
     if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
@@ -186,11 +187,12 @@ def non_finite_tensors(tensors: Mapping[str, torch.Tensor]) -> list[str]:
             groups.setdefault((tensor.device, tensor.dtype), []).append((name, tensor.detach()))
     if not groups:
         return []
-    names, flags = [], []
+    names: list[str] = []
+    flags: list[torch.Tensor] = []
     for members in groups.values():
         values = [t for _, t in members]
         try:
-            norms = torch._foreach_norm(values, float("inf"))
+            norms: Sequence[torch.Tensor] = torch._foreach_norm(values, float("inf"))
         except (RuntimeError, TypeError, NotImplementedError):  # a backend without the fused kernel
             norms = [t.abs().amax() for t in values]
         flags.append(torch.isfinite(torch.stack(list(norms))))
@@ -248,7 +250,13 @@ def checkpoint_identity(path: str) -> tuple[str, int, int] | None:
     return (os.path.abspath(path), stat.st_mtime_ns, stat.st_size)
 
 
-def _step_of(path: str) -> int | None:
+def step_of(path: str) -> int | None:
+    """The step in a checkpoint file's name (``model.ckpt-<step>.safetensors``), or None for another name.
+
+    Example:
+        >>> step_of("/runs/model.ckpt-120.safetensors"), step_of("/runs/notes.txt")
+        (120, None)
+    """
     match = _FILE_RE.match(os.path.basename(path))
     return int(match.group(1)) if match else None
 
@@ -441,7 +449,7 @@ def _raw_bytes(tensor: torch.Tensor) -> Any:
     flat = tensor.detach().reshape(-1)
     if flat.numel() == 0:
         return b""
-    return memoryview(flat.view(torch.uint8).numpy())
+    return flat.view(torch.uint8).numpy().data
 
 
 def _content_hash(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str], algorithm: str | None = None) -> str:
@@ -638,7 +646,7 @@ def read_checkpoint(path: str, *, verify: bool = True) -> Checkpoint:
         global_step = int(raw_step)
     except (KeyError, ValueError, TypeError) as error:
         raise CheckpointCorruptError(path, f"Checkpoint {path} has damaged metadata: {error!r}.") from error
-    named = _step_of(path)
+    named = step_of(path)
     if named is not None and named != global_step:
         raise CheckpointCorruptError(
             path, f"Checkpoint {path} says it is global step {global_step}, but its name says {named}: it was renamed "
@@ -885,7 +893,7 @@ def read_index(model_dir: str) -> CheckpointIndex:
         return _scan(model_dir)
     kept = [(os.path.join(model_dir, n), t) for n, t in zip(names, stamps)]
     kept = [(p, t) for p, t in kept if os.path.exists(p)]
-    newest = max((_step_of(p) for p, _ in kept), default=-1)
+    newest = max((s for p, _ in kept if (s := step_of(p)) is not None), default=-1)
     listed = {p for p, _ in kept}
     for step, path in _files(model_dir):
         stamp = _mtime(path)
@@ -1089,7 +1097,7 @@ class CheckpointManager:
         self._kept: list[tuple[str, float]] = list(zip(index.paths, index.timestamps))
         self._forever: list[str] = list(index.kept_forever or ())
         if index.kept_forever is not None and self._kept:
-            oldest = min(_step_of(p) for p, _ in self._kept)  # type: ignore[type-var]
+            oldest = min(s for p, _ in self._kept if (s := step_of(p)) is not None)
             known = {p for p, _ in self._kept} | set(self._forever)
             for step, path in _files(model_dir):
                 if step < oldest and path not in known:

@@ -765,7 +765,7 @@ class Estimator:
             return
         distribute.barrier()
         latest = self.latest_checkpoint()
-        if not self._dist.is_chief and latest is not None and ckpt._step_of(latest) == self._global_step:
+        if not self._dist.is_chief and latest is not None and ckpt.step_of(latest) == self._global_step:
             self._synced = ckpt.checkpoint_identity(latest)
 
     def _check_listeners(self, listeners: Any) -> list[Any]:

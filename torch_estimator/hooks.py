@@ -29,7 +29,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from . import summary
 
@@ -504,7 +504,8 @@ class SummarySaverHook(Hook):
     def after_run(self, run_context: RunContext, run_values: Mapping[str, Any]) -> None:
         if self._wanted:
             self._timer.update_last_triggered_step(run_context.global_step)
-            summary.write_summaries(self._output_dir or run_context.model_dir, run_values["summaries"], run_context.global_step)
+            logdir = cast(str, self._output_dir or run_context.model_dir)  # the Estimator sets model_dir
+            summary.write_summaries(logdir, run_values["summaries"], run_context.global_step)
 
     def _next_due(self, next_iteration: int, run_context: RunContext) -> float:
         timer = self._timer

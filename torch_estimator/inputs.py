@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -439,7 +439,7 @@ def _array_input_fn(x: Any, y: Any, batch_size: int, num_epochs: int | None, shu
                     "numpy_input_fn with several processes needs the same shuffle on every one: give `seed` "
                     "or RunConfig(random_seed=...)."
                 )
-            chosen = int(np.random.SeedSequence().entropy % (2**63))
+            chosen = int(cast(int, np.random.SeedSequence().entropy) % (2**63))  # an int when drawn, not given
         shard = (0, 1) if input_context is None else (input_context.input_pipeline_id, input_context.num_input_pipelines)
         # Predictions are not sharded: every process predicts what it is given.
         if mode == "infer":

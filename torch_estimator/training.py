@@ -62,7 +62,7 @@ logger = logging.getLogger("torch_estimator")
 
 
 def _checkpoint_step(path: str) -> int:
-    step = ckpt._step_of(path)
+    step = ckpt.step_of(path)
     if step is None:
         raise ValueError(f"{path} is not named like a checkpoint (model.ckpt-<step>.safetensors).")
     return step
@@ -137,7 +137,7 @@ class _Evaluation:
             return
         with _training_state_kept(estimator), estimator.evaluate_alone():
             result = estimator.evaluate(
-                spec.input_fn, steps=spec.steps, hooks=list(spec.hooks), checkpoint_path=checkpoint_path, name=spec.name
+                spec.input_fn, steps=spec.steps, hooks=list(spec.hooks or ()), checkpoint_path=checkpoint_path, name=spec.name
             )
             self.last_step, self.last_path, self.result = step, checkpoint_path, result
             self.exports = [None] * len(spec.exporters)
@@ -315,9 +315,9 @@ def train_and_evaluate(estimator: Estimator, train_spec: TrainSpec, eval_spec: E
     listener = _EvaluateAfterSave(estimator, evaluations)
     estimator.train(
         train_spec.input_fn,
-        hooks=list(train_spec.hooks),
+        hooks=list(train_spec.hooks or ()),
         max_steps=train_spec.max_steps,
-        saving_listeners=[*train_spec.saving_listeners, listener],
+        saving_listeners=[*(train_spec.saving_listeners or ()), listener],
     )
     if not listener.begun:  # max_steps was already reached: report the final checkpoint's evaluation
         path = estimator.latest_checkpoint()
@@ -390,7 +390,7 @@ def run_evaluator(
         try:
             acted = path is not None and _evaluate_checkpoint(evaluations, path)
         except ckpt.CheckpointCorruptError as error:
-            if path != latest or os.path.abspath(error.path) != os.path.abspath(latest):
+            if latest is None or path != latest or os.path.abspath(error.path) != os.path.abspath(latest):
                 raise
             damaged[identity] = fallback = _newest_intact(estimator.model_dir)  # type: ignore[index]
             logger.warning("%s The evaluator uses the newest intact checkpoint instead: %s.", error, fallback)
