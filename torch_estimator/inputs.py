@@ -22,6 +22,8 @@ from typing import Any, cast
 import numpy as np
 import torch
 
+from ._checks import describe as _describe
+
 __all__ = ["InputContext", "numpy_input_fn", "call_input_fn", "iterate_batches", "to_device", "batch_size_of"]
 
 _INPUT_FN_ARGS = ("mode", "params", "config", "input_context")
@@ -60,13 +62,6 @@ class InputContext:
                 f"{self.num_replicas_in_sync} replicas."
             )
         return global_batch_size // self.num_replicas_in_sync
-
-
-def _describe(value: Any) -> str:
-    if isinstance(value, (torch.Tensor, np.ndarray)):
-        return f"{type(value).__name__}(shape={tuple(value.shape)}, dtype={value.dtype})"
-    text = repr(value)
-    return f"{type(value).__name__} {text[:60] + '...' if len(text) > 60 else text}"
 
 
 def call_input_fn(input_fn: Callable[..., Any], **available: Any) -> Any:

@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from ._checks import describe as _describe
+
 __all__ = ["ModeKeys", "EstimatorSpec", "TrainSpec", "EvalSpec"]
 
 
@@ -66,14 +68,6 @@ def _mapping_key(value: Any) -> Any:
     if value.__class__ is dict:
         return tuple(value), tuple(map(type, value.values()))
     raise TypeError("not a structure to remember")
-
-
-def _describe(value: Any) -> str:
-    """A short description of a received value for error messages."""
-    if isinstance(value, torch.Tensor):
-        return f"Tensor(shape={tuple(value.shape)}, dtype={value.dtype})"
-    text = repr(value)
-    return f"{type(value).__name__} {text[:80] + '...' if len(text) > 80 else text}"
 
 
 def _is_key(key: Any, tuples: bool) -> bool:
@@ -268,11 +262,12 @@ class EstimatorSpec:
             self._check_export_outputs(self.export_outputs)
         if self.fetches is not None:
             _check_tensor_map("fetches", self.fetches, allow_tensor=False)
-        if self.summaries is not None:
-            if not isinstance(self.summaries, Mapping) or not all(isinstance(k, str) for k in self.summaries):
-                raise TypeError(
-                    f"EstimatorSpec `summaries` must be a dict of str tag to value; received {_describe(self.summaries)}."
-                )
+        if self.summaries is not None and (
+            not isinstance(self.summaries, Mapping) or not all(isinstance(k, str) for k in self.summaries)
+        ):
+            raise TypeError(
+                f"EstimatorSpec `summaries` must be a dict of str tag to value; received {_describe(self.summaries)}."
+            )
         for field in _HOOK_FIELDS:
             value = getattr(self, field)
             if value != ():

@@ -44,6 +44,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._checks import describe as _describe
 from ..export.receivers import STRING, TensorSpec, fingerprint
 
 __all__ = [
@@ -93,13 +94,6 @@ def check_values(condition: torch.Tensor, message: Callable[[], str]) -> None:
             raise ValueError(message())
     else:
         torch._assert_async(condition.all(), "torch_estimator: invalid feature or label values")
-
-
-def _describe(value: Any) -> str:
-    if isinstance(value, (torch.Tensor, np.ndarray)):
-        return f"{type(value).__name__}(shape={list(value.shape)}, dtype={value.dtype})"
-    text = repr(value)
-    return f"{type(value).__name__} {text[:60] + '...' if len(text) > 60 else text}"
 
 
 def _check_key(key: Any, what: str) -> str:

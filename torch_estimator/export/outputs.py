@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from .._checks import describe as _describe
 from ..spec import ExportOutput  # the base class lives with the spec that checks it
 
 __all__ = [
@@ -39,12 +40,6 @@ DEFAULT_SERVING_SIGNATURE_DEF_KEY = "serving_default"
 PREDICT_METHOD_NAME = "tensorflow/serving/predict"
 CLASSIFY_METHOD_NAME = "tensorflow/serving/classify"
 REGRESS_METHOD_NAME = "tensorflow/serving/regress"
-
-
-def _describe(value: Any) -> str:
-    if isinstance(value, torch.Tensor):
-        return f"Tensor(shape={list(value.shape)}, dtype={value.dtype})"
-    return type(value).__name__
 
 
 class PredictOutput(ExportOutput):

@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
+
+from .._checks import describe as _describe
 
 __all__ = [
     "TensorSpec",
@@ -266,7 +268,7 @@ class TensorSpec:
 
 
 SpecMap = dict[str, TensorSpec]
-Preprocess = Union[Callable[[dict[str, torch.Tensor]], Any], torch.nn.Module, None]
+Preprocess = Callable[[dict[str, torch.Tensor]], Any] | torch.nn.Module | None
 
 
 def _spec_map(value: Any, what: str) -> SpecMap:
@@ -395,14 +397,6 @@ class TensorServingInputReceiver(ServingInputReceiver):
                 f"TensorServingInputReceiver's `features` must return one Tensor; it returned {_describe(features)}."
             )
         return features
-
-
-def _describe(value: Any) -> str:
-    if isinstance(value, torch.Tensor):
-        return f"Tensor(shape={list(value.shape)}, dtype={value.dtype})"
-    if isinstance(value, Mapping):
-        return "dict {" + ", ".join(f"{k!r}: {_describe(v)}" for k, v in value.items()) + "}"
-    return type(value).__name__
 
 
 def build_raw_serving_input_receiver_fn(
