@@ -62,6 +62,7 @@ def check_named(
     *,
     what: str,
     expected: str,
+    entry: str = "{what}[{name!r}]",
     name_error: type[Exception] = ValueError,
 ) -> dict[str, T]:
     """A dict of named values, checked: every name a non-empty string, every value a ``kind``.
@@ -71,6 +72,7 @@ def check_named(
         kind: The type (or types) every value must have.
         what: How messages name the argument, e.g. ``"`receiver_tensors`"``.
         expected: What a value must be, for the message, e.g. ``"a TensorSpec"``.
+        entry: How messages name one entry: a format string of ``what`` and ``name``.
         name_error: The exception a bad name raises (TF raised ValueError in some places, TypeError in
             others; each caller keeps its own).
 
@@ -86,6 +88,6 @@ def check_named(
         if not isinstance(name, str) or not name:
             raise name_error(f"{what} names must be non-empty strings; received {name!r}.")
         if not isinstance(value, kind):
-            raise TypeError(f"{what}[{name!r}] must be {expected}; received {describe(value)}.")
+            raise TypeError(f"{entry.format(what=what, name=name)} must be {expected}; received {describe(value)}.")
         checked[name] = value
     return checked

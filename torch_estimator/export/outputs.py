@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from .._checks import check_named
 from .._checks import describe as _describe
 from ..spec import ExportOutput  # the base class lives with the spec that checks it
 
@@ -62,17 +63,10 @@ class PredictOutput(ExportOutput):
             )
         if not outputs:
             raise ValueError("PredictOutput `outputs` must not be empty.")
-        named = {}
-        for key, value in outputs.items():
-            name = "/".join(key) if isinstance(key, tuple) and all(isinstance(k, str) for k in key) else key
-            if not isinstance(name, str) or not name:
-                raise ValueError(
-                    f"PredictOutput output names must be non-empty strings (or tuples of them); received {key!r}."
-                )
-            if not isinstance(value, torch.Tensor):
-                raise TypeError(f"PredictOutput output {name!r} must be a Tensor; received {_describe(value)}.")
-            named[name] = value
-        self._outputs = named
+        joined = {"/".join(key) if isinstance(key, tuple) and all(isinstance(k, str) for k in key) else key: value
+                  for key, value in outputs.items()}  # MultiHead's (head name, key) pairs
+        self._outputs = check_named(joined, torch.Tensor, what="PredictOutput output", expected="a Tensor",
+                                    entry="{what} {name!r}")
 
     @property
     def outputs(self) -> dict[str, torch.Tensor]:
@@ -184,15 +178,10 @@ def resolve_export_outputs(
         )
     if not export_outputs:
         raise ValueError("EstimatorSpec `export_outputs` is empty; leave it None to export the predictions.")
-    for key, value in export_outputs.items():
-        if not isinstance(key, str) or not key:
-            raise TypeError(f"EstimatorSpec `export_outputs` keys must be non-empty strings; received {key!r}.")
-        if not isinstance(value, ExportOutput):
-            raise TypeError(
-                f"EstimatorSpec `export_outputs[{key!r}]` must be a PredictOutput, ClassificationOutput or "
-                f"RegressionOutput; received {_describe(value)}."
-            )
-    resolved = dict(export_outputs)
+    resolved: dict[str, ExportOutput] = check_named(
+        export_outputs, ExportOutput, what="EstimatorSpec `export_outputs`", entry="EstimatorSpec `export_outputs[{name!r}]`",
+        expected="a PredictOutput, ClassificationOutput or RegressionOutput", name_error=TypeError,
+    )
     if DEFAULT_SERVING_SIGNATURE_DEF_KEY not in resolved:
         if len(resolved) > 1:
             raise ValueError(

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._checks import check_named
 from .._checks import describe as _describe
 
 __all__ = [
@@ -279,17 +280,7 @@ def _spec_map(value: Any, what: str) -> SpecMap:
         raise TypeError(
             f"{what} must be a TensorSpec or a non-empty dict of name to TensorSpec; received {value!r}."
         )
-    specs = {}
-    for name, spec in value.items():
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"{what} names must be non-empty strings; received {name!r}.")
-        if not isinstance(spec, TensorSpec):
-            raise TypeError(
-                f"{what}[{name!r}] must be a TensorSpec, e.g. TensorSpec([None, 784], torch.float32); "
-                f"received {type(spec).__name__}."
-            )
-        specs[name] = spec
-    return specs
+    return check_named(value, TensorSpec, what=what, expected="a TensorSpec, e.g. TensorSpec([None, 784], torch.float32)")
 
 
 class ServingInputReceiver:
