@@ -42,6 +42,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from torch_estimator.serving.rest import ServingError
+from torch_estimator.serving.rest import last_line as _last_line
 
 __all__ = ["Reply", "Incoming", "Handler", "Limits", "RestApp", "WorkerThreads"]
 
@@ -359,8 +360,3 @@ class WorkerThreads:
         if self._limiter is None:
             self._limiter = anyio.CapacityLimiter(self.size)
         return await anyio.to_thread.run_sync(function, limiter=self._limiter)
-
-
-def _last_line(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[-1] if lines else type(error).__name__

@@ -53,6 +53,7 @@ from torch_estimator.serving.loader import STRING, ExportedModel, InvalidInputEr
 
 __all__ = [
     "ServingError",
+    "last_line",
     "PREDICT_METHOD_NAME",
     "CLASSIFY_METHOD_NAME",
     "REGRESS_METHOD_NAME",
@@ -109,6 +110,17 @@ class ServingError(Exception):
     def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.headers = status, message, dict(headers or {})
+
+
+def last_line(error: BaseException) -> str:
+    """The last non-empty line of an error's message (TorchScript's are whole tracebacks), else its type's name.
+
+    Example:
+        >>> last_line(RuntimeError("Traceback:\\n  at forward\\nshape mismatch\\n"))
+        'shape mismatch'
+    """
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
 
 
 def _bad(message: str) -> ServingError:

@@ -71,6 +71,7 @@ from torch_estimator.serving import loader, rest
 from torch_estimator.serving.batching import Batcher, BatcherClosedError, batchable
 from torch_estimator.serving.loader import ExportedModel, InvalidInputError
 from torch_estimator.serving.rest import ServingError
+from torch_estimator.serving.rest import last_line as _last_line
 from torch_estimator.serving.versions import VersionManager, VersionNotFoundError
 
 __all__ = ["ServerConfig", "ModelServer", "serve"]
@@ -173,10 +174,6 @@ def _parse_json(body: bytes | None) -> Any:
     except ValueError as error:  # includes UnicodeDecodeError
         raise ServingError(400, f"JSON Parse error: {error}.") from None
 
-
-def _last_line(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[-1] if lines else type(error).__name__
 
 
 def _package_version() -> str:

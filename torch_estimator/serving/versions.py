@@ -41,6 +41,7 @@ import torch
 
 from torch_estimator.serving import loader
 from torch_estimator.serving.loader import STRING, ExportedModel
+from torch_estimator.serving.rest import last_line as _last_line
 
 __all__ = [
     "VersionManager", "VersionStatus", "VersionNotFoundError", "SelfCheckError", "self_check", "list_version_dirs",
@@ -114,10 +115,6 @@ def _drawn_inputs(signature: dict, batch_size: int, generator: torch.Generator) 
             inputs[name] = torch.randint(0, 2, shape, generator=generator).to(dtype)
     return inputs
 
-
-def _last_line(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[-1] if lines else type(error).__name__
 
 
 def self_check(model: ExportedModel) -> None:
@@ -349,4 +346,3 @@ class VersionManager:
             for version in [v for v in self._cache if v not in dirs]:
                 del self._cache[version]  # deleted from disk: stop answering pinned requests for it
                 self._status.pop(version, None)
-
