@@ -404,7 +404,7 @@ def _write_all(fd: int, data: Any) -> None:
         view = view[written:]
 
 
-def _to_host(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _unshared_on_cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """CPU, contiguous, unshared tensors (safetensors refuses tensors that share storage, e.g. tied weights)."""
     storages: set[int] = set()
     out = {}
@@ -520,7 +520,7 @@ def write_checkpoint(
         "state": json.dumps(state),
         "torch_version": torch.__version__,
     }
-    host = _to_host(tensors)
+    host = _unshared_on_cpu(tensors)
     if content_hash:
         metadata[CONTENT_HASH_KEY] = _content_hash(host, metadata)
     _atomic_write(path, lambda tmp: save_file(host, tmp, metadata=metadata))
