@@ -438,7 +438,7 @@ def _rewrite_metadata(path: Path, target: Path, **changes: str) -> None:
 
     with safe_open(str(path), framework="pt") as handle:
         metadata = {**handle.metadata(), **changes}
-        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (a safe_open handle is not iterable)
     metadata[ckpt.CONTENT_HASH_KEY] = ckpt._content_hash(tensors, metadata)
     save_file(tensors, str(target), metadata=metadata)
 

@@ -16,7 +16,16 @@ import torch
 
 from torch_estimator.serving.server import serve
 
-from .test_serving_support import V2, Client, copy_version, exports, fake_base, fake_model, parse_raw_response, raw_exchange
+from .test_serving_support import (
+    V2,
+    Client,
+    copy_version,
+    exports,
+    fake_base,
+    fake_model,
+    parse_raw_response,
+    raw_exchange,
+)
 
 NAME = "tiny"
 LIMIT = 64 * 1024
@@ -261,31 +270,35 @@ def test_when_every_connection_is_working_a_new_one_gets_503(tmp_path):
 def test_headers_that_do_not_arrive_in_time_get_408_and_the_connection_is_closed(tmp_path_factory):
     base = tmp_path_factory.mktemp("headers_base")
     copy_version(exports(tmp_path_factory)[V2], base, V2)
-    with serve(base, NAME, port=0, poll_secs=0, header_timeout_secs=0.5) as server:
-        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
-            started = time.monotonic()
-            sock.sendall(b"GET /v2/health/live HTTP/1.1\r\n")
-            for _ in range(3):  # dripping bytes does not extend the deadline
-                time.sleep(0.2)
-                with contextlib.suppress(OSError):
-                    sock.sendall(b"X-A: b\r\n")
-            data = b""
-            while chunk := sock.recv(65536):
-                data += chunk
-            status, answer = parse_raw_response(data)
-            assert (status, answer) == (408, {"error": "The request line and headers did not arrive within 0.5s "
-                                                       "(header_timeout_secs)."})
-            assert 0.4 < time.monotonic() - started < 5
+    with (
+        serve(base, NAME, port=0, poll_secs=0, header_timeout_secs=0.5) as server,
+        socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock,
+    ):
+        started = time.monotonic()
+        sock.sendall(b"GET /v2/health/live HTTP/1.1\r\n")
+        for _ in range(3):  # dripping bytes does not extend the deadline
+            time.sleep(0.2)
+            with contextlib.suppress(OSError):
+                sock.sendall(b"X-A: b\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+        status, answer = parse_raw_response(data)
+        assert (status, answer) == (408, {"error": "The request line and headers did not arrive within 0.5s "
+                                                   "(header_timeout_secs)."})
+        assert 0.4 < time.monotonic() - started < 5
 
 
 def test_an_idle_connection_is_closed_after_the_idle_timeout(tmp_path_factory):
     base = tmp_path_factory.mktemp("idle_base")
     copy_version(exports(tmp_path_factory)[V2], base, V2)
-    with serve(base, NAME, port=0, poll_secs=0, idle_timeout_secs=0.3) as server:
-        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
-            started = time.monotonic()
-            assert sock.recv(1) == b""  # the server closed it
-            assert time.monotonic() - started < 4
+    with (
+        serve(base, NAME, port=0, poll_secs=0, idle_timeout_secs=0.3) as server,
+        socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock,
+    ):
+        started = time.monotonic()
+        assert sock.recv(1) == b""  # the server closed it
+        assert time.monotonic() - started < 4
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -615,7 +615,7 @@ def read_checkpoint(path: str, *, verify: bool = True) -> Checkpoint:
     try:
         with _safe_open(path) as (handle, status):
             metadata = handle.metadata() or {}
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (a safe_open handle is not iterable)
     except (FileNotFoundError, CheckpointCorruptError):
         raise
     except Exception as error:  # safetensors raises its own error types for damaged headers
@@ -676,7 +676,7 @@ def list_variables(path: str) -> dict[str, tuple[int, ...]]:
     """
     try:
         with _safe_open(path) as (handle, _):
-            shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+            shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}  # noqa: SIM118 (a safe_open handle is not iterable)
     except (FileNotFoundError, CheckpointCorruptError):
         raise
     except Exception as error:

@@ -399,7 +399,7 @@ class LoggingTensorHook(Hook):
             logger.info(self._formatter(values))
             return
         line = ", ".join(f"{tag} = {value}" for tag, value in values.items())
-        logger.info("%s (%.3f sec)" % (line, elapsed) if elapsed is not None else line)
+        logger.info(f"{line} ({elapsed:.3f} sec)" if elapsed is not None else line)
 
 
 class StopAtStepHook(Hook):

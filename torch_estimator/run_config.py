@@ -47,7 +47,7 @@ def _check_int(name: str, value: Any, minimum: int, allow_none: bool) -> None:
     if value is None and allow_none:
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        bound = "an int >= %d%s" % (minimum, " or None" if allow_none else "")
+        bound = f"an int >= {minimum}{' or None' if allow_none else ''}"
         raise ValueError(f"RunConfig `{name}` must be {bound}; received {value!r}.")
 
 

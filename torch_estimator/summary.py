@@ -83,10 +83,8 @@ def _write_error(logdir: str, error: OSError) -> OSError:
     with _lock:
         writer = _writers.pop(logdir, None)
     if writer is not None:
-        try:
+        with contextlib.suppress(Exception):  # it failed already; the first error is the one to report
             writer.close()
-        except Exception:  # noqa: BLE001 - it failed already; the first error is the one to report
-            pass
     if error.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
         advice = "free disk space"
     elif error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):

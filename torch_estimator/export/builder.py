@@ -246,7 +246,7 @@ def _describe_outputs(sig: SignatureDef, observed: list[Inputs]) -> None:
     if sig.class_labels is not None and "classes" in observed[0]:
         for outputs in observed:
             classes = outputs["classes"]
-            if classes.numel() and not (0 <= int(classes.min()) and int(classes.max()) < len(sig.class_labels)):
+            if classes.numel() and not (int(classes.min()) >= 0 and int(classes.max()) < len(sig.class_labels)):
                 raise ValueError(
                     f"Signature {sig.key!r}: ClassificationOutput `classes` holds ids in "
                     f"[{int(classes.min())}, {int(classes.max())}] but there are {len(sig.class_labels)} labels; "
@@ -259,7 +259,7 @@ def _describe_outputs(sig: SignatureDef, observed: list[Inputs]) -> None:
 
 
 def _verify(plan: _Plan, call: Callable[[SignatureDef, Inputs], Any], artifact: str, warned: list[str]) -> None:
-    for round_, inputs, references in plan.checks:
+    for _round, inputs, references in plan.checks:
         for sig in plan.signatures:
             feed = inputs[sig.receiver_name]
             where = (f"signature {sig.key!r} (function {sig.function!r}) of {artifact} on sample inputs "

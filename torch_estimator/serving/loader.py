@@ -327,8 +327,8 @@ _PT2_MEMBER = re.compile(
 _PAYLOAD_NAME = {"weights": re.compile(r"weight_\d+"), "constants": re.compile(r"tensor_\d+")}
 # Symbolic sizes (sympy.sympify, i.e. eval) and guards (exec) are code torch runs while loading: they may only
 # be arithmetic and comparisons on sizes, symbols like s0, and these names.
-_EXPRESSION_NAMES = frozenset(
-    "Symbol Integer Rational Float Add Mul Pow Max Min Mod Abs Eq Ne Lt Le Gt Ge And Or Not oo "
+_EXPRESSION_NAMES = frozenset(  # a list of words reads best as one string
+    "Symbol Integer Rational Float Add Mul Pow Max Min Mod Abs Eq Ne Lt Le Gt Ge And Or Not oo "  # noqa: SIM905
     "positive negative nonnegative nonpositive integer real finite zero nonzero True False None "
     "FloorDiv ModularIndexing Where PythonMod CleanDiv CeilToInt FloorToInt CeilDiv LShift RShift PowByNatural "
     "FloatPow FloatTrueDiv IntTrueDiv IsNonOverlappingAndDenseIndicator TruncToFloat TruncToInt RoundToInt "

@@ -51,7 +51,6 @@ Run it on loopback or behind a reverse proxy for TLS and authentication; it has 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import functools
 import json
