@@ -12,7 +12,7 @@ import pytest
 
 from torch_estimator import cli, export
 
-from .test_export_support import LABELS, NUM_FEATURES, data, make_model_fn, predict, raw_receiver_fn, train_estimator
+from .export_support import LABELS, NUM_FEATURES, data, make_model_fn, predict, raw_receiver_fn, train_estimator
 
 
 def _outputs(p, logits):

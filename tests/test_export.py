@@ -17,7 +17,7 @@ from torch_estimator import export
 from torch_estimator.export import builder, torchscript
 from torch_estimator.serving import loader
 
-from .test_export_support import (
+from .export_support import (
     LABELS,
     NUM_CLASSES,
     NUM_FEATURES,

@@ -26,7 +26,7 @@ from torch_estimator import cli, export
 from torch_estimator.export import aoti
 from torch_estimator.serving import loader
 
-from .test_export_support import LABELS, data, make_model_fn, predict, raw_receiver_fn, train_estimator
+from .export_support import LABELS, data, make_model_fn, predict, raw_receiver_fn, train_estimator
 
 ROOT = Path(__file__).resolve().parents[1]
 

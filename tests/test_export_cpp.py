@@ -25,7 +25,7 @@ import torch
 
 from torch_estimator import export
 
-from .test_export_support import LABELS, data, make_model_fn, predict, raw_receiver_fn, train_estimator
+from .export_support import LABELS, data, make_model_fn, predict, raw_receiver_fn, train_estimator
 
 pytestmark = pytest.mark.slow
 

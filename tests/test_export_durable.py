@@ -16,7 +16,7 @@ import pytest
 
 from torch_estimator.export import builder, durable
 
-from .test_export_support import raw_receiver_fn, train_estimator
+from .export_support import raw_receiver_fn, train_estimator
 
 ROOT = Path(__file__).resolve().parents[1]
 HOLDER = textwrap.dedent("""

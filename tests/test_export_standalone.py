@@ -13,7 +13,7 @@ import pytest
 
 from torch_estimator import export
 
-from .test_export_support import LABELS, data, make_model_fn, predict, raw_receiver_fn, train_estimator
+from .export_support import LABELS, data, make_model_fn, predict, raw_receiver_fn, train_estimator
 
 CLIENT = r'''
 import importlib.abc, json, sys

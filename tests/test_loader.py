@@ -20,7 +20,7 @@ from torch_estimator import export
 from torch_estimator.serving import loader
 from torch_estimator.serving.loader import ExportIntegrityError, InvalidInputError, UnsafeArchiveError
 
-from .test_export_support import LABELS, NUM_FEATURES, data, make_model_fn, predict, raw_receiver_fn, train_estimator
+from .export_support import LABELS, NUM_FEATURES, data, make_model_fn, predict, raw_receiver_fn, train_estimator
 
 
 def _outputs(p, logits):

@@ -16,8 +16,8 @@ from torch_estimator.serving import loader
 from torch_estimator.serving.batching import Batcher, BatcherClosedError, batchable
 from torch_estimator.serving.server import serve
 
-from .test_export_support import data
-from .test_serving_support import V2, Client, copy_version, exports
+from .export_support import data
+from .serving_support import V2, Client, copy_version, exports
 
 
 class Recorder:

@@ -15,8 +15,8 @@ import pytest
 from torch_estimator.serving import loader
 from torch_estimator.serving.server import serve
 
-from .test_export_support import data
-from .test_serving_support import V2, Client, copy_version, exports
+from .export_support import data
+from .serving_support import V2, Client, copy_version, exports
 
 httpclient = pytest.importorskip("tritonclient.http", reason="the dev extra installs tritonclient[http]")
 kserve = pytest.importorskip("kserve", reason="the dev extra installs kserve")

@@ -16,7 +16,7 @@ import torch
 
 from torch_estimator.serving.server import serve
 
-from .test_serving_support import (
+from .serving_support import (
     V2,
     Client,
     copy_version,

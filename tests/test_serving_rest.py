@@ -13,7 +13,7 @@ import torch
 from torch_estimator.serving import rest
 from torch_estimator.serving.rest import ServingError
 
-from .test_serving_support import fake_model
+from .serving_support import fake_model
 
 
 def _b64(array: np.ndarray) -> dict[str, str]:

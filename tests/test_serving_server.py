@@ -20,8 +20,8 @@ from torch_estimator import cli
 from torch_estimator.serving import loader
 from torch_estimator.serving.server import ModelServer, ServerConfig, serve
 
-from .test_export_support import LABELS, data
-from .test_serving_support import V1, V2, Client, copy_version, exports
+from .export_support import LABELS, data
+from .serving_support import V1, V2, Client, copy_version, exports
 
 NAME = "tiny"
 

@@ -14,7 +14,7 @@ import pytest
 
 from torch_estimator.serving.server import serve
 
-from .test_serving_support import Client, fake_base, fake_model
+from .serving_support import Client, fake_base, fake_model
 
 
 class Gate:

@@ -14,7 +14,7 @@ import pytest
 
 from torch_estimator.serving.server import serve
 
-from .test_serving_support import V2, Client, copy_version, exports
+from .serving_support import V2, Client, copy_version, exports
 
 NAME = "tiny"
 SLOW = 500

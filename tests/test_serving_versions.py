@@ -16,8 +16,8 @@ from torch_estimator.serving import loader
 from torch_estimator.serving.server import serve
 from torch_estimator.serving.versions import SelfCheckError, VersionManager, VersionNotFoundError, self_check
 
-from .test_export_support import data
-from .test_serving_support import V1, V2, Client, copy_version, exports, fake_base, fake_model, scaled
+from .export_support import data
+from .serving_support import V1, V2, Client, copy_version, exports, fake_base, fake_model, scaled
 
 
 class Loader:

@@ -1,6 +1,6 @@
 """Helpers shared by the serving tests (this module holds no tests).
 
-Real exports come from a small classifier trained by a real Estimator (``test_export_support``), with a
+Real exports come from a small classifier trained by a real Estimator (``export_support``), with a
 predict, two classification, a regression and a single-output signature, plus alternative receivers for a
 uint8 input (``pixels:``), two inputs (``two:``) and an int64 input (``ids:``). Two versions differ in their
 training steps, so their answers differ. They are built once per test session.
@@ -25,7 +25,7 @@ import torch
 from torch_estimator import export
 from torch_estimator.serving import loader
 
-from .test_export_support import LABELS, NUM_FEATURES, make_model_fn, train_estimator
+from .export_support import LABELS, NUM_FEATURES, make_model_fn, train_estimator
 
 V1, V2 = 1, 2  # version numbers given to the two exports in the tests' base directories
 _CACHE: dict[str, Any] = {}
