@@ -71,7 +71,7 @@ class BaselineEstimator(CannedEstimator):
                  config: RunConfig | None = None) -> None:
         head = check_head(head, type(self).__name__)
         super().__init__(head, BaselineModel(head.logits_dimension), get_optimizer_factory(optimizer, LEARNING_RATE),
-                         model_dir, config)
+                         model_dir=model_dir, config=config)
 
 
 class BaselineClassifier(BaselineEstimator):
@@ -93,7 +93,7 @@ class BaselineClassifier(BaselineEstimator):
         loss_reduction: str = LossReduction.SUM_OVER_BATCH_SIZE,
     ) -> None:
         head = classifier_head(n_classes, weight_column, label_vocabulary, loss_reduction, type(self).__name__)
-        super().__init__(head, model_dir, optimizer, config)
+        super().__init__(head, model_dir=model_dir, optimizer=optimizer, config=config)
 
 
 class BaselineRegressor(BaselineEstimator):
@@ -114,4 +114,4 @@ class BaselineRegressor(BaselineEstimator):
         loss_reduction: str = LossReduction.SUM_OVER_BATCH_SIZE,
     ) -> None:
         head = regressor_head(label_dimension, weight_column, loss_reduction)
-        super().__init__(head, model_dir, optimizer, config)
+        super().__init__(head, model_dir=model_dir, optimizer=optimizer, config=config)

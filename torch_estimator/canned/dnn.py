@@ -152,10 +152,12 @@ class DNNEstimator(CannedEstimator):
         head = check_head(head, owner)
         model = DNNModel(
             feature_columns, check_hidden_units(hidden_units, owner), head.logits_dimension,
-            check_activation(activation_fn, owner), check_dropout(dropout, owner), bool(batch_norm),
+            activation_fn=check_activation(activation_fn, owner), dropout=check_dropout(dropout, owner),
+            batch_norm=bool(batch_norm),
         )
         self.feature_columns = list(feature_columns)
-        super().__init__(head, model, get_optimizer_factory(optimizer), model_dir, config, warm_start_from)
+        super().__init__(head, model, get_optimizer_factory(optimizer), model_dir=model_dir, config=config,
+                         warm_start_from=warm_start_from)
 
 
 class DNNClassifier(DNNEstimator):
@@ -190,8 +192,9 @@ class DNNClassifier(DNNEstimator):
         batch_norm: bool = False,
     ) -> None:
         head = classifier_head(n_classes, weight_column, label_vocabulary, loss_reduction, type(self).__name__)
-        super().__init__(head, hidden_units, feature_columns, model_dir, optimizer, activation_fn, dropout, config,
-                         warm_start_from, batch_norm)
+        super().__init__(head, hidden_units, feature_columns, model_dir=model_dir, optimizer=optimizer,
+                         activation_fn=activation_fn, dropout=dropout, config=config, warm_start_from=warm_start_from,
+                         batch_norm=batch_norm)
 
 
 class DNNRegressor(DNNEstimator):
@@ -223,5 +226,6 @@ class DNNRegressor(DNNEstimator):
         batch_norm: bool = False,
     ) -> None:
         head = regressor_head(label_dimension, weight_column, loss_reduction)
-        super().__init__(head, hidden_units, feature_columns, model_dir, optimizer, activation_fn, dropout, config,
-                         warm_start_from, batch_norm)
+        super().__init__(head, hidden_units, feature_columns, model_dir=model_dir, optimizer=optimizer,
+                         activation_fn=activation_fn, dropout=dropout, config=config, warm_start_from=warm_start_from,
+                         batch_norm=batch_norm)

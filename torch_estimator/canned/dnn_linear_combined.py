@@ -132,7 +132,7 @@ class DNNLinearCombinedEstimator(CannedEstimator):
             del parameters  # each part's optimizer takes its own module's parameters
             return CombinedOptimizer({name: _build(factory, module) for name, (factory, module) in factories.items()})
 
-        super().__init__(head, model, optimizer, model_dir, config, warm_start_from)
+        super().__init__(head, model, optimizer, model_dir=model_dir, config=config, warm_start_from=warm_start_from)
 
 
 class DNNLinearCombinedClassifier(DNNLinearCombinedEstimator):
@@ -162,9 +162,12 @@ class DNNLinearCombinedClassifier(DNNLinearCombinedEstimator):
         linear_sparse_combiner: str = "sum",
     ) -> None:
         head = classifier_head(n_classes, weight_column, label_vocabulary, loss_reduction, type(self).__name__)
-        super().__init__(head, model_dir, linear_feature_columns, linear_optimizer, dnn_feature_columns, dnn_optimizer,
-                         dnn_hidden_units, dnn_activation_fn, dnn_dropout, config, warm_start_from, batch_norm,
-                         linear_sparse_combiner)
+        super().__init__(
+            head, model_dir=model_dir, linear_feature_columns=linear_feature_columns, linear_optimizer=linear_optimizer,
+            dnn_feature_columns=dnn_feature_columns, dnn_optimizer=dnn_optimizer, dnn_hidden_units=dnn_hidden_units,
+            dnn_activation_fn=dnn_activation_fn, dnn_dropout=dnn_dropout, config=config, warm_start_from=warm_start_from,
+            batch_norm=batch_norm, linear_sparse_combiner=linear_sparse_combiner,
+        )
 
 
 class DNNLinearCombinedRegressor(DNNLinearCombinedEstimator):
@@ -193,6 +196,9 @@ class DNNLinearCombinedRegressor(DNNLinearCombinedEstimator):
         linear_sparse_combiner: str = "sum",
     ) -> None:
         head = regressor_head(label_dimension, weight_column, loss_reduction)
-        super().__init__(head, model_dir, linear_feature_columns, linear_optimizer, dnn_feature_columns, dnn_optimizer,
-                         dnn_hidden_units, dnn_activation_fn, dnn_dropout, config, warm_start_from, batch_norm,
-                         linear_sparse_combiner)
+        super().__init__(
+            head, model_dir=model_dir, linear_feature_columns=linear_feature_columns, linear_optimizer=linear_optimizer,
+            dnn_feature_columns=dnn_feature_columns, dnn_optimizer=dnn_optimizer, dnn_hidden_units=dnn_hidden_units,
+            dnn_activation_fn=dnn_activation_fn, dnn_dropout=dnn_dropout, config=config, warm_start_from=warm_start_from,
+            batch_norm=batch_norm, linear_sparse_combiner=linear_sparse_combiner,
+        )

@@ -563,7 +563,7 @@ class BinaryClassHead(Head):
         loss_fn: Callable[..., torch.Tensor] | None = None,
         name: str | None = None,
     ) -> None:
-        super().__init__(weight_column, loss_reduction, loss_fn, name)
+        super().__init__(weight_column=weight_column, loss_reduction=loss_reduction, loss_fn=loss_fn, name=name)
         self._check_weight_column_shape()
         self._thresholds = _check_threshold_list(thresholds, "BinaryClassHead")
         self._label_vocabulary = _check_vocabulary(label_vocabulary, 2, "BinaryClassHead")
@@ -665,7 +665,7 @@ class MultiClassHead(Head):
         loss_fn: Callable[..., torch.Tensor] | None = None,
         name: str | None = None,
     ) -> None:
-        super().__init__(weight_column, loss_reduction, loss_fn, name)
+        super().__init__(weight_column=weight_column, loss_reduction=loss_reduction, loss_fn=loss_fn, name=name)
         self._check_weight_column_shape()
         if isinstance(n_classes, numbers.Integral) and not isinstance(n_classes, bool) and n_classes == 2:
             raise ValueError(
@@ -750,7 +750,7 @@ class MultiLabelHead(Head):
         classes_for_class_based_metrics: Sequence[int | str] | None = None,
         name: str | None = None,
     ) -> None:
-        super().__init__(weight_column, loss_reduction, loss_fn, name)
+        super().__init__(weight_column=weight_column, loss_reduction=loss_reduction, loss_fn=loss_fn, name=name)
         self._check_weight_column_shape()
         self._n_classes = _check_n_classes(n_classes, "MultiLabelHead", 2)
         self._logits_dimension = self._n_classes
@@ -872,7 +872,7 @@ class RegressionHead(Head):
         inverse_link_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
         name: str | None = None,
     ) -> None:
-        super().__init__(weight_column, loss_reduction, loss_fn, name)
+        super().__init__(weight_column=weight_column, loss_reduction=loss_reduction, loss_fn=loss_fn, name=name)
         if isinstance(label_dimension, bool) or not isinstance(label_dimension, numbers.Integral) or label_dimension < 1:
             raise ValueError(f"RegressionHead: invalid `label_dimension` {label_dimension!r}; it must be an int >= 1.")
         if inverse_link_fn is not None and not callable(inverse_link_fn):
@@ -952,7 +952,8 @@ class PoissonRegressionHead(RegressionHead):
         compute_full_loss: bool = True,
         name: str | None = None,
     ) -> None:
-        super().__init__(label_dimension, weight_column, loss_reduction, None, torch.exp, name)
+        super().__init__(label_dimension=label_dimension, weight_column=weight_column, loss_reduction=loss_reduction,
+                         inverse_link_fn=torch.exp, name=name)
         if not isinstance(compute_full_loss, bool):
             raise ValueError(f"PoissonRegressionHead: `compute_full_loss` must be True or False; received {compute_full_loss!r}.")
         self._compute_full_loss = compute_full_loss
@@ -996,7 +997,8 @@ class LogisticRegressionHead(RegressionHead):
         loss_reduction: str = LossReduction.SUM_OVER_BATCH_SIZE,
         name: str | None = None,
     ) -> None:
-        super().__init__(1, weight_column, loss_reduction, None, torch.sigmoid, name)
+        super().__init__(label_dimension=1, weight_column=weight_column, loss_reduction=loss_reduction,
+                         inverse_link_fn=torch.sigmoid, name=name)
 
     def _processed_labels(self, logits: torch.Tensor, labels: Any) -> torch.Tensor:
         labels = super()._processed_labels(logits, labels)

@@ -97,7 +97,8 @@ class LinearEstimator(CannedEstimator):
         head = check_head(head, type(self).__name__)
         model = LinearLogits(feature_columns, head.logits_dimension, sparse_combiner)
         self.feature_columns = list(feature_columns)
-        super().__init__(head, model, get_optimizer_factory(optimizer, LEARNING_RATE), model_dir, config, warm_start_from)
+        super().__init__(head, model, get_optimizer_factory(optimizer, LEARNING_RATE), model_dir=model_dir, config=config,
+                         warm_start_from=warm_start_from)
 
 
 class LinearClassifier(LinearEstimator):
@@ -127,7 +128,8 @@ class LinearClassifier(LinearEstimator):
         sparse_combiner: str = "sum",
     ) -> None:
         head = classifier_head(n_classes, weight_column, label_vocabulary, loss_reduction, type(self).__name__)
-        super().__init__(head, feature_columns, model_dir, optimizer, config, sparse_combiner, warm_start_from)
+        super().__init__(head, feature_columns, model_dir=model_dir, optimizer=optimizer, config=config,
+                         sparse_combiner=sparse_combiner, warm_start_from=warm_start_from)
 
 
 class LinearRegressor(LinearEstimator):
@@ -155,4 +157,5 @@ class LinearRegressor(LinearEstimator):
         sparse_combiner: str = "sum",
     ) -> None:
         head = regressor_head(label_dimension, weight_column, loss_reduction)
-        super().__init__(head, feature_columns, model_dir, optimizer, config, sparse_combiner, warm_start_from)
+        super().__init__(head, feature_columns, model_dir=model_dir, optimizer=optimizer, config=config,
+                         sparse_combiner=sparse_combiner, warm_start_from=warm_start_from)
