@@ -49,6 +49,8 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
+from .protocols import SaverListenerLike, Stateful
+
 __all__ = [
     "CHECKPOINT_FORMAT",
     "Checkpoint",
@@ -485,8 +487,8 @@ def write_checkpoint(
     *,
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer | None = None,
-    lr_scheduler: Any = None,
-    grad_scaler: Any = None,
+    lr_scheduler: Stateful | None = None,
+    grad_scaler: torch.amp.GradScaler | None = None,
     input_state: Mapping[str, Any] | None = None,
     content_hash: bool = True,
 ) -> None:
@@ -718,8 +720,8 @@ def _apply(
     checkpoint: Checkpoint,
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer | None,
-    lr_scheduler: Any,
-    grad_scaler: Any,
+    lr_scheduler: Stateful | None,
+    grad_scaler: torch.amp.GradScaler | None,
 ) -> Checkpoint:
     state = checkpoint.state
     if optimizer is not None and "optimizer" in state:
@@ -772,8 +774,8 @@ def restore_checkpoint(
     *,
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer | None = None,
-    lr_scheduler: Any = None,
-    grad_scaler: Any = None,
+    lr_scheduler: Stateful | None = None,
+    grad_scaler: torch.amp.GradScaler | None = None,
 ) -> Checkpoint:
     """Load a checkpoint into the given objects (RNG and input state are returned, not applied).
 
@@ -997,8 +999,8 @@ def restore_latest(
     *,
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer | None = None,
-    lr_scheduler: Any = None,
-    grad_scaler: Any = None,
+    lr_scheduler: Stateful | None = None,
+    grad_scaler: torch.amp.GradScaler | None = None,
 ) -> Checkpoint | None:
     """Load the newest intact checkpoint of ``model_dir`` into the given objects; None if there is none.
 
@@ -1110,8 +1112,8 @@ class CheckpointManager:
         *,
         model: torch.nn.Module,
         optimizer: torch.optim.Optimizer | None = None,
-        lr_scheduler: Any = None,
-        grad_scaler: Any = None,
+        lr_scheduler: Stateful | None = None,
+        grad_scaler: torch.amp.GradScaler | None = None,
         input_state: Mapping[str, Any] | None = None,
     ) -> str:
         """Write ``model.ckpt-<global_step>.safetensors``, then the index, then delete what rotation drops.
@@ -1282,7 +1284,7 @@ class CheckpointSaver:
         save_fn: Any,
         every_steps: int | None = None,
         every_secs: float | None = None,
-        listeners: Sequence[Any] = (),
+        listeners: Sequence[SaverListenerLike] = (),
     ) -> None:
         self._save_fn, self._every_steps, self._every_secs = save_fn, every_steps, every_secs
         self._listeners = list(listeners)

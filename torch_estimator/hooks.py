@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, cast
 
 from . import summary
+from .protocols import HookLike
 
 __all__ = [
     "Hook",
@@ -125,15 +126,15 @@ class HookList:
     :class:`NanTensorHook` in the list, as TF's hook ran there: hooks before it see a step whose loss is NaN.
     """
 
-    def __init__(self, hooks: Iterable[Any] = ()) -> None:
-        self.hooks: list[Any] = []
-        self._before: list[Any] = []
-        self._after: list[Any] = []  # the hooks doing something in after_run, and NanTensorHooks (the NaN check)
+    def __init__(self, hooks: Iterable[HookLike] = ()) -> None:
+        self.hooks: list[HookLike] = []
+        self._before: list[HookLike] = []
+        self._after: list[HookLike] = []  # the hooks doing something in after_run, and NanTensorHooks (the NaN check)
         self._due: dict[int, int] = {}  # id(hook) -> the next iteration it must see (scheduled hooks only)
         self._every_step = False  # whether a hook must see every step
         self.extend(hooks)
 
-    def extend(self, hooks: Iterable[Any]) -> None:
+    def extend(self, hooks: Iterable[HookLike]) -> None:
         for hook in hooks:
             self.hooks.append(hook)
             before, after = _overrides(hook, "before_run"), _overrides(hook, "after_run")
@@ -152,8 +153,9 @@ class HookList:
 
     def after_restore(self, run_context: RunContext) -> None:
         for hook in self.hooks:
-            if hasattr(hook, "after_restore"):
-                hook.after_restore(run_context)
+            after_restore = getattr(hook, "after_restore", None)  # optional beyond the Hook base class
+            if after_restore is not None:
+                after_restore(run_context)
 
     def before_run(self, run_context: RunContext) -> set[str] | None:
         """The union of the names every hook wants this step, or None when none wants anything."""
@@ -226,7 +228,7 @@ def _steps_until(target: int | None, next_iteration: int, run_context: RunContex
     return max(next_iteration, next_iteration + target - 1 - run_context.global_step)
 
 
-def check_hooks(argument: str, hooks: Any) -> list[Any]:
+def check_hooks(argument: str, hooks: Any) -> list[HookLike]:
     """Validate a user-given list of hooks.
 
     Raises:

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from ._checks import describe as _describe
+from .protocols import ExporterLike, HookLike, SaverListenerLike
 
 __all__ = ["ModeKeys", "EstimatorSpec", "TrainSpec", "EvalSpec"]
 
@@ -97,7 +98,7 @@ def _is_metric(value: Any) -> bool:
     return all(callable(getattr(value, name, None)) for name in ("update", "compute", "reset"))
 
 
-def _check_hooks(field: str, hooks: Any) -> tuple[Any, ...]:
+def _check_hooks(field: str, hooks: Any) -> tuple[HookLike, ...]:
     if hooks is None:
         return ()
     if isinstance(hooks, (str, bytes, Mapping)) or not isinstance(hooks, Sequence):
@@ -149,10 +150,10 @@ class EstimatorSpec:
     train_op: Callable[[torch.Tensor], Any] | None = None
     eval_metric_ops: Mapping[str, Any] | None = None
     export_outputs: Mapping[str, Any] | None = None
-    training_chief_hooks: Sequence[Any] = ()
-    training_hooks: Sequence[Any] = ()
-    evaluation_hooks: Sequence[Any] = ()
-    prediction_hooks: Sequence[Any] = ()
+    training_chief_hooks: Sequence[HookLike] = ()
+    training_hooks: Sequence[HookLike] = ()
+    evaluation_hooks: Sequence[HookLike] = ()
+    prediction_hooks: Sequence[HookLike] = ()
     fetches: Mapping[str, torch.Tensor] | None = None
     summaries: Mapping[str, Any] | None = None
 
@@ -360,7 +361,7 @@ def _is_exporter(value: Any) -> bool:
     return callable(getattr(value, "export", None)) and hasattr(value, "name")
 
 
-def _check_exporters(exporters: Any) -> tuple[Any, ...]:
+def _check_exporters(exporters: Any) -> tuple[ExporterLike, ...]:
     """A single exporter or an iterable of them, with unique non-empty string names (TF's rules)."""
     if exporters is None:
         return ()
@@ -417,8 +418,8 @@ class TrainSpec:
 
     input_fn: Callable[..., Any]
     max_steps: int | None = None
-    hooks: Sequence[Any] | None = None
-    saving_listeners: Sequence[Any] | None = None
+    hooks: Sequence[HookLike] | None = None
+    saving_listeners: Sequence[SaverListenerLike] | None = None
 
     def __post_init__(self) -> None:
         _check_callable_input_fn("TrainSpec", self.input_fn)
@@ -466,8 +467,8 @@ class EvalSpec:
     input_fn: Callable[..., Any]
     steps: int | None = 100
     name: str | None = None
-    hooks: Sequence[Any] | None = None
-    exporters: Any = None
+    hooks: Sequence[HookLike] | None = None
+    exporters: ExporterLike | Iterable[ExporterLike] | None = None
     start_delay_secs: float = 120
     throttle_secs: float = 600
     every_n_steps: int | None = None

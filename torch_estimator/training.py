@@ -45,7 +45,7 @@ import os
 import random
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -54,6 +54,7 @@ from . import checkpoint as ckpt
 from .estimator import Estimator
 from .exporters import BestExporter
 from .hooks import CheckpointSaverListener, SecondOrStepTimer
+from .protocols import ExporterLike
 from .spec import EvalSpec, TrainSpec
 
 __all__ = ["train_and_evaluate", "run_evaluator"]
@@ -66,6 +67,11 @@ def _checkpoint_step(path: str) -> int:
     if step is None:
         raise ValueError(f"{path} is not named like a checkpoint (model.ckpt-<step>.safetensors).")
     return step
+
+
+def _exporters(spec: EvalSpec) -> tuple[ExporterLike, ...]:
+    """An EvalSpec's exporters: given as one or a list, kept as a tuple."""
+    return cast(tuple[ExporterLike, ...], spec.exporters)
 
 
 @contextlib.contextmanager
@@ -93,7 +99,7 @@ class _Evaluation:
         self.estimator, self.spec, self.max_steps = estimator, spec, max_steps
         self.eval_dir = estimator.eval_dir(spec.name)
         self.export_base = os.path.join(estimator.model_dir, "export")
-        for exporter in spec.exporters:
+        for exporter in _exporters(spec):
             if isinstance(exporter, BestExporter):
                 exporter._bind_eval_dir(self.eval_dir)
         by_time = spec.every_n_steps is None and spec.throttle_secs > 0
@@ -140,7 +146,7 @@ class _Evaluation:
                 spec.input_fn, steps=spec.steps, hooks=list(spec.hooks or ()), checkpoint_path=checkpoint_path, name=spec.name
             )
             self.last_step, self.last_path, self.result = step, checkpoint_path, result
-            self.exports = [None] * len(spec.exporters)
+            self.exports = [None] * len(_exporters(spec))
             if not export:
                 return
             final = self.is_final(int(result["global_step"]))
@@ -152,7 +158,7 @@ class _Evaluation:
                     eval_result=result,
                     is_the_final_export=final,
                 )
-                for exporter in spec.exporters
+                for exporter in _exporters(spec)
             ]
 
 
@@ -215,7 +221,7 @@ def _as_eval_specs(eval_spec: Any) -> list[EvalSpec]:
             f"Several EvalSpecs need distinct names (each writes to eval_<name>/); received names {names}, "
             f"with {duplicates} repeated. Name them, e.g. EvalSpec(..., name='validation')."
         )
-    exporters = [exporter.name for spec in specs for exporter in spec.exporters]
+    exporters = [exporter.name for spec in specs for exporter in _exporters(spec)]
     clashing = sorted({n for n in exporters if exporters.count(n) > 1})
     if clashing:
         raise ValueError(
