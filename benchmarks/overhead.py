@@ -531,7 +531,7 @@ def measure_prefetch(case: Case, n: int, rounds: int, seed: int, batch_size: int
     images, labels = _encoded_images(2 * n + 1, seed, batch_size)
     passes = 1
     while passes < 64:
-        input_s = _timed(lambda: list(zip(_augmenting_input(images[:5], labels[:5], passes)(), range(5)))) / 5
+        input_s = _timed(lambda passes=passes: list(zip(_augmenting_input(images[:5], labels[:5], passes)(), range(5)))) / 5
         if input_s >= 0.8 * step_s:
             break
         passes *= 2
@@ -604,10 +604,10 @@ def measure_eval_predict(case: Case, n: int, rounds: int, seed: int) -> dict[str
         est.model.load_state_dict(model.state_dict())
         suffix = ", prefetch_batches=2" if options else ", default"
         results["evaluate" + suffix] = _paired(
-            "evaluate" + suffix, hand_eval, lambda steps: _cpu_timed(lambda: est.evaluate(lambda: batches, steps=steps)), n, rounds)
+            "evaluate" + suffix, hand_eval, lambda steps, est=est: _cpu_timed(lambda: est.evaluate(lambda: batches, steps=steps)), n, rounds)
         results["predict" + suffix] = _paired(
             "predict" + suffix, hand_predict,
-            lambda steps: _cpu_timed(lambda: list(est.predict(lambda: (x for x, _ in batches[:steps])))), n, rounds)
+            lambda steps, est=est: _cpu_timed(lambda: list(est.predict(lambda: (x for x, _ in batches[:steps])))), n, rounds)
         shutil.rmtree(model_dir, ignore_errors=True)
     return results
 

@@ -37,7 +37,7 @@ import random
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -61,6 +61,7 @@ from .inputs import InputContext, call_input_fn, iterate_batches
 from .lock import ModelDirLock
 from .metrics import MetricAccumulator
 from .prefetch import Prefetcher
+from .protocols import HookLike
 from .run_config import RunConfig
 from .spec import EstimatorSpec, ModeKeys
 
@@ -315,21 +316,22 @@ class Estimator:
             local_rank=pick(config.local_rank, "local_rank"),
         )
 
-    def _wrap_for_training(self) -> tuple[torch.nn.Module, Any]:
+    def _wrap_for_training(self) -> tuple[torch.nn.Module | Callable[..., Any], Any]:
         """The module ``model_fn`` sees in TRAIN: DDP over the model when distributed, compiled if asked."""
-        module, ddp = self._model, None
+        module: torch.nn.Module | Callable[..., Any] = self._model
+        ddp = None
         if self._dist.is_distributed:
             module = ddp = distribute.wrap_ddp(
-                module, self._device, find_unused_parameters=self._config.find_unused_parameters,
+                self._model, self._device, find_unused_parameters=self._config.find_unused_parameters,
                 static_graph=self._config.static_graph,
             )
         if self._config.compile:
             module = self._compiled(module)
         return module, ddp
 
-    def _compiled(self, module: torch.nn.Module) -> torch.nn.Module:
+    def _compiled(self, module: torch.nn.Module | Callable[..., Any]) -> Callable[..., Any]:
         mode = self._config.compile
-        return torch.compile(module) if mode is True else torch.compile(module, mode=mode)
+        return torch.compile(module) if mode is True else torch.compile(module, mode=str(mode))
 
     @property
     def _cuda_graphs(self) -> bool:
@@ -393,7 +395,7 @@ class Estimator:
                 raise TypeError(f"The `lr_scheduler` factory must return a scheduler; it returned {type(scheduler).__name__}.")
         return scheduler
 
-    def _static_kwargs(self, mode: str, module: torch.nn.Module) -> dict[str, Any]:
+    def _static_kwargs(self, mode: str, module: torch.nn.Module | Callable[..., Any]) -> dict[str, Any]:
         available = {"mode": mode, "params": self._params, "config": self._config, "model": module}
         return {name: value for name, value in available.items() if name in self._fn_args}
 
@@ -477,7 +479,7 @@ class Estimator:
         full = mode == ModeKeys.TRAIN
         held = (self._synced,) if full else (self._synced, getattr(self, "_model_synced", None))
         if path is not None and (identity is None or identity not in held):
-            parts = {"model": self._model}
+            parts: dict[str, Any] = {"model": self._model}
             if full:
                 parts.update(optimizer=self._optimizer, lr_scheduler=self._lr_scheduler, grad_scaler=self._scaler)
             # The latest may be damaged, or rotated away by now: restore_latest falls back to the newest intact one.
@@ -527,7 +529,7 @@ class Estimator:
         gradient): one fused check and one wait for the device, at a save, where the host waits anyway."""
         bad = ckpt.non_finite_tensors(ckpt.training_state_tensors(self._model, self._optimizer))
         if not bad:
-            self._finite_step = global_step
+            self._finite_step: int | None = global_step
             return
         self._synced = None  # memory holds broken weights: restore from disk next time
         since = getattr(self, "_finite_step", None)
@@ -592,9 +594,9 @@ class Estimator:
         source = call_input_fn(
             input_fn, mode=mode, params=copy.deepcopy(self._params), config=self._config, input_context=context
         )
-        sampler = getattr(source, "sampler", None)
-        if callable(getattr(sampler, "set_epoch", None)):  # a DistributedSampler: a new order per call
-            sampler.set_epoch(self._global_step)
+        set_epoch = getattr(getattr(source, "sampler", None), "set_epoch", None)
+        if callable(set_epoch):  # a DistributedSampler: a new order per call
+            set_epoch(self._global_step)
         return source, iterate_batches(source, self._device, self._config.channels_last)
 
     def _prefetcher(self, batches: Iterator[Any], limit: int | None, source: Any = None) -> Prefetcher | None:
@@ -714,7 +716,7 @@ class Estimator:
                       max_steps: int | None, listeners: list[Any]) -> Estimator:
         path = self._prepare()
         self._model_synced = None  # from here on the model in memory moves on
-        self._finite_step: int | None = self._global_step if path is not None else None
+        self._finite_step = self._global_step if path is not None else None
         if max_steps is not None and max_steps <= self._global_step:
             logger.info("Skipping training since max_steps has already saved.")
             return self
@@ -781,10 +783,11 @@ class Estimator:
             )
         return listeners
 
-    def _default_training_hooks(self, total: int | None) -> list[Any]:
+    def _default_training_hooks(self, total: int | None) -> list[HookLike]:
         """TF's defaults from RunConfig: NaN check, loss/step logging; on the chief, the step counter,
         summaries and a progress bar."""
-        config, hooks = self._config, [NanTensorHook()]
+        config = self._config
+        hooks: list[HookLike] = [NanTensorHook()]
         if config.log_step_count_steps is not None:
             hooks.append(_StepLoggingHook({"loss": "loss", "step": "global_step"}, every_n_iter=config.log_step_count_steps))
         if not self._dist.is_chief:
@@ -797,7 +800,7 @@ class Estimator:
             hooks.append(ProgressBarHook(total, desc="train"))
         return hooks
 
-    def _train_loop(self, batches: Iterator[tuple[Any, Any, int]], hooks: HookList, saver: Any, already_saved: bool) -> float | None:
+    def _train_loop(self, batches: Iterable[tuple[Any, Any, int]], hooks: HookList, saver: Any, already_saved: bool) -> float | None:
         """The step loop: batches, one step, the hooks, maybe a save; until the last step, the input's end or
         an (agreed) stop.
 
@@ -811,7 +814,8 @@ class Estimator:
         self._model.train()
         self._start_finite_tracking(hooks)
         hooks.after_restore(context)
-        last_step = min((h.last_step for h in hooks.hooks if isinstance(h, StopAtStepHook)), default=math.inf)
+        last_step = min((h.last_step for h in hooks.hooks if isinstance(h, StopAtStepHook) and h.last_step is not None),
+                        default=math.inf)
         if saver is not None and saver.begin(self._global_step, already_saved):
             context.request_stop()
         self._synced, spec = None, None  # from here on, memory runs ahead of disk
@@ -819,7 +823,8 @@ class Estimator:
         start, pending, step_fn = self._global_step, self._pending_losses, self._step_function()
         save_step, save_time = saver.next_save() if saver is not None else (math.inf, math.inf)
         clock = time.monotonic if save_time != math.inf else None
-        iteration = due = examples = 0
+        iteration = examples = 0
+        due: float = 0  # the next iteration the hooks, the saver or the NaN check need (inf: none)
         nan_check = lambda: self._finite_or_stop(context)  # noqa: E731
         for features, labels, size in (() if stop or start >= last_step else self._units(batches)):
             if iteration < due and (clock is None or clock() < save_time):
@@ -836,7 +841,7 @@ class Estimator:
             spec = step_fn(features, labels)
             first = iteration == 0
             if first:  # hooks named in the spec join on the first step
-                spec_hooks = spec.training_hooks + (spec.training_chief_hooks if self._dist.is_chief else ())
+                spec_hooks = (*spec.training_hooks, *(spec.training_chief_hooks if self._dist.is_chief else ()))
                 wanted = self._join_spec_hooks(hooks, spec_hooks, context, wanted)
             values = self._fetch(wanted, spec, context.global_step) if wanted else _NO_VALUES
             iteration += 1
@@ -851,7 +856,7 @@ class Estimator:
             if len(pending) >= _LOSS_BUFFER:
                 self._finite_or_stop(context)
             if saver is not None and saver.should_save(step) and self._finite_or_stop(context):
-                if saver.save(step):
+                if saver.save(step):  # a listener asked to stop
                     context.request_stop()
                 save_step, save_time = saver.next_save()
                 due = iteration + 1  # the next step tells that memory is ahead of the save again
@@ -893,7 +898,7 @@ class Estimator:
         flag = torch.tensor([float(context.stop_requested)], device=self._device)
         return bool(distribute.all_reduce_sum(flag).item() > 0)
 
-    def _units(self, batches: Iterator[tuple[Any, Any, int]]) -> Iterator[tuple[Any, Any, int]]:
+    def _units(self, batches: Iterable[tuple[Any, Any, int]]) -> Iterable[tuple[Any, Any, int]]:
         """What one step consumes: a batch, or (with gradient accumulation) ``(micro-batches, None, size)``."""
         count = self._config.gradient_accumulation_steps
         if count == 1:
@@ -941,7 +946,7 @@ class Estimator:
                 raise ValueError("model_fn does not declare `labels`, but input_fn returns labels.")
             if spec.__class__ is not EstimatorSpec or spec.mode != "train":
                 spec = checked(spec, ModeKeys.TRAIN)
-            loss = spec.loss
+            loss: torch.Tensor = spec.loss  # type: ignore[assignment]  # a TRAIN spec has one (EstimatorSpec checks)
             if spec.train_op is None:
                 loss.backward()
                 optimizer_step()
@@ -979,6 +984,7 @@ class Estimator:
             spec = self._accumulate(micro_batches)
         if spec.train_op is None:
             self._apply_gradients()
+        assert spec.loss is not None  # a TRAIN spec has one (EstimatorSpec checks)
         loss = spec.loss.detach()
         self._pending_losses.append(loss.clone() if self._cuda_graphs else loss)
         return spec
@@ -989,11 +995,13 @@ class Estimator:
         for i, (features, labels, _) in enumerate(micro_batches):
             with self._ddp.no_sync() if self._ddp is not None and i < count - 1 else _NO_CONTEXT:
                 spec = self._forward_backward(features, labels, count)
+            assert spec.loss is not None  # a TRAIN spec has one (EstimatorSpec checks)
             losses.append(spec.loss.detach())
         return spec.replace(loss=torch.stack(losses).mean())
 
     def _forward_backward(self, features: Any, labels: Any, count: int) -> EstimatorSpec:
         spec = self._forward(features, labels, ModeKeys.TRAIN)
+        assert spec.loss is not None  # a TRAIN spec has one (EstimatorSpec checks)
         if spec.train_op is not None:
             if count > 1:
                 raise ValueError("gradient_accumulation_steps > 1 needs the Estimator's optimizer; "
@@ -1020,7 +1028,7 @@ class Estimator:
     def _apply_gradients(self) -> None:
         """Clip (after unscaling under fp16), step the optimizer, and the scheduler unless fp16 skipped the step."""
         config, optimizer, scaler = self._config, self._optimizer, self._scaler
-        clip = config.gradient_clip_norm is not None or config.gradient_clip_value is not None
+        assert optimizer is not None  # _forward_backward refused a step with neither optimizer nor train_op
         if scaler.is_enabled():
             scaler.unscale_(optimizer)  # clip the true gradients; the overflow check below reads its flags
         if config.gradient_clip_norm is not None:
@@ -1037,7 +1045,7 @@ class Estimator:
         if self._lr_scheduler is not None and stepped:
             self._lr_scheduler.step()
 
-    def _join_spec_hooks(self, hooks: HookList, new: tuple[Any, ...], context: RunContext, wanted: set[str] | None) -> set[str] | None:
+    def _join_spec_hooks(self, hooks: HookList, new: Sequence[HookLike], context: RunContext, wanted: set[str] | None) -> set[str] | None:
         """Hooks named in the first step's spec begin now, in time for this step's ``after_run``."""
         if not new:
             return wanted
@@ -1148,7 +1156,7 @@ class Estimator:
         finally:
             self._evaluating_alone = previous
 
-    def _evaluate_loop(self, batches: Iterator[tuple[Any, Any, int]], hooks: HookList, steps: int | None) -> dict[str, Any]:
+    def _evaluate_loop(self, batches: Iterable[tuple[Any, Any, int]], hooks: HookList, steps: int | None) -> dict[str, Any]:
         """Accumulate loss and metrics over this process's batches (no host sync per batch); sum the
         sufficient statistics over all processes; finalize once."""
         context = RunContext(ModeKeys.EVAL, self._global_step, self.model_dir)
@@ -1163,6 +1171,7 @@ class Estimator:
             if count == 0:
                 wanted = self._join_spec_hooks(hooks, spec.evaluation_hooks, context, wanted)
                 self._check_metric_names(spec)
+            assert spec.loss is not None  # an EVAL spec has one (EstimatorSpec checks)
             loss_sum = loss_sum + spec.loss.detach().float()
             accumulator.update(spec.eval_metric_ops or {})
             hooks.after_run(context, self._fetch(wanted, spec, self._global_step) if wanted else _NO_VALUES)
@@ -1234,7 +1243,7 @@ class Estimator:
             if bar is not None:
                 bar.close()
 
-    def _predict_loop(self, batches: Iterator[tuple[Any, Any, int]], hook_list: HookList, keys: list[str] | None,
+    def _predict_loop(self, batches: Iterable[tuple[Any, Any, int]], hook_list: HookList, keys: list[str] | None,
                       yield_single_examples: bool, bar: ProgressBarHook | None) -> Iterator[Any]:
         context = RunContext(ModeKeys.PREDICT, self._global_step, self.model_dir)
         hook_list.begin()
@@ -1266,7 +1275,7 @@ class Estimator:
     def export_saved_model(
         self,
         export_dir_base: str | os.PathLike[str],
-        serving_input_receiver_fn: Callable[[], Any],
+        serving_input_receiver_fn: Callable[[], Any] | None,
         assets_extra: Mapping[str, str] | None = None,
         checkpoint_path: str | None = None,
         *,

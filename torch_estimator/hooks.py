@@ -212,7 +212,7 @@ class HookList:
                 continue
             hook.after_run(run_context, run_values)
             if key in due:
-                due[key] = hook._next_due(iteration + 1, run_context)
+                due[key] = hook._next_due(iteration + 1, run_context)  # type: ignore[attr-defined]  # a _SCHEDULED class
         return checked
 
     def end(self, run_context: RunContext) -> None:

@@ -205,7 +205,7 @@ class Prefetcher:
                 if batch is _END:
                     break
                 self._pulled += 1
-                item = (batch, state() if state is not None else None, event)
+                item: Any = (batch, state() if state is not None else None, event)
                 with cond:
                     items.append(item)
                     cond.notify_all()

@@ -233,7 +233,7 @@ def _remove(path: str, why: str) -> bool:
     return True
 
 
-def write_file(path: str, data: bytes) -> None:
+def write_file(path: str, data: bytes | memoryview) -> None:
     """Write an artifact serialized in memory with plain ``os.write``: torch's own file writers abort the
     process on a full disk (an exception thrown in a destructor), this raises.
 
