@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from . import checkpoint as ckpt
-from . import distribute, summary
+from . import distribute, export, summary
 from .hooks import (
     HookList,
     LoggingTensorHook,
@@ -1306,7 +1306,6 @@ class Estimator:
         if checkpoint_path is None and self.latest_checkpoint() is None and self._warm_start is None:
             raise ValueError(f"Couldn't find trained model at {self.model_dir}.")
         self._prepare(checkpoint_path, ModeKeys.PREDICT)
-        from . import export
 
         was_training = self._model.training  # an exporter may run inside training (a saving listener)
         self._model.eval()
