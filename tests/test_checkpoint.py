@@ -8,6 +8,7 @@ import os
 import pickle
 import re
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -448,27 +449,27 @@ def test_the_hash_computed_on_threads_is_the_same(tmp_path, monkeypatch, algorit
 
 
 def _truncate(path):
-    data = open(path, "rb").read()
-    open(path, "wb").write(data[: len(data) - 7])
+    data = Path(path).read_bytes()
+    Path(path).write_bytes(data[: len(data) - 7])
 
 
 def _zero(path):
-    open(path, "wb").write(bytes(os.path.getsize(path)))
+    Path(path).write_bytes(bytes(os.path.getsize(path)))
 
 
 def _flip_a_data_byte(path):
-    data = bytearray(open(path, "rb").read())
+    data = bytearray(Path(path).read_bytes())
     data[-3] ^= 0x01
-    open(path, "wb").write(bytes(data))
+    Path(path).write_bytes(bytes(data))
 
 
 def _alter_the_step(path):  # same length, so only the hash can tell
-    data = open(path, "rb").read()
-    open(path, "wb").write(data.replace(b'"global_step":"12"', b'"global_step":"13"', 1))
+    data = Path(path).read_bytes()
+    Path(path).write_bytes(data.replace(b'"global_step":"12"', b'"global_step":"13"', 1))
 
 
 def _empty(path):
-    open(path, "wb").close()
+    Path(path).write_bytes(b"")
 
 
 @pytest.mark.parametrize(
@@ -496,8 +497,8 @@ def test_a_damaged_checkpoint_is_detected_naming_the_file(tmp_path, damage, mess
 def test_a_hash_of_an_unknown_kind_is_refused(tmp_path):
     path = str(tmp_path / "model.ckpt-3.safetensors")
     ckpt.write_checkpoint(path, 3, model=TinyNet())
-    data = open(path, "rb").read()
-    open(path, "wb").write(data.replace(ckpt._HASH_ALGORITHM.encode(), b"x" * len(ckpt._HASH_ALGORITHM), 1))
+    data = Path(path).read_bytes()
+    Path(path).write_bytes(data.replace(ckpt._HASH_ALGORITHM.encode(), b"x" * len(ckpt._HASH_ALGORITHM), 1))
     with pytest.raises(ckpt.CheckpointCorruptError, match="has a content hash of unknown kind 'xxxxx"):
         ckpt.read_checkpoint(path)
 
@@ -506,8 +507,8 @@ def test_an_xxh3_hash_without_xxhash_loads_unchecked_and_says_what_to_install(tm
     path = str(tmp_path / "model.ckpt-3.safetensors")
     monkeypatch.setattr(ckpt, "_HASH_ALGORITHM", "crc32-tree")
     ckpt.write_checkpoint(path, 3, model=TinyNet())
-    data = open(path, "rb").read()
-    open(path, "wb").write(data.replace(b'"crc32-tree:', b' "xxh3-tree:', 1))  # same length: JSON allows the space
+    data = Path(path).read_bytes()
+    Path(path).write_bytes(data.replace(b'"crc32-tree:', b' "xxh3-tree:', 1))  # same length: JSON allows the space
     monkeypatch.delitem(ckpt._CHUNK_DIGESTS, "xxh3-tree", raising=False)
     with caplog.at_level(logging.WARNING, logger="torch_estimator"):
         assert ckpt.read_checkpoint(path).global_step == 3  # a good file must never make training fall back

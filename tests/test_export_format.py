@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import zipfile
+from pathlib import Path
 
 import torch
 
@@ -106,6 +107,6 @@ def test_model_pt_embeds_signature_json_without_the_file_records(tmp_path):
 def test_model_pt_has_one_method_per_signature(tmp_path):
     path = _export(tmp_path)
     module, _ = torchscript.load(os.path.join(path, "model.pt"))
-    functions = [s["function"] for s in json.loads(open(os.path.join(path, "signature.json")).read())["signatures"].values()]
+    functions = [s["function"] for s in json.loads(Path(os.path.join(path, "signature.json")).read_text())["signatures"].values()]
     schemas = {f: str(module._c._get_method(f).schema) for f in functions}
     assert all("Dict(str, Tensor) inputs) -> Dict(str, Tensor)" in schema for schema in schemas.values()), schemas

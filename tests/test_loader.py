@@ -11,6 +11,7 @@ import re
 import shutil
 import struct
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -137,9 +138,9 @@ def _rewrite(archive, change) -> None:
 def _rehash(version_dir) -> None:
     """What a forger who controls the directory does: make signature.json's hashes fit the files again."""
     path = os.path.join(version_dir, "signature.json")
-    document = json.loads(open(path).read())
+    document = json.loads(Path(path).read_text())
     for name in document["files"]:
-        document["files"][name] = loader.file_record(open(os.path.join(version_dir, name), "rb").read())
+        document["files"][name] = loader.file_record(Path(os.path.join(version_dir, name)).read_bytes())
     with open(path, "w") as file:
         json.dump(document, file)
 
@@ -153,10 +154,10 @@ def _forged(tmp_path, exported, change):
 
 
 def test_signature_json_records_each_file(exported):
-    document = json.loads(open(os.path.join(exported[2], "signature.json")).read())
+    document = json.loads(Path(os.path.join(exported[2], "signature.json")).read_text())
     assert sorted(document["files"]) == ["model.pt", "model.pt2"]
     for name, record in document["files"].items():
-        assert record == loader.file_record(open(os.path.join(exported[2], name), "rb").read())
+        assert record == loader.file_record(Path(os.path.join(exported[2], name)).read_bytes())
 
 
 def test_model_pt2_holds_no_member_that_unpickles(exported):
@@ -164,7 +165,7 @@ def test_model_pt2_holds_no_member_that_unpickles(exported):
     samples = [name for name in members if "/data/sample_inputs/" in name]
     assert samples and all(members[name] == b"" for name in samples)
     assert not [name for name in members if name.endswith(".pkl") or "custom_obj" in name or "opaque_obj" in name]
-    loader.check_pt2_archive(open(os.path.join(exported[2], "model.pt2"), "rb").read(), "model.pt2")
+    loader.check_pt2_archive(Path(os.path.join(exported[2], "model.pt2")).read_bytes(), "model.pt2")
 
 
 def _torch_runs_it(tmp_path, exported, change, control) -> bool:
