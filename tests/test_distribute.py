@@ -126,4 +126,4 @@ def test_the_mnist_example_runs_under_torchrun(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     assert [ckpt.step_of(p) for p in ckpt.read_index(str(tmp_path)).paths][-1] == 30
     assert len([f for f in os.listdir(tmp_path) if f.startswith("events.out.tfevents")]) == 1  # the chief's
-    assert run.stdout.count("'global_step': np.int64(30)") == 2  # both processes evaluated (sharded) step 30
+    assert run.stdout.count("'global_step': 30}") == 2  # both processes evaluated (sharded) step 30

@@ -24,6 +24,6 @@ def test_quickstart_runs_and_resumes(tmp_path, monkeypatch, capsys):
     code = _python_blocks()[0]
     exec(compile(code, "README.md", "exec"), {"__name__": "__readme__"})
     first = capsys.readouterr().out
-    assert "'global_step': np.int64(300)" in first and "'accuracy'" in first
+    assert "'global_step': 300}" in first and "'accuracy'" in first
     exec(compile(code, "README.md", "exec"), {"__name__": "__readme__"})
-    assert "'global_step': np.int64(600)" in capsys.readouterr().out
+    assert "'global_step': 600}" in capsys.readouterr().out
