@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import gzip
 import itertools
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -307,6 +309,16 @@ def test_gzip_written_file_is_standard_gzip(tmp_path):
     with gzip.open(path, "rb") as file:
         assert len(file.read()) > 0
     assert ids(tfrecord_input_fn(str(path), NUMBERED, batch_size=3, shuffle=False, compression_type="gzip")()) == [[0, 1, 2]]
+
+
+def test_reading_a_gzip_file_closes_it(tmp_path):
+    path = write_numbered(tmp_path / "a.tfrecord.gz", 3, compression="GZIP")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        records = list(read_records(str(path), "GZIP"))
+        gc.collect()
+    assert len(records) == 3
+    assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
 
 
 def test_mnist_example_reads_its_data_from_tfrecords(tmp_path, capsys):

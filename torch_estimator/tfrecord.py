@@ -125,9 +125,9 @@ class _ZlibReader(io.RawIOBase):
 
 
 def _open(path: str, compression_type: str) -> BinaryIO:
+    if compression_type == "GZIP":  # gzip.open closes the file it opens (a GzipFile given one leaves it open)
+        return gzip.open(path, "rb")  # type: ignore[return-value]
     raw = open(path, "rb", buffering=_CHUNK)  # noqa: SIM115 (closed by the caller)
-    if compression_type == "GZIP":
-        return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
     if compression_type == "ZLIB":
         return io.BufferedReader(_ZlibReader(raw), buffer_size=_CHUNK)
     return raw
