@@ -1334,7 +1334,7 @@ def test_exports_killed_at_random_moments_leave_no_half_version_and_no_stale_tem
             process.send_signal(signal.SIGKILL)
         _, stderr = process.communicate(timeout=300)
         events = _events_any(events_path)
-        if final:
+        if final or process.returncode == 0:  # the exports can all finish before a late kill: not a kill
             assert process.returncode == 0, stderr.decode()[-3000:]
         else:
             assert process.returncode == -signal.SIGKILL, stderr.decode()[-3000:]
