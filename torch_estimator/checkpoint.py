@@ -263,8 +263,9 @@ def step_of(path: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _fsync_dir(directory: str) -> None:
-    """Make a rename in ``directory`` durable (POSIX); a no-op where directories cannot be opened."""
+def fsync_dir(directory: str) -> None:
+    """Make the entries of ``directory`` (a rename, a new file) durable (POSIX); a no-op where directories
+    cannot be opened or synced."""
     if os.name != "posix":
         return
     try:
@@ -347,7 +348,7 @@ def _atomic_write(path: str, write: Any, what: str = "checkpoint", staged: bool 
         raise
     if staged:
         _discard(tmp)
-    _fsync_dir(os.path.dirname(path))
+    fsync_dir(os.path.dirname(path))
 
 
 # safetensors' names of torch dtypes.

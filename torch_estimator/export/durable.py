@@ -41,6 +41,8 @@ import socket
 import time
 from typing import Any
 
+from ..checkpoint import fsync_dir
+
 try:
     import fcntl
 except ImportError:  # not POSIX: only the age rule applies
@@ -55,22 +57,6 @@ TEMP_PREFIX = "temp-"
 WRITER_FILE = ".writer"
 STALE_SECONDS = 3600.0  # a temp-* directory without a lock file, unchanged this long, is an abandoned export
 _CHUNK = 1 << 20
-
-
-def fsync_dir(directory: str) -> None:
-    """Make the entries of ``directory`` durable (POSIX); a no-op where directories cannot be synced."""
-    if os.name != "posix":
-        return
-    try:
-        fd = os.open(directory or ".", os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # some filesystems refuse fsync on a directory (EINVAL)
-        pass
-    finally:
-        os.close(fd)
 
 
 def _lock(fd: int) -> bool:
