@@ -11,12 +11,17 @@ real export cannot show on demand: a slow model, a broken one, a failing self-ch
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
+import re
 import shutil
+import signal
 import socket
-from collections.abc import Callable, Mapping
+import subprocess
+import sys
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -181,3 +186,27 @@ def fake_base(tmp_path: Path, versions: list[int]) -> Path:
     for version in versions:
         (base / str(version)).mkdir(parents=True)
     return base
+
+
+@contextlib.contextmanager
+def cli_server(base: str | os.PathLike[str], name: str, *, cwd: str | os.PathLike[str] | None = None,
+               env: Mapping[str, str] | None = None) -> Iterator[str]:
+    """Run ``torch-estimator serve`` on a free port in a subprocess; yield its URL; stop it with SIGTERM."""
+    server = subprocess.Popen([sys.executable, "-m", "torch_estimator.cli", "serve", "--model_base_path", str(base),
+                               "--model_name", name, "--port", "0"], cwd=cwd, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        url = None
+        assert server.stdout is not None
+        for line in server.stdout:
+            found = re.search(r"http://[0-9.]+:\d+", line)
+            if found:
+                url = found.group(0)
+                break
+        assert url, "the server printed no URL"
+        yield url
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=60)
+        if server.stdout is not None:
+            server.stdout.close()

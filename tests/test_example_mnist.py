@@ -17,6 +17,8 @@ import torch
 
 import torch_estimator as te
 
+from .serving_support import cli_server
+
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "mnist.py"
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
@@ -290,8 +292,6 @@ def test_the_logging_hook_logs_a_summary_by_default_and_the_full_dump_on_request
 @pytest.mark.slow
 def test_export_dir_is_served_as_is(tmp_path):
     import json
-    import re
-    import signal
     import urllib.request
 
     result = _run_example(tmp_path, "--synthetic", "--steps", "5", "--model-dir", "run", "--predict", "0",
@@ -300,17 +300,7 @@ def test_export_dir_is_served_as_is(tmp_path):
     (version,) = os.listdir(tmp_path / "exports")
     assert version.isdigit() and f"exported to exports/{version}" in result.stdout
     env = {**os.environ, "PYTHONPATH": str(EXAMPLE.parent.parent)}
-    server = subprocess.Popen([sys.executable, "-m", "torch_estimator.cli", "serve", "--model_base_path", "exports",
-                               "--model_name", "mnist", "--port", "0"], cwd=tmp_path, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    try:
-        url = None
-        for line in server.stdout:
-            found = re.search(r"http://[0-9.]+:\d+", line)
-            if found:
-                url = found.group(0)
-                break
-        assert url, "the server printed no URL"
+    with cli_server("exports", "mnist", cwd=tmp_path, env=env) as url:
         body = json.dumps({"instances": [{"x": [0.5] * 784}, {"x": [0.0] * 784}]}).encode()
         request = urllib.request.Request(f"{url}/v1/models/mnist:predict", data=body, method="POST")
         with urllib.request.urlopen(request, timeout=60) as response:
@@ -318,9 +308,6 @@ def test_export_dir_is_served_as_is(tmp_path):
         assert len(predictions) == 2
         assert set(predictions[0]) == {"classes", "probabilities"}
         assert sum(predictions[0]["probabilities"]) == pytest.approx(1.0, abs=1e-5)
-    finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=60)
 
 
 def test_help_shows_defaults_and_no_rest_markup(tmp_path):

@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import signal
 import subprocess
-import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -22,6 +19,8 @@ import torch_estimator as te
 from torch_estimator import canned
 from torch_estimator.export import receivers
 from torch_estimator.serving import loader, rest
+
+from .serving_support import cli_server
 
 SIZES = ["small", "medium", "large"]
 CITIES = ["paris", "lyon", "nice", "lille", "brest"]
@@ -167,18 +166,7 @@ def test_a_real_server_classifies_strings(exported):
     est, columns, path = exported
     base = os.path.dirname(path)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    server = subprocess.Popen([sys.executable, "-m", "torch_estimator.cli", "serve", "--model_base_path", base,
-                               "--model_name", "tabular", "--port", "0"], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.DEVNULL, text=True)
-    try:
-        url = None
-        for line in server.stdout:
-            found = re.search(r"http://[0-9.]+:\d+", line)
-            if found:
-                url = found.group(0)
-                break
-        assert url, "the server printed no URL"
-
+    with cli_server(base, "tabular", env=env) as url:
         def post(verb: str, body: dict) -> dict:
             request = urllib.request.Request(f"{url}/v1/models/tabular:{verb}", data=json.dumps(body).encode(),
                                              method="POST")
@@ -195,9 +183,6 @@ def test_a_real_server_classifies_strings(exported):
         with pytest.raises(urllib.error.HTTPError) as refused:
             post("classify", {"examples": [{"size": 3, "city": True, "x": 0.5}]})
         assert refused.value.code == 400 and "input 'city' takes strings" in refused.value.read().decode()
-    finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=60)
 
 
 @pytest.mark.slow
