@@ -122,25 +122,20 @@ def export_saved_model(
         base = os.fspath(export_dir_base)
         os.makedirs(base, exist_ok=True)
         durable.remove_dead_temp_dirs(base)
-        export_dir, temp_dir = _claim_export_dir(base)
-        writer = None
+        export_dir, writer = _claim_export_dir(base)
+        temp_dir = writer.temp_dir
         try:
-            writer = durable.ExportWriter(temp_dir)
             for name in FORMATS[format]:
                 _WRITERS[name](temp_dir, plan, model, text, device)
             _copy_assets(assets, os.path.join(temp_dir, ASSETS_EXTRA))
-            files = durable.sync_and_record(temp_dir, skip=(durable.WRITER_FILE,))
+            files = durable.sync_and_record(temp_dir)
             with open(os.path.join(temp_dir, SIGNATURE_FILE), "w", encoding="utf-8") as file:
                 file.write(dumps({**document, FILES_KEY: files}))
                 file.flush()
                 os.fsync(file.fileno())
             writer.publish(export_dir)
-        except BaseException:
-            shutil.rmtree(temp_dir, ignore_errors=True)
-            raise
         finally:
-            if writer is not None:
-                writer.close()
+            writer.abandon()  # after publish: nothing left to remove
     logger.info("Export written to %s (signatures: %s).", export_dir, ", ".join(s.key for s in plan.signatures))
     return export_dir
 
@@ -387,17 +382,15 @@ def _sleep(seconds: float) -> None:
     time.sleep(seconds)
 
 
-def _claim_export_dir(base: str) -> tuple[str, str]:
-    """``(<base>/<ts>, <base>/temp-<ts>)``, the temporary one created; as TF, wait a second on a clash."""
+def _claim_export_dir(base: str) -> tuple[str, durable.ExportWriter]:
+    """``(<base>/<ts>, the writer holding <base>/temp-<ts>)``; as TF, wait a second on a clash."""
     for attempt in range(MAX_DIRECTORY_CREATION_ATTEMPTS):
         stamp = _now()
-        export_dir, temp_dir = os.path.join(base, str(stamp)), os.path.join(base, f"temp-{stamp}")
-        if not os.path.exists(export_dir):
-            try:
-                os.mkdir(temp_dir)  # atomic: a concurrent export of the same second waits for the next one
-                return export_dir, temp_dir
-            except FileExistsError:
-                pass
+        export_dir = os.path.join(base, str(stamp))
+        if not os.path.lexists(export_dir):
+            writer = durable.ExportWriter.claim(base, stamp)  # a concurrent export of the same second waits
+            if writer is not None:
+                return export_dir, writer
         if attempt + 1 < MAX_DIRECTORY_CREATION_ATTEMPTS:
             _sleep(1.0)
     raise RuntimeError(
