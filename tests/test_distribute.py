@@ -16,6 +16,7 @@ from torch_estimator import checkpoint as ckpt
 from torch_estimator import distribute
 
 WORKER = Path(__file__).parent / "distributed" / "worker.py"
+TFRECORD_WORKER = Path(__file__).parent / "distributed" / "tfrecord_worker.py"
 
 
 def test_context_from_env_defaults_to_one_process():
@@ -127,3 +128,85 @@ def test_the_mnist_example_runs_under_torchrun(tmp_path):
     assert [ckpt.step_of(p) for p in ckpt.read_index(str(tmp_path)).paths][-1] == 30
     assert len([f for f in os.listdir(tmp_path) if f.startswith("events.out.tfevents")]) == 1  # the chief's
     assert run.stdout.count("'global_step': 30}") == 2  # both processes evaluated (sharded) step 30
+
+
+# -- training from TFRecord files: one shard per process, equal shards, exact resume ------------------------
+
+SIZES = (7, 3, 5, 9, 4)  # records per file: 28, split by file as 16 (files 0, 2, 4) and 12 (files 1, 3)
+
+
+def _tfrecords(directory: Path) -> str:
+    from torch_estimator.tf_example import make_example
+    from torch_estimator.tfrecord import write_records
+
+    directory.mkdir()
+    first = 0
+    for k, size in enumerate(SIZES):
+        write_records(directory / f"part-{k}.tfrecord", [
+            make_example({"x": [float(i), -float(i)], "y": i % 2, "i": i}).SerializeToString()
+            for i in range(first, first + size)])
+        first += size
+    return str(directory / "part-*.tfrecord")
+
+
+def _seen(model_dir: Path, rank: int) -> list[tuple[int, list[int]]]:
+    lines = (model_dir / f"seen-rank{rank}.jsonl").read_text().splitlines()
+    return [(step, ids) for step, ids in map(json.loads, lines)]
+
+
+def _listing(directory: Path) -> dict[str, int]:
+    return {path.name: path.stat().st_mtime_ns for path in directory.iterdir()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("uneven", ["pad", "drop"])
+def test_tfrecord_shards_are_disjoint_equal_and_train_finite_epochs_without_hanging(tmp_path, uneven):
+    pattern = _tfrecords(tmp_path / "data")
+    before = _listing(tmp_path / "data")
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    run = _torchrun(2, str(TFRECORD_WORKER), str(model_dir), pattern, uneven, "in-order", "2")
+    assert run.returncode == 0, run.stderr[-3000:]
+    shard0 = [*range(0, 7), *range(10, 15), *range(24, 28)]  # files 0, 2, 4: 16 records
+    shard1 = [*range(7, 10), *range(15, 24)]  # files 1, 3: 12 records
+    if uneven == "pad":  # the shorter shard repeats its first records: every record at least once per epoch
+        shard1 = shard1 + shard1[:4]
+    else:  # the longer shard stops at the shorter one's size: no record twice
+        shard0 = shard0[:12]
+    epoch = len(shard0)
+    assert len(shard1) == epoch
+    for rank, shard in enumerate((shard0, shard1)):
+        seen = _seen(model_dir, rank)
+        assert [step for step, _ in seen] == list(range(1, len(seen) + 1))
+        assert sum((ids for _, ids in seen), []) == shard + shard  # two epochs, batches across them
+        assert len(seen) == -(-2 * epoch // 3)  # the same number of steps on both, the last batch partial
+    chief, other = _results(model_dir, 2)
+    assert chief["global_step"] == other["global_step"] == -(-2 * epoch // 3)
+    # Evaluation is not evened out: each record once (the mean of 0..27), the shards summed.
+    assert chief["eval"]["mean_id"] == other["eval"]["mean_id"] == pytest.approx(13.5)
+    assert _listing(tmp_path / "data") == before  # the source files are only read
+
+
+@pytest.mark.slow
+def test_a_killed_tfrecord_run_resumes_every_process_at_its_checkpointed_position(tmp_path):
+    pattern = _tfrecords(tmp_path / "data")
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    whole.mkdir(), killed.mkdir()
+    args = (pattern, "pad", "shuffle", "3")
+    run = _torchrun(2, str(TFRECORD_WORKER), str(whole), *args)
+    assert run.returncode == 0, run.stderr[-3000:]
+    run = _torchrun(2, "--max-restarts=0", str(TFRECORD_WORKER), str(killed), *args, "11")
+    assert run.returncode != 0  # both processes ended at step 11, after the checkpoint of step 8
+    before = [_seen(killed, rank) for rank in range(2)]
+    assert [len(seen) for seen in before] == [11, 11]
+    resumed_from = ckpt.read_checkpoint(ckpt.latest_checkpoint(str(killed))).global_step
+    assert 4 <= resumed_from < 11
+    run = _torchrun(2, str(TFRECORD_WORKER), str(killed), *args)
+    assert run.returncode == 0, run.stderr[-3000:]
+    for rank in range(2):
+        uninterrupted = _seen(whole, rank)
+        seen = _seen(killed, rank)
+        assert seen[:11] == uninterrupted[:11]  # the same run, until the kill
+        # Resumed: steps after the checkpoint again, each process at its own shard's position, to the same end.
+        assert seen[11:] == uninterrupted[resumed_from:]
+    assert _results(killed, 2)[0]["global_step"] == _results(whole, 2)[0]["global_step"]

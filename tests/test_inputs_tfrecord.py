@@ -187,8 +187,8 @@ def test_shards_by_file_then_by_record(tmp_path):
         mode="train", input_context=InputContext(2, rank, 2))), []) for rank in range(2)]
     assert by_file == [[0, 1, 2, 3, 4], [10, 11, 12, 13, 14]]
     by_record = [sum(ids(tfrecord_input_fn(pattern, NUMBERED, batch_size=3, num_epochs=1, shuffle=False)(
-        mode="train", input_context=InputContext(4, rank, 4))), []) for rank in range(4)]
-    assert by_record[0] == [0, 4, 13] and sorted(sum(by_record, [])) == [0, 1, 2, 3, 4, 10, 11, 12, 13, 14]
+        mode="eval", input_context=InputContext(4, rank, 4))), []) for rank in range(4)]
+    assert by_record == [[0, 4, 13], [1, 10, 14], [2, 11], [3, 12]]  # evaluation: each example once
     predict = ids(tfrecord_input_fn(pattern, NUMBERED, batch_size=10, num_epochs=1, shuffle=False)(
         mode="infer", input_context=InputContext(2, 1, 2)))
     assert predict == [[0, 1, 2, 3, 4, 10, 11, 12, 13, 14]]

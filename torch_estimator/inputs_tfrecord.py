@@ -4,7 +4,9 @@ It does what a TF input_fn did with ``tf.data.TFRecordDataset`` + ``shuffle`` + 
 ``tf.io.parse_example``, with :func:`~torch_estimator.inputs.numpy_input_fn`'s rules: ``shuffle`` must be given,
 batches span epoch boundaries and only the very last one may be partial, the input resumes exactly from a
 checkpoint, and several processes each read their own shard (by file when there are at least as many files as
-processes, else every n-th record, as tf.data's auto-sharding). Strings (``dtype=str``) become their
+processes, else every n-th record, as tf.data's auto-sharding). In training the shards are made equal in every
+epoch (``uneven_shards``: the short ones repeat records, or the long ones drop some), so that every process
+takes the same number of steps and resumes from the same position. Strings (``dtype=str``) become their
 :func:`~torch_estimator.canned.fingerprint` in int64 tensors (``""`` -> -1), as canned feature columns expect.
 Needs ``protobuf`` and ``google-crc32c`` (``pip install 'torch-estimator[tfrecord]'``).
 
@@ -52,6 +54,7 @@ __all__ = ["TFRecordInput", "tfrecord_input_fn", "FixedLenFeature", "VarLenFeatu
 logger = logging.getLogger(__name__)
 
 _ON_CORRUPT = ("error", "skip")
+_UNEVEN_SHARDS = ("pad", "drop")
 
 
 def list_files(file_patterns: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> list[str]:
@@ -100,10 +103,15 @@ class TFRecordInput:
         compression_type: str = "",
         shard: tuple[int, int] = (0, 1),
         on_corrupt: str = "error",
+        uneven_shards: str | None = None,
+        file_counts: dict[str, int] | None = None,
     ) -> None:
         self._files, self._specs, self._label_key = list(files), dict(features), label_key
         self._batch_size, self._num_epochs, self._shuffle, self._seed = batch_size, num_epochs, shuffle, seed
         self._buffer_size, self._compression, self._shard, self._on_corrupt = shuffle_buffer_size, compression_type, shard, on_corrupt
+        # Equal shards ("pad"/"drop") with several processes; None: each shard as it comes (evaluation).
+        self._uneven = uneven_shards if shard[1] > 1 else None
+        self._file_counts = {} if file_counts is None else file_counts  # records per file, counted once
         self._epoch, self._offset = 0, 0
         self.skipped_records = 0
         self._replaying = False
@@ -116,11 +124,13 @@ class TFRecordInput:
         """Files, spec, labels, batching, shuffle, seed and shard: resuming is exact only when these match."""
         spec = hashlib.sha256(repr(sorted(self._specs.items())).encode()).hexdigest()[:16]
         seed = self._seed if self._shuffle else None
+        # Equal shards are at the same position on every process: any process's state resumes them all.
+        shard = f"*/{self._shard[1]},{self._uneven}" if self._uneven else f"{self._shard[0]}/{self._shard[1]}"
         return (
             f"tfrecord:files={self._files_digest},n_files={len(self._files)},spec={spec},labels={self._label_key!r},"
             f"batch_size={self._batch_size},num_epochs={self._num_epochs},shuffle={self._shuffle},seed={seed},"
             f"buffer={self._buffer_size if self._shuffle else None},compression={self._compression or None},"
-            f"shard={self._shard[0]}/{self._shard[1]}"
+            f"shard={shard}"
         )
 
     def state_dict(self) -> dict[str, Any]:
@@ -156,20 +166,34 @@ class TFRecordInput:
         if self._shuffle:
             files = [files[i] for i in np.random.default_rng([self._seed, epoch]).permutation(len(files))]
         index, count = self._shard
-        by_file = count > 1 and len(files) >= count
-        if by_file:
-            files = files[index::count]
         on_corrupt = self._corrupt if self._on_corrupt == "skip" else None
-        stream: Iterator[tuple[bytes, tuple[str, int]]] = (
-            (data, (path, offset))
-            for path in files
-            for offset, data in read_records(path, self._compression, on_corrupt)
-        )
-        if count > 1 and not by_file:
-            stream = itertools.islice(stream, index, None, count)
+        stream: Iterator[tuple[bytes, tuple[str, int]]]
+        if count > 1 and len(files) >= count:  # by file
+            stream = self._read(files[index::count], on_corrupt)
+            if self._uneven is not None:
+                sizes = [sum(self._count(path) for path in files[shard::count]) for shard in range(count)]
+                target = max(sizes) if self._uneven == "pad" else min(sizes)
+                stream = _fit(stream, lambda: self._read(files[index::count], _ignore), target, f"{index} of {count}")
+        else:
+            stream = self._read(files, on_corrupt)
+            if count > 1:  # by record
+                stream = _deal(stream, index, count, self._uneven)
         if self._shuffle:
             stream = _shuffle_buffer(stream, self._buffer_size, np.random.default_rng([self._seed, epoch, 1]))
         return stream
+
+    def _read(self, files: Sequence[str], on_corrupt: Callable[[CorruptRecordError], None] | None
+              ) -> Iterator[tuple[bytes, tuple[str, int]]]:
+        return ((data, (path, offset)) for path in files for offset, data in read_records(path, self._compression, on_corrupt))
+
+    def _count(self, path: str) -> int:
+        """Records in ``path`` (corrupt ones skipped with ``on_corrupt="skip"``): read once, without parsing."""
+        status = os.stat(path)
+        key = f"{path}:{status.st_size}:{status.st_mtime_ns}"  # a rewritten file is counted again
+        if key not in self._file_counts:
+            on_corrupt = _ignore if self._on_corrupt == "skip" else None
+            self._file_counts[key] = sum(1 for _ in read_records(path, self._compression, on_corrupt))
+        return self._file_counts[key]
 
     def _batches(self) -> Iterator[list[tuple[bytes, tuple[str, int]]]]:
         epoch, skip = self._epoch, self._offset
@@ -241,6 +265,48 @@ class TFRecordInput:
                 yield features, {key: features.pop(key) for key in label_keys}
 
 
+def _ignore(error: CorruptRecordError) -> None:
+    """Skip a corrupt record silently (a second read of it: it was reported, and counted, the first time)."""
+
+
+def _fit(stream: Iterator[Any], again: Callable[[], Iterator[Any]], target: int, shard: str) -> Iterator[Any]:
+    """``stream`` cut to ``target`` items, or lengthened to it by repeating it from the start (``again()``)."""
+    have = 0
+    for item in itertools.islice(stream, target):
+        have += 1
+        yield item
+    while have < target:
+        repeated = 0
+        for item in itertools.islice(again(), target - have):
+            repeated += 1
+            yield item
+        if repeated == 0:
+            raise ValueError(f"tfrecord_input_fn: shard {shard} has no records to repeat up to the {target} of the "
+                             f"largest shard (its files are empty); remove empty files or pass uneven_shards='drop'.")
+        have += repeated
+
+
+def _deal(stream: Iterator[Any], index: int, count: int, uneven: str | None) -> Iterator[Any]:
+    """Shard ``index`` of ``count``'s items of ``stream``: every count-th, as tf.data's sharding by record.
+
+    With ``uneven="pad"`` the last, incomplete round gives the shards left out their own first item again; with
+    ``"drop"`` it is dropped, so every shard gets the same number of items; None: as they come.
+    """
+    if uneven is None:
+        yield from itertools.islice(stream, index, None, count)
+        return
+    first = mine = None
+    seen = 0
+    for seen, item in enumerate(stream, 1):
+        if (seen - 1) % count == index:
+            mine = item
+            first = item if first is None else first
+        if seen % count == 0:  # a complete round: every shard has its item
+            yield mine
+    if seen % count and uneven == "pad" and first is not None:
+        yield mine if index < seen % count else first
+
+
 def _shuffle_buffer(stream: Iterator[Any], size: int, rng: np.random.Generator) -> Iterator[Any]:
     """tf.data's shuffle: fill a buffer, then emit a random element and put the next one in its place."""
     buffer: list[Any] = list(itertools.islice(stream, size))
@@ -276,6 +342,7 @@ def tfrecord_input_fn(
     shuffle_buffer_size: int = 10_000,
     compression_type: str | None = None,
     on_corrupt: str = "error",
+    uneven_shards: str = "pad",
 ) -> Callable[..., TFRecordInput]:
     """An ``input_fn`` over TFRecord files of ``tf.Example`` records (TF's ``TFRecordDataset`` + ``parse_example``).
 
@@ -293,9 +360,14 @@ def tfrecord_input_fn(
         compression_type: None or ``""``, ``"GZIP"`` or ``"ZLIB"``, as TF.
         on_corrupt: ``"error"`` (a corrupt record raises, naming the file and offset) or ``"skip"`` (it is
             skipped, logged and counted in ``TFRecordInput.skipped_records``).
-
-    Unlike ``numpy_input_fn``, shards are not padded to equal sizes (their sizes are unknown before reading):
-    in training with several processes use ``num_epochs=None`` with ``max_steps``, as with tf.data.
+        uneven_shards: How training with several processes evens out the shards' sizes in every epoch, so
+            that every process takes the same number of steps (one that runs out first would leave the others
+            waiting in an all-reduce) and all resume from the same position: ``"pad"`` (as
+            ``numpy_input_fn``) repeats a shorter shard's first records up to the largest shard's size, every
+            record is read at least once per epoch; ``"drop"`` cuts every shard to the smallest one's size,
+            no record is read twice. Sharding by file needs every file's record count: each process reads all
+            files once (without parsing) at its first epoch. Evaluation is not evened out (no example counts
+            twice); predictions are not sharded.
 
     Returns:
         An ``input_fn(mode=None, config=None, input_context=None)`` returning a :class:`TFRecordInput`.
@@ -315,6 +387,9 @@ def tfrecord_input_fn(
     compression = check_compression_type(compression_type, "tfrecord_input_fn `compression_type`")
     if on_corrupt not in _ON_CORRUPT:
         raise ValueError(f"tfrecord_input_fn `on_corrupt` must be 'error' or 'skip'; received {on_corrupt!r}.")
+    if uneven_shards not in _UNEVEN_SHARDS:
+        raise ValueError(f"tfrecord_input_fn `uneven_shards` must be 'pad' (repeat records of the shorter shards) or "
+                         f"'drop' (cut the longer ones); received {uneven_shards!r}.")
     label_keys = [label_key] if isinstance(label_key, str) else list(label_key or [])
     for key in label_keys:
         if key not in specs:
@@ -326,6 +401,7 @@ def tfrecord_input_fn(
     if len(label_keys) == len(specs):
         raise ValueError("tfrecord_input_fn: every feature is a label; leave at least one feature.")
     files = list_files(file_patterns)
+    counts: dict[str, int] = {}  # records per file, shared by the inputs this makes (the files are read once)
 
     def input_fn(mode: str | None = None, config: Any = None, input_context: InputContext | None = None) -> TFRecordInput:
         chosen = seed
@@ -339,12 +415,9 @@ def tfrecord_input_fn(
         shard = (0, 1) if input_context is None else (input_context.input_pipeline_id, input_context.num_input_pipelines)
         if mode == "infer":  # predictions are not sharded: every process predicts what it is given
             shard = (0, 1)
-        if mode == "train" and shard[1] > 1 and num_epochs is not None:
-            logger.warning("tfrecord_input_fn: with %d processes and num_epochs=%d, the shards may hold different "
-                           "numbers of records and so take different numbers of steps (a process that finishes early "
-                           "leaves the others waiting); as with tf.data, train with num_epochs=None and max_steps.",
-                           shard[1], num_epochs)
+        # Training evens out the shards (every process takes the same steps); evaluation counts each example once.
+        uneven = None if mode == "eval" else uneven_shards
         return TFRecordInput(files, specs, label_key, batch_size, num_epochs, shuffle, chosen, shuffle_buffer_size,
-                             compression, shard, on_corrupt)
+                             compression, shard, on_corrupt, uneven, counts)
 
     return input_fn
