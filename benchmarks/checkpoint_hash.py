@@ -31,8 +31,11 @@ import tempfile
 import time
 
 import torch
+from safetensors import safe_open
 
 from torch_estimator import checkpoint as ckpt
+from torch_estimator.checkpoint import hashing as ckpt_hashing
+from torch_estimator.checkpoint import restore as ckpt_restore
 
 
 def build(mb: float, optimizer: str) -> tuple[torch.nn.Module, torch.optim.Optimizer | None]:
@@ -60,10 +63,10 @@ def main() -> None:
     parser.add_argument("--optimizer", choices=["none", "sgd", "adam"], default="none",
                         help="adam triples the checkpoint; sgd (no momentum) and none add nothing")
     parser.add_argument("--dir", default=None, help="where to write (default: a temporary directory)")
-    parser.add_argument("--algorithm", choices=sorted(ckpt._CHUNK_DIGESTS), default=ckpt._HASH_ALGORITHM,
-                        help=f"chunk digest (default: the library's, {ckpt._HASH_ALGORITHM})")
+    parser.add_argument("--algorithm", choices=sorted(ckpt_hashing.CHUNK_DIGESTS), default=ckpt_hashing._HASH_ALGORITHM,
+                        help=f"chunk digest (default: the library's, {ckpt_hashing._HASH_ALGORITHM})")
     args = parser.parse_args()
-    ckpt._HASH_ALGORITHM = args.algorithm
+    ckpt_hashing._HASH_ALGORITHM = args.algorithm
 
     model, optimizer = build(args.mb, args.optimizer)
     directory = tempfile.mkdtemp(dir=args.dir, prefix="checkpoint_hash_")
@@ -82,22 +85,22 @@ def main() -> None:
             times[side].append(this[side])
         ratios.append(this[True] / this[False])
 
-    with ckpt.safe_open(hashed, framework="pt") as handle:  # every tensor of the file: model, optimizer, RNG
+    with safe_open(hashed, framework="pt") as handle:  # every tensor of the file: model, optimizer, RNG
         tensors = {key: handle.get_tensor(key).clone() for key in handle.keys()}  # noqa: SIM118 (a safe_open handle is not iterable)
     nbytes = os.path.getsize(plain)
     metadata = {"format": ckpt.CHECKPOINT_FORMAT}
-    workers = max(ckpt._MIN_HASH_THREADS, min(8, os.cpu_count() or 1))  # the pool the library would use
+    workers = max(ckpt_hashing._MIN_HASH_THREADS, min(8, os.cpu_count() or 1))  # the pool the library would use
 
     def hash_on(threads: int) -> float:
-        real, ckpt.os.cpu_count = ckpt.os.cpu_count, lambda: threads
+        real, ckpt_hashing.os.cpu_count = ckpt_hashing.os.cpu_count, lambda: threads
         try:
-            return statistics.median(timed(lambda: ckpt._content_hash(tensors, metadata, args.algorithm)) for _ in range(args.rounds))
+            return statistics.median(timed(lambda: ckpt_hashing.content_hash(tensors, metadata, args.algorithm)) for _ in range(args.rounds))
         finally:
-            ckpt.os.cpu_count = real
+            ckpt_hashing.os.cpu_count = real
 
     hash_serial, hash_pool = hash_on(1), hash_on(workers)
     def restore(verify: bool) -> None:  # read, check, copy into the model: what a resume does
-        ckpt._apply(ckpt.read_checkpoint(hashed, verify=verify), model, None, None, None)
+        ckpt_restore._apply(ckpt.read_checkpoint(hashed, verify=verify), model, None, None, None)
 
     load = {verify: statistics.median(timed(lambda verify=verify: restore(verify)) for _ in range(args.rounds)) for verify in (True, False)}
     with_hash, without = statistics.median(times[True]), statistics.median(times[False])

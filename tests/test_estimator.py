@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 import torch_estimator as te
 from torch_estimator import checkpoint as ckpt
+from torch_estimator.checkpoint import saver as ckpt_saver
 from torch_estimator.inputs import numpy_input_fn
 
 from .conftest import TinyNet, classifier_fn
@@ -274,7 +275,7 @@ def test_listener_returning_true_stops_training(make_estimator, data):
 
 def test_checkpoints_every_n_seconds(make_estimator, data, monkeypatch):
     clock = iter(range(0, 10_000, 7))
-    monkeypatch.setattr(ckpt.time, "monotonic", lambda: float(next(clock)))
+    monkeypatch.setattr(ckpt_saver.time, "monotonic", lambda: float(next(clock)))
     est = make_estimator(save_checkpoints_secs=20)
     est.train(_train_fn(data), steps=9)
     steps = _steps_on_disk(est.model_dir)

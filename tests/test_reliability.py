@@ -32,6 +32,10 @@ from safetensors.torch import save_file
 
 import torch_estimator as te
 from torch_estimator import checkpoint as ckpt
+from torch_estimator.checkpoint import files as ckpt_files
+from torch_estimator.checkpoint import format as ckpt_format
+from torch_estimator.checkpoint import hashing as ckpt_hashing
+from torch_estimator.checkpoint import index as ckpt_index
 from torch_estimator.inputs import numpy_input_fn
 
 from .conftest import TinyNet, classifier_fn
@@ -125,7 +129,7 @@ def _train_into_a_full_disk(make_estimator, data, tmp_path, monkeypatch):
     reference.train(_train_fn(data), steps=30)
     model_dir = tmp_path / "model"
     est = make_estimator(save_checkpoints_steps=5, keep_checkpoint_max=2)
-    monkeypatch.setattr(ckpt, "save_file", _full_disk_at(4))  # saves at 0, 5, 10, then 15 fails
+    monkeypatch.setattr(ckpt_format, "save_file", _full_disk_at(4))  # saves at 0, 5, 10, then 15 fails
     with pytest.raises(OSError, match=r"Could not write the checkpoint .*model.ckpt-15.safetensors: No space left on "
                                       r"device. The previous checkpoints and the index are unchanged"):
         est.train(_train_fn(data), steps=30)
@@ -157,7 +161,7 @@ def test_a_read_only_model_dir_during_a_save_is_a_clear_error(make_estimator, da
         raise OSError(errno.EROFS, "Read-only file system", filename)
 
     before = sorted(os.listdir(tmp_path / "model"))
-    monkeypatch.setattr(ckpt, "save_file", read_only)
+    monkeypatch.setattr(ckpt_format, "save_file", read_only)
     with pytest.raises(OSError, match=r"Could not write the checkpoint .*model.ckpt-10.safetensors: Read-only file system"):
         est.train(_train_fn(data), steps=5)
     assert sorted(os.listdir(tmp_path / "model")) == before
@@ -173,7 +177,7 @@ def test_evaluate_moves_to_the_next_newest_when_its_checkpoint_is_rotated_away(m
             deleted.append(os.path.basename(path))
         return read(path, **kwargs)
 
-    monkeypatch.setattr(ckpt, "read_checkpoint", rotated_meanwhile)
+    monkeypatch.setattr(ckpt_index, "read_checkpoint", rotated_meanwhile)
     result = make_estimator().evaluate(_eval_fn(data))
     assert deleted == ["model.ckpt-15.safetensors"] and result["global_step"] == 10
 
@@ -439,7 +443,7 @@ def _rewrite_metadata(path: Path, target: Path, **changes: str) -> None:
     with safe_open(str(path), framework="pt") as handle:
         metadata = {**handle.metadata(), **changes}
         tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (a safe_open handle is not iterable)
-    metadata[ckpt.CONTENT_HASH_KEY] = ckpt._content_hash(tensors, metadata)
+    metadata[ckpt.CONTENT_HASH_KEY] = ckpt_hashing.content_hash(tensors, metadata)
     save_file(tensors, str(target), metadata=metadata)
 
 
@@ -610,7 +614,7 @@ def test_when_cleanup_fails_too_the_original_error_wins(small_disk, monkeypatch)
     est = _full_disk_estimator(model_dir)
     est.train(_net_input(), steps=2)
     _leave_free(small_disk, 64 << 10)
-    real_remove, real_save, failed = ckpt._remove, ckpt.save_file, []
+    real_remove, real_save, failed = ckpt_files.remove, ckpt_format.save_file, []
 
     def save(tensors, filename, metadata=None):
         try:
@@ -626,8 +630,8 @@ def test_when_cleanup_fails_too_the_original_error_wins(small_disk, monkeypatch)
             raise OSError(errno.EROFS, "Read-only file system", path)
         return real_remove(path)
 
-    monkeypatch.setattr(ckpt, "save_file", save)
-    monkeypatch.setattr(ckpt, "_remove", read_only_by_now)
+    monkeypatch.setattr(ckpt_format, "save_file", save)
+    monkeypatch.setattr(ckpt_files, "remove", read_only_by_now)
     with pytest.raises(OSError, match=r"Could not write the checkpoint .*model.ckpt-4.safetensors: No space left on device\..*"
                                       r"The temporary file .*model.ckpt-4.safetensors.tmp\d+ could not be removed "
                                       r"\(Read-only file system\); delete it.") as caught:
@@ -1169,7 +1173,7 @@ CASES = [
     pytest.param(lambda e: e.est(model_dir=e.dir / "model.ckpt-5.safetensors").train(e.train_fn(), steps=1), ValueError, r"`model_dir` .*model.ckpt-5.safetensors exists and is not a directory; give a directory path", id="model_dir-is-a-file-train"),
     pytest.param(lambda e: e.est(model_dir=e.dir / "checkpoint" / "run1").train(e.train_fn(), steps=1), ValueError, r"`model_dir` .*checkpoint/run1 cannot be created: .*checkpoint is a file, not a directory", id="model_dir-inside-a-file-train"),
     _needs_diff(lambda e: e.est(model_dir=e.dir / "checkpoint" / "run1"), ValueError, r"`model_dir` .*checkpoint/run1 cannot be created: .*checkpoint is a file, not a directory", id="model_dir-inside-a-file"),
-    pytest.param(lambda e: (setattr(ckpt, "save_file", _read_only_fs), e.est(config=e.quiet).train(e.train_fn(), steps=100)), OSError, r"Could not write the checkpoint .*model.ckpt-105.safetensors: Read-only file system. The previous checkpoints and the index are unchanged", id="model_dir-read-only"),
+    pytest.param(lambda e: (setattr(ckpt_format, "save_file", _read_only_fs), e.est(config=e.quiet).train(e.train_fn(), steps=100)), OSError, r"Could not write the checkpoint .*model.ckpt-105.safetensors: Read-only file system. The previous checkpoints and the index are unchanged", id="model_dir-read-only"),
     pytest.param(_while_locked, te.ModelDirLockedError, rf"`model_dir` .*model is being trained by process {os.getpid()} on host .* \(training since 20.*\): it holds the lock .*model/train.lock. Two trainers in one model_dir would overwrite", id="model_dir-locked-by-another-trainer"),
     pytest.param(lambda e: e.est(_hidden_nan_fn, config=e.quiet).train(e.train_fn(), steps=1), te.NanLossDuringTrainingError, r"The weights or optimizer state became NaN or infinite at global step 6, while the loss stayed finite.*Non-finite: \['model/out.bias'\]\. Training stopped and no checkpoint of them was written", id="weights-nan-with-a-finite-loss"),
     pytest.param(lambda e: e.est(model_dir=e.dangling), ValueError, r"`model_dir` .*dangling is a symbolic link to .*nowhere, which does not exist; create the target directory or give another model_dir", id="model_dir-dangling-symlink"),
@@ -1283,7 +1287,7 @@ def test_bad_input_catalogue(trained_dir, export_variants, data, tmp_path, monke
 
     shutil.copytree(trained_dir, tmp_path / "model")
     shutil.copytree(export_variants, tmp_path / "exports")
-    monkeypatch.setattr(ckpt, "save_file", ckpt.save_file)  # a case may replace it; undone afterwards
+    monkeypatch.setattr(ckpt_format, "save_file", ckpt_format.save_file)  # a case may replace it; undone afterwards
     env = Env(tmp_path, data).prepare()
     before = _snapshot(tmp_path)
     with pytest.raises(error, match=message):
