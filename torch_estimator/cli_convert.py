@@ -115,7 +115,8 @@ def _convert(args: argparse.Namespace) -> None:
         return
     model = load_model(args.model)
     mapped = map_tf_variables(values, model, var_name_to_prev_var_name=dict(_pairs(args.map, "--map")),
-                              rename=_pairs(args.rename, "--rename"), nhwc_flatten=not args.no_nhwc_flatten)
+                              rename=_pairs(args.rename, "--rename"), nhwc_flatten=not args.no_nhwc_flatten,
+                              unreadable=unreadable)
     if mapped.problems:
         raise ValueError("shapes differ: " + "; ".join(mapped.problems) + "; nothing was written.")
     if not mapped.tensors:

@@ -179,6 +179,7 @@ def map_tf_variables(
     rename: Sequence[tuple[str, str]] = (),
     vars_to_warm_start: str | Sequence[str] = ".*",
     nhwc_flatten: bool = True,
+    unreadable: Mapping[str, str] | None = None,
 ) -> TFMapping:
     """Match TF variables to ``model``'s ``state_dict`` names and convert them to its layouts (module docstring).
 
@@ -189,6 +190,8 @@ def map_tf_variables(
         rename: ``(regex over TF names, replacement giving the model name)`` pairs.
         vars_to_warm_start: Regexes over model names: only those are filled.
         nhwc_flatten: Reorder the rows of the first dense kernel after a conv from NHWC to NCHW flatten order.
+        unreadable: TF variables left out of ``tf_values`` -> why (:meth:`TFCheckpoint.read_all`), named when a
+            ``var_name_to_prev_var_name`` entry asks for one.
 
     Raises:
         ValueError: For an invalid regex, or a ``var_name_to_prev_var_name`` entry naming a TF variable
@@ -199,6 +202,10 @@ def map_tf_variables(
     for name, tf_name in explicit.items():
         if name not in own:
             raise ValueError(f"var_name_to_prev_var_name: {name!r} is not a model tensor; the model has {sorted(own)}.")
+        if tf_name not in tf_values and unreadable and tf_name in unreadable:
+            raise ValueError(f"var_name_to_prev_var_name: {tf_name!r} (for {name!r}) is a {unreadable[tf_name]} variable, "
+                             f"which is not read (only numeric and bool variables, unpartitioned, are); leave {name!r} "
+                             f"out of the mapping.")
         if tf_name not in tf_values:
             raise ValueError(f"var_name_to_prev_var_name: {tf_name!r} (for {name!r}) is not in the TF checkpoint; it has "
                              f"{sorted(n for n in tf_values if not is_optimizer_variable(n))}.")
@@ -258,7 +265,7 @@ def warm_start_from_tf(model: nn.Module, settings: Any) -> list[str]:
     reader = TFCheckpoint(settings.ckpt_to_initialize_from)
     values, unreadable = reader.read_all()
     mapped = map_tf_variables(values, model, var_name_to_prev_var_name=settings.var_name_to_prev_var_name,
-                              vars_to_warm_start=settings.vars_to_warm_start)
+                              vars_to_warm_start=settings.vars_to_warm_start, unreadable=unreadable)
     where = f"warm_start_from TF checkpoint {reader.prefix}"
     if mapped.problems:
         raise ValueError(f"{where}: shapes differ: " + "; ".join(mapped.problems) + ".")
