@@ -10,7 +10,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import io
 import json
 import logging
 import os
@@ -37,6 +39,10 @@ from torch_estimator.checkpoint import format as ckpt_format
 from torch_estimator.checkpoint import hashing as ckpt_hashing
 from torch_estimator.checkpoint import index as ckpt_index
 from torch_estimator.inputs import numpy_input_fn
+from torch_estimator.inputs_tfrecord import FixedLenFeature, tfrecord_input_fn
+from torch_estimator.tf_checkpoint import TFCheckpoint, TFCheckpointError
+from torch_estimator.tf_example import ParseError
+from torch_estimator.tfrecord import CorruptRecordError
 
 from .conftest import TinyNet, classifier_fn
 from .reliability import train_to_step as tr
@@ -961,6 +967,39 @@ def _same_state(a, b) -> bool:
 # that nothing under tmp_path changed: no file created, removed, resized or touched.
 
 
+class CommandFailed(Exception):
+    """A command line's failure: its exit status and what it printed to stderr."""
+
+
+TF_FIXTURES = ROOT / "tests" / "fixtures" / "tf"
+
+
+def make_tiny_net() -> torch.nn.Module:  # the --model callable of the convert-checkpoint cases
+    return TinyNet()
+
+
+def _set_tf_dtype(index: Path, name: str, dtype: int) -> None:
+    """Rewrite ``name``'s dtype in a TF checkpoint index (a one-byte varint for another), and its block's checksum."""
+    from torch_estimator.tf_checkpoint import _messages, _Table, _varint
+    from torch_estimator.tfrecord import masked_crc32c
+
+    table = _Table(str(index))
+    entry = _messages()["BundleEntryProto"].FromString(dict(table.items())[name.encode()])
+    before = entry.SerializeToString()
+    entry.dtype = dtype
+    after = entry.SerializeToString()
+    raw = bytearray(index.read_bytes())
+    at = raw.find(before)
+    assert len(before) == len(after) and at >= 0 and raw.find(before, at + 1) < 0
+    raw[at:at + len(after)] = after
+    for _, handle in table._entries(table._index):  # the data block holding the entry: its checksum again
+        offset, pos = _varint(handle, 0)
+        size, _ = _varint(handle, pos)
+        if offset <= at < offset + size:
+            raw[offset + size + 1:offset + size + 5] = masked_crc32c(bytes(raw[offset:offset + size + 1])).to_bytes(4, "little")
+    index.write_bytes(bytes(raw))
+
+
 class Env:
     """What a case may use: ``dir`` holds a trained TinyNet checkpoint at step 5; ``x``/``y`` fit it."""
 
@@ -983,7 +1022,59 @@ class Env:
         (self.dir_index / "checkpoint").mkdir()
         self.dangling = self.tmp / "dangling"
         os.symlink(self.tmp / "nowhere", self.dangling)
+        self._prepare_tf()
         return self
+
+    def _prepare_tf(self) -> None:
+        """TFRecord files of 4 examples that fit TinyNet (``records/``), and TF 2.15's canned DNN model_dir
+        (``tf/dnn``) with one file missing, damaged or altered in each copy beside it."""
+        from torch_estimator.tf_example import make_example
+        from torch_estimator.tfrecord import write_records
+
+        records = self.tmp / "records"
+        records.mkdir()
+        examples = [make_example({"x": [float(v) for v in self.x[i]], "y": int(self.y[i])}).SerializeToString()
+                    for i in range(4)]
+        write_records(records / "good.tfrecord", examples)
+        write_records(records / "good.tfrecord.gz", examples, "GZIP")
+        raw = (records / "good.tfrecord").read_bytes()
+        self.record_size = len(raw) // 4  # the records have the same size: the second starts here
+        for name, position in (("bad-data", self.record_size + 20), ("bad-length", self.record_size + 9)):
+            damaged = bytearray(raw)
+            damaged[position] ^= 0xFF  # inside the second record's data, or its length's checksum
+            (records / f"{name}.tfrecord").write_bytes(bytes(damaged))
+        (records / "truncated.tfrecord").write_bytes(raw[:-7])
+        tf = self.tmp / "tf"
+        for variant in ("dnn", "no-index", "no-data", "bad-data", "string-variable"):
+            shutil.copytree(TF_FIXTURES / "dnn", tf / variant)
+        prefix = "model.ckpt-5"
+        (tf / "no-index" / f"{prefix}.index").unlink()
+        (tf / "no-data" / f"{prefix}.data-00000-of-00001").unlink()
+        data = tf / "bad-data" / f"{prefix}.data-00000-of-00001"
+        damaged = bytearray(data.read_bytes())
+        damaged[40] ^= 0xFF
+        data.write_bytes(bytes(damaged))
+        _set_tf_dtype(tf / "string-variable" / f"{prefix}.index", "dnn/logits/bias", 7)  # DT_STRING
+
+    def records(self, name: str, **kwargs):
+        spec = {"x": FixedLenFeature([4], torch.float32), "y": FixedLenFeature([], torch.int64), **kwargs.pop("spec", {})}
+        options = {"batch_size": 4, "num_epochs": None, "shuffle": False, "label_key": "y", **kwargs}
+        return tfrecord_input_fn(str(self.tmp / "records" / name), spec, **options)
+
+    def warm_from_tf(self, variant: str, **kwargs):
+        settings = te.WarmStartSettings(str(self.tmp / "tf" / variant), **kwargs)
+        return self.est(model_dir=self.tmp / "fresh", warm_start_from=settings).train(self.train_fn(), steps=1)
+
+    def convert(self, *args: str) -> None:
+        """``torch-estimator convert-checkpoint ARGS``; its error line (exit status 1) raised as CommandFailed."""
+        from torch_estimator import cli
+
+        stderr = io.StringIO()
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(stderr):
+            status = cli.main(["convert-checkpoint", *args])
+        if status:
+            raise CommandFailed(f"exit status {status}: {stderr.getvalue().strip()}")
+
 
     def est(self, model_fn=classifier_fn, model=None, model_dir=None, config=None, **kwargs):
         config = config or te.RunConfig(device="cpu", log_step_count_steps=None, save_checkpoints_steps=100)
@@ -1197,6 +1288,29 @@ CASES = [
     pytest.param(lambda e: e.est(model_dir=e.tmp / "fresh", warm_start_from=5), ValueError, r"`warm_start_from` must be a checkpoint path, a model_dir or WarmStartSettings; received 5", id="warm_start-an-int"),
     pytest.param(lambda e: te.WarmStartSettings(str(e.dir), vars_to_warm_start="hidden.(weight"), ValueError, r"WarmStartSettings `vars_to_warm_start` has an invalid regex 'hidden.\(weight'", id="warm_start-bad-regex"),
     pytest.param(lambda e: te.WarmStartSettings(""), ValueError, r"WarmStartSettings `ckpt_to_initialize_from` must be a non-empty path", id="warm_start-empty-path"),
+    # --- TFRecord input (tfrecord_input_fn; the files are only read) -------------------------------------------
+    pytest.param(lambda e: e.train(input_fn=e.records("bad-data.tfrecord")), CorruptRecordError, r"Corrupt TFRecord in .*records/bad-data.tfrecord at offset 57: the data's checksum does not match \(41 bytes\)", id="tfrecord-data-checksum"),
+    pytest.param(lambda e: e.train(input_fn=e.records("bad-length.tfrecord")), CorruptRecordError, r"Corrupt TFRecord in .*records/bad-length.tfrecord at offset 57: the length's checksum does not match; this is not a TFRecord file of that compression type or it is damaged", id="tfrecord-length-checksum"),
+    pytest.param(lambda e: e.train(input_fn=e.records("truncated.tfrecord")), CorruptRecordError, r"Corrupt TFRecord in .*records/truncated.tfrecord at offset 171: the file ends inside a record of 41 bytes \(truncated file\?\)", id="tfrecord-truncated"),
+    pytest.param(lambda e: e.train(input_fn=e.records("good.tfrecord.gz")), CorruptRecordError, r"good.tfrecord.gz at offset 0: the length's checksum does not match; .* \(the file starts with gzip's magic bytes: pass compression_type='GZIP'\)", id="tfrecord-gzip-read-uncompressed"),
+    pytest.param(lambda e: e.train(input_fn=e.records("good.tfrecord", compression_type="GZIP")), CorruptRecordError, r"good.tfrecord at offset 0: GZIP data does not decompress \(Not a gzipped file .*\); check compression_type", id="tfrecord-uncompressed-read-as-gzip"),
+    pytest.param(lambda e: e.records("good.tfrecord", compression_type="SNAPPY"), ValueError, r"tfrecord_input_fn `compression_type` must be None, '', 'GZIP' or 'ZLIB' \(as TF\); received 'SNAPPY'", id="tfrecord-unknown-compression"),
+    pytest.param(lambda e: e.records("train-*.tfrecord"), ValueError, r"tfrecord_input_fn: no file matches '.*records/train-\*.tfrecord'", id="tfrecord-no-file-matches"),
+    pytest.param(lambda e: e.train(input_fn=e.records("good.tfrecord", spec={"x": FixedLenFeature([4], torch.int64)})), ParseError, r"Feature 'x' in the record at offset 0 of .*good.tfrecord is a float_list, but the spec's dtype torch.int64 reads a int64_list; give a matching dtype \(e.g. torch.float32\)", id="tfrecord-spec-dtype-mismatch"),
+    pytest.param(lambda e: e.train(input_fn=e.records("good.tfrecord", spec={"x": FixedLenFeature([3], torch.float32)})), ParseError, r"Feature 'x' in the record at offset 0 of .*good.tfrecord has 4 values; FixedLenFeature shape \[3\] needs 3", id="tfrecord-spec-shape-mismatch"),
+    pytest.param(lambda e: e.train(input_fn=e.records("good.tfrecord", spec={"w": FixedLenFeature([], torch.float32)})), ParseError, r"Feature 'w' is required but missing in the record at offset 0 of .*good.tfrecord; give the spec a default_value, or use VarLenFeature", id="tfrecord-feature-missing-without-default"),
+    pytest.param(lambda e: e.records("good.tfrecord", uneven_shards="even"), ValueError, r"tfrecord_input_fn `uneven_shards` must be 'pad' \(repeat records of the shorter shards\) or 'drop' \(cut the longer ones\); received 'even'", id="tfrecord-uneven_shards-unknown"),
+    # --- TF checkpoints (warm_start_from a TF model_dir into a fresh model_dir; convert-checkpoint) ------------
+    pytest.param(lambda e: e.warm_from_tf("no-index"), TFCheckpointError, r"TF checkpoint '.*tf/no-index/model.ckpt-5' has no index file '.*tf/no-index/model.ckpt-5.index'", id="tf-checkpoint-index-missing"),
+    pytest.param(lambda e: e.warm_from_tf("no-data"), TFCheckpointError, r"TF checkpoint .*tf/no-data/model.ckpt-5: data file .*tf/no-data/model.ckpt-5.data-00000-of-00001 is missing", id="tf-checkpoint-data-shard-missing"),
+    pytest.param(lambda e: e.warm_from_tf("bad-data"), TFCheckpointError, r"'dnn/hiddenlayer_0/kernel' in .*tf/bad-data/model.ckpt-5.data-00000-of-00001 \(offset 32\) fails its checksum: the file is damaged", id="tf-checkpoint-data-damaged"),
+    pytest.param(lambda e: e.warm_from_tf("dnn"), ValueError, r"warm_start_from TF checkpoint .*tf/dnn/model.ckpt-5: no TF variable matches a model tensor; TF has \['dnn/hiddenlayer_0/bias', .*\], the model \['hidden.bias', 'hidden.weight', 'out.bias', 'out.weight'\]. Give WarmStartSettings\(var_name_to_prev_var_name=...\)", id="tf-checkpoint-nothing-matches"),
+    pytest.param(lambda e: TFCheckpoint(e.tmp / "tf" / "string-variable").read("dnn/logits/bias"), TFCheckpointError, r"'dnn/logits/bias' in .*tf/string-variable/model.ckpt-5 is a string tensor; only numeric and bool variables are read", id="tf-checkpoint-string-variable-read"),
+    pytest.param(lambda e: e.warm_from_tf("string-variable", var_name_to_prev_var_name={"out.bias": "dnn/logits/bias"}), ValueError, r"var_name_to_prev_var_name: 'dnn/logits/bias' \(for 'out.bias'\) is a string variable, which is not read \(only numeric and bool variables, unpartitioned, are\); leave 'out.bias' out of the mapping", id="tf-checkpoint-string-variable-mapped"),
+    pytest.param(lambda e: e.convert("--tf_checkpoint", str(e.tmp / "tf" / "dnn"), "--output", str(e.tmp / "out.safetensors"), "--model", "tests.test_reliability:make_tiny_net"), CommandFailed, r"exit status 1: torch-estimator: error: no TF variable matches a model tensor; give --map or --rename. TF: \['dnn/hiddenlayer_0/bias', .*\]; model: \['hidden.bias', 'hidden.weight', 'out.bias', 'out.weight'\]", id="convert-checkpoint-nothing-matches"),
+    pytest.param(lambda e: e.convert("--tf_checkpoint", str(e.tmp / "tf" / "dnn"), "--output", str(e.tmp / "out.safetensors"), "--model", "tests.test_reliability:make_tiny_net", "--map", "out.bias=dnn/logits/bia"), CommandFailed, r"exit status 1: torch-estimator: error: var_name_to_prev_var_name: 'dnn/logits/bia' \(for 'out.bias'\) is not in the TF checkpoint; it has \['dnn/hiddenlayer_0/bias', ", id="convert-checkpoint-map-names-a-missing-variable"),
+    pytest.param(lambda e: e.convert("--tf_checkpoint", str(e.tmp / "tf" / "no-data"), "--output", str(e.tmp / "out.safetensors")), CommandFailed, r"exit status 1: torch-estimator: error: TF checkpoint .*tf/no-data/model.ckpt-5: data file .*model.ckpt-5.data-00000-of-00001 is missing", id="convert-checkpoint-data-shard-missing"),
+    pytest.param(lambda e: e.convert("--tf_checkpoint", str(e.tmp / "tf" / "dnn"), "--output", str(e.foreign)), CommandFailed, r"exit status 1: torch-estimator: error: Output file .*other/model.ckpt-1.safetensors already exists; pass --overwrite to replace it", id="convert-checkpoint-output-exists"),
     # --- exports (loading: loader.load, which show, run and the server use; see _export_variants) ------------------
     pytest.param(lambda e: _load(e, "flipped"), ValueError, r"exports/flipped/1/model.pt is damaged or was altered after export: its SHA-256 is [0-9a-f]{64}, .*signature.json records [0-9a-f]{64}", id="export-weight-byte-flipped"),
     pytest.param(lambda e: _load(e, "truncated"), ValueError, r"exports/truncated/1/model.pt is damaged or was altered after export: it is \d+ bytes, .*signature.json records \d+", id="export-truncated"),
