@@ -3,8 +3,13 @@ through the Estimator while batches are made ahead."""
 
 from __future__ import annotations
 
+import os
+import resource
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -174,3 +179,58 @@ def test_run_config_checks_prefetch_batches():
     with pytest.raises(ValueError, match=r"RunConfig `prefetch_batches` must be an int >= 0 or None; received -1"):
         te.RunConfig(prefetch_batches=-1)
     assert te.RunConfig().prefetch_batches is None
+
+
+_THREAD_FAULTS = """
+import resource
+import torch
+import torch.nn.functional as F
+from torch_estimator.prefetch import Prefetcher
+
+torch.set_num_threads(1)
+kernel = torch.full((1, 1, 5, 5), 1 / 25)
+
+def batches():
+    for _ in range(8):
+        before = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
+        x = torch.rand(100, 1, 56, 56)
+        for _ in range(4):
+            x = F.conv2d(x, kernel, padding=2)  # allocates and frees a work buffer of ~20 MB
+        yield resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - before
+
+with Prefetcher(batches(), depth=1) as prefetched:
+    print(sorted(prefetched)[4])
+"""
+
+
+def _median_thread_faults(environment):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(te.__file__).parent.parent), os.environ.get("PYTHONPATH", "")])}
+    env.pop("GLIBC_TUNABLES", None)
+    out = subprocess.run([sys.executable, "-c", _THREAD_FAULTS], env={**env, **environment}, capture_output=True,
+                         text=True, check=True)
+    return int(out.stdout)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or not hasattr(resource, "RUSAGE_THREAD"),
+                    reason="glibc's malloc and per-thread page-fault counts")
+def test_the_thread_keeps_its_freed_memory_instead_of_faulting_it_in_again():
+    """Without fixed thresholds (the control: a glibc.malloc tunable in the environment makes the prefetcher
+    leave malloc alone), the thread's arena hands each freed work buffer back to the kernel and faults it in
+    again at the next operation; with them, a batch costs no page faults."""
+    if not (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc"):
+        pytest.skip("not glibc")
+    control = _median_thread_faults({"GLIBC_TUNABLES": "glibc.malloc.perturb=0"})
+    if control < 1000:
+        pytest.skip(f"this glibc does not trim the thread's arena here ({control} faults per batch)")
+    assert _median_thread_faults({}) < 200
+
+
+def test_malloc_is_left_alone_where_the_environment_configures_it():
+    from torch_estimator.prefetch import _should_tune_malloc
+
+    assert _should_tune_malloc({"PATH": "/bin"}, "glibc")
+    for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_"):
+        assert not _should_tune_malloc({name: "1"}, "glibc")
+    assert not _should_tune_malloc({"GLIBC_TUNABLES": "glibc.malloc.arena_max=1"}, "glibc")
+    assert _should_tune_malloc({"GLIBC_TUNABLES": "glibc.rtld.nns=4"}, "glibc")
+    assert not _should_tune_malloc({}, "")
