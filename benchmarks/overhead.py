@@ -39,11 +39,14 @@ is overlap, process CPU time of all threads for the others, whose question is co
   skipped with ``--quick``): hand loop, Estimator with the default hooks (target <= 1.03x the hand loop's
   instructions per step) and with the hooks off (``log_step_count_steps=None, save_summary_steps=None``;
   target <= 1.01x);
-* ``prefetch``: the CNN on an input that decompresses and augments images (calibrated to cost about one
-  step) and on a cheap one (pre-built tensors), a serial hand loop against the Estimator with its default
-  prefetching ("auto") and with ``prefetch_batches=2`` (targets: >= 1.3 expensive, >= 0.99 cheap);
+* ``prefetch``: the CNN on an input that decompresses and augments images with zlib and torch (calibrated
+  to cost about one step of CPU time) and on a cheap one (pre-built tensors), a serial hand loop against the
+  Estimator with its default prefetching ("auto") and with ``prefetch_batches=2`` (targets: >= 1.3
+  expensive, >= 0.99 cheap). Beside the wall-time ratio it prints the CPU time of the loop's thread and of
+  the prefetching thread, the ratio they bound with a free core, and the load average: overlap needs a
+  core that no other job takes (see ``measure_prefetch``);
 * ``eval``: ``evaluate`` and ``predict`` against ``no_grad`` hand loops over the same batches, with the
-  default and with ``prefetch_batches=2`` (target >= 0.97);
+  default and with ``prefetch_batches=2``, whole calls (target >= 0.97);
 * ``repeated``: ``train(steps=10)`` of the CNN called again and again (as the tutorial alternates train and
   evaluate) against a hand loop of 10 steps that saves the weights with ``safetensors.torch.save_file`` once
   per call; prints the Estimator's fixed cost per call (target >= 0.97).
@@ -438,8 +441,13 @@ def measure_instructions(n: int) -> dict[str, float] | None:
 
 
 def _augmenting_input(images: list[bytes], labels: list[torch.Tensor], passes: int):
-    """An input_fn doing per batch what an image pipeline does: decompress, convert, blur ``passes`` times,
-    downsample, flip and add noise (torch and zlib work, which releases the GIL, as decoders do)."""
+    """An input_fn doing per batch what an image pipeline does: decompress, convert, blur ``passes`` times (a
+    5x5 convolution over the batch), downsample, flip and add noise.
+
+    Its work runs in zlib and torch operations, which release the GIL while they run, as image decoders (PIL,
+    torchvision.io) and numpy do; the Python between them is a few dozen calls per batch. An input whose work
+    is Python bytecode could not overlap with the step in any thread-based prefetcher (the GIL runs one
+    thread's bytecode at a time): it needs worker processes (a DataLoader with ``num_workers``)."""
     import zlib
 
     kernel = torch.full((1, 1, 5, 5), 1 / 25)
@@ -471,27 +479,6 @@ def _encoded_images(count: int, seed: int, batch_size: int) -> tuple[list[bytes]
     return images, labels
 
 
-def _paired(label: str, hand: Callable[[int], float], est: Callable[[int], float], n: int, rounds: int) -> float:
-    """Marginal per-step times of both sides, N and 2N steps, alternating; prints and returns the median ratio."""
-    ratios, hand_ms, est_ms = [], [], []
-    for r in range(rounds):
-        times = {}
-        for side in (("hand", "est") if r % 2 == 0 else ("est", "hand")):
-            run = hand if side == "hand" else est
-            times[side] = (run(2 * n) - run(n)) / n
-        if times["hand"] > 0 and times["est"] > 0:
-            ratios.append(times["hand"] / times["est"])
-            hand_ms.append(times["hand"] * 1e3)
-            est_ms.append(times["est"] * 1e3)
-    if not ratios:
-        print(f"  {label}: too noisy to measure")
-        return math.nan
-    med = statistics.median
-    print(f"  {label:48} hand {med(hand_ms):7.2f} ms/step  estimator {med(est_ms):7.2f} ms/step  "
-          f"ratio {med(ratios):.3f} [min {min(ratios):.3f}, max {max(ratios):.3f}]")
-    return med(ratios)
-
-
 def _timed(fn: Callable[[], Any], timer: Callable[[], float] = time.perf_counter) -> float:
     gc.collect()
     start = timer()
@@ -512,9 +499,69 @@ def _cnn_estimator(case: Case, seed: int, **options: Any) -> tuple[te.Estimator,
                         optimizer=lambda p: torch.optim.SGD(p, lr=_lr()), config=config), model_dir
 
 
+@dataclass(frozen=True)
+class Clocks:
+    """Seconds of one timed call: wall, CPU of the whole process (all threads), CPU of the calling thread."""
+
+    wall: float
+    cpu: float
+    main: float
+
+    def __sub__(self, other: Clocks) -> Clocks:
+        return Clocks(self.wall - other.wall, self.cpu - other.cpu, self.main - other.main)
+
+
+def _clocked(fn: Callable[[], Any]) -> Clocks:
+    gc.collect()
+    wall, cpu, main = time.perf_counter(), time.process_time(), time.thread_time()
+    fn()
+    return Clocks(time.perf_counter() - wall, time.process_time() - cpu, time.thread_time() - main)
+
+
+def _paired_overlap(label: str, hand: Callable[[int], Clocks], est: Callable[[int], Clocks], n: int, rounds: int) -> float:
+    """Like :func:`_paired` on wall time (the ratio returned), and prints where the CPU time went: the hand
+    loop's, the Estimator's loop thread's and its prefetching thread's, marginal per step. ``bound`` is the
+    ratio the Estimator would reach with a free core for its thread: hand CPU / max(loop CPU, thread CPU)."""
+    ratios, hand_ms, est_ms, hand_cpu, loop_cpu, thread_cpu, bounds = [], [], [], [], [], [], []
+    for r in range(rounds):
+        first, second = (hand, est) if r % 2 == 0 else (est, hand)
+        a_n, b_n = first(n), second(n)  # A B B A: a drift of the machine within the round hits both sides
+        b_2n, a_2n = second(2 * n), first(2 * n)
+        h, e = (a_2n - a_n, b_2n - b_n) if r % 2 == 0 else (b_2n - b_n, a_2n - a_n)
+        if h.wall <= 0 or e.wall <= 0 or h.cpu <= 0 or e.main <= 0:
+            continue
+        ratios.append(h.wall / e.wall)
+        hand_ms.append(h.wall / n * 1e3)
+        est_ms.append(e.wall / n * 1e3)
+        hand_cpu.append(h.cpu / n * 1e3)
+        loop_cpu.append(e.main / n * 1e3)
+        thread_cpu.append(max(0.0, e.cpu - e.main) / n * 1e3)
+        bounds.append(h.cpu / max(e.main, e.cpu - e.main))
+    if not ratios:
+        print(f"  {label}: too noisy to measure")
+        return math.nan
+    med = statistics.median
+    print(f"  {label:48} hand {med(hand_ms):7.2f} ms/step  estimator {med(est_ms):7.2f} ms/step  "
+          f"ratio {med(ratios):.3f} [min {min(ratios):.3f}, max {max(ratios):.3f}]")
+    print(f"  {'':48} CPU ms/step: hand {med(hand_cpu):.1f}; estimator loop {med(loop_cpu):.1f} + prefetching "
+          f"thread {med(thread_cpu):.1f}; bound with a free core {med(bounds):.3f}")
+    return med(ratios)
+
+
+def _load() -> str:
+    one, five, _ = os.getloadavg()
+    return f"load average {one:.1f} (1 min), {five:.1f} (5 min) on {os.cpu_count()} cpus"
+
+
 def measure_prefetch(case: Case, n: int, rounds: int, seed: int, batch_size: int = 100) -> dict[str, float]:
     """The CNN on an expensive input (made to cost about one step) and on a cheap one (pre-built tensors):
-    a serial hand loop against the Estimator with its default (auto) prefetching, and with it forced on."""
+    a serial hand loop against the Estimator with its default (auto) prefetching, and with it forced on.
+
+    Wall time is what overlap gains, and it shows only where a core is free for the prefetching thread: on a
+    machine busy with other jobs, and with Linux's autogroup scheduling (on by default on desktops and many
+    VMs), the scheduler splits the CPU between sessions, not threads, so a second thread does not enlarge
+    the process's share. The row therefore also prints the CPU time of each thread and the ratio they bound
+    with a free core, and the load average, to tell a missing overlap from a missing core."""
     batches = [(x[:batch_size], y[:batch_size]) for x, y in make_batches(case, 2 * n + 1, seed)]
     # Calibrate the input's cost to about one step of the hand loop.
     model = case.build()
@@ -527,16 +574,16 @@ def measure_prefetch(case: Case, n: int, rounds: int, seed: int, batch_size: int
             opt.step()
 
     hand_steps(batches, 3)
-    step_s = _timed(lambda: hand_steps(batches, 5)) / 5
+    step_s = _cpu_timed(lambda: hand_steps(batches, 5)) / 5
     images, labels = _encoded_images(2 * n + 1, seed, batch_size)
     passes = 1
     while passes < 64:
-        input_s = _timed(lambda passes=passes: list(zip(_augmenting_input(images[:5], labels[:5], passes)(), range(5)))) / 5
+        input_s = _cpu_timed(lambda passes=passes: list(zip(_augmenting_input(images[:5], labels[:5], passes)(), range(5)))) / 5
         if input_s >= 0.8 * step_s:
             break
         passes *= 2
-    print(f"[prefetch, {case.name}, batch {batch_size}] N={n}, {rounds} rounds, wall time; the input makes a batch in {input_s * 1e3:.1f} ms "
-          f"({passes} blur passes), a step takes {step_s * 1e3:.1f} ms")
+    print(f"[prefetch, {case.name}, batch {batch_size}] N={n}, {rounds} rounds, wall time; the input makes a batch in "
+          f"{input_s * 1e3:.1f} ms of CPU ({passes} blur passes), a step takes {step_s * 1e3:.1f} ms; {_load()}")
     expensive = _augmenting_input(images, labels, passes)
     results = {}
     for label, input_fn, options in (
@@ -545,16 +592,17 @@ def measure_prefetch(case: Case, n: int, rounds: int, seed: int, batch_size: int
         ("cheap input (tensors), prefetch_batches=2", lambda: batches, {"prefetch_batches": 2}),
     ):
         est, model_dir = _cnn_estimator(case, seed, **options)
-        est.train(input_fn, steps=3)
+        est.train(input_fn, steps=8)  # warm-up: "auto" decides after 7 batches, and the thread starts
 
-        def hand(steps: int, input_fn: Any = input_fn) -> float:
-            return _timed(lambda: hand_steps(input_fn(), steps))
+        def hand(steps: int, input_fn: Any = input_fn) -> Clocks:
+            return _clocked(lambda: hand_steps(input_fn(), steps))
 
-        def estimator(steps: int, est: te.Estimator = est, input_fn: Any = input_fn) -> float:
-            return _timed(lambda: est.train(input_fn, steps=steps))
+        def estimator(steps: int, est: te.Estimator = est, input_fn: Any = input_fn) -> Clocks:
+            return _clocked(lambda: est.train(input_fn, steps=steps))
 
-        results[label] = _paired(label, hand, estimator, n, rounds)
+        results[label] = _paired_overlap(label, hand, estimator, n, rounds)
         shutil.rmtree(model_dir, ignore_errors=True)
+    print(f"  ({_load()} at the end)")
     return results
 
 
@@ -566,31 +614,51 @@ def _eval_model_fn(features: torch.Tensor, labels: torch.Tensor, mode: str, mode
                             eval_metric_ops={"accuracy": te.metrics.accuracy(labels, logits.argmax(1))})
 
 
+def _paired_calls(label: str, hand: Callable[[], float], est: Callable[[], float], n: int, rounds: int) -> float:
+    """Whole calls of both sides, A B B A within each round (which side is A alternates between rounds);
+    prints per-batch times and returns the median of the rounds' ratios hand/estimator."""
+    hand(), est()  # warm-up
+    ratios, hand_ms, est_ms = [], [], []
+    for r in range(rounds):
+        first, second = (hand, est) if r % 2 == 0 else (est, hand)
+        a1, b1, b2, a2 = first(), second(), second(), first()
+        h, e = (a1 + a2, b1 + b2) if r % 2 == 0 else (b1 + b2, a1 + a2)
+        ratios.append(h / e)
+        hand_ms.append(h / 2 / n * 1e3)
+        est_ms.append(e / 2 / n * 1e3)
+    med = statistics.median
+    print(f"  {label:48} hand {med(hand_ms):7.2f} ms/batch  estimator {med(est_ms):7.2f} ms/batch  "
+          f"ratio {med(ratios):.3f} [min {min(ratios):.3f}, max {max(ratios):.3f}]")
+    return med(ratios)
+
+
 def measure_eval_predict(case: Case, n: int, rounds: int, seed: int) -> dict[str, float]:
     """evaluate() against a no_grad loop summing the loss and the correct predictions; predict() against a
     no_grad loop handing out each example's probabilities; each with the default and with prefetching on.
-    Process CPU time (all threads): the cost of each, robust to the machine's other jobs."""
-    batches = make_batches(case, 2 * n + 1, seed)
+    Process CPU time (all threads): the cost of each, robust to the machine's other jobs. Whole calls of N
+    batches (the Estimator's fixed costs per call, restoring and writing the summaries, included), A B B A
+    within each round."""
+    batches = make_batches(case, n, seed)
     torch.manual_seed(seed)
     model = case.build().eval()
 
-    def hand_eval(steps: int) -> float:
+    def hand_eval() -> float:
         def run() -> None:
             with torch.no_grad():
                 loss, correct, count = torch.zeros(()), torch.zeros(()), 0
-                for x, y in batches[:steps]:
+                for x, y in batches[:n]:
                     logits = model(x)
                     loss += F.cross_entropy(logits, y)
                     correct += (logits.argmax(1) == y).sum()
                     count += len(y)
-                float(loss / steps), float(correct / count)
+                float(loss / n), float(correct / count)
         return _cpu_timed(run)
 
-    def hand_predict(steps: int) -> float:
+    def hand_predict() -> float:
         def run() -> None:
             with torch.no_grad():
                 out = []
-                for x, _ in batches[:steps]:
+                for x, _ in batches[:n]:
                     out.extend(model(x).softmax(1).numpy())
         return _cpu_timed(run)
 
@@ -603,11 +671,11 @@ def measure_eval_predict(case: Case, n: int, rounds: int, seed: int) -> dict[str
                            config=te.RunConfig(device="cpu", progress_bar=False, **options))
         est.model.load_state_dict(model.state_dict())
         suffix = ", prefetch_batches=2" if options else ", default"
-        results["evaluate" + suffix] = _paired(
-            "evaluate" + suffix, hand_eval, lambda steps, est=est: _cpu_timed(lambda: est.evaluate(lambda: batches, steps=steps)), n, rounds)
-        results["predict" + suffix] = _paired(
+        results["evaluate" + suffix] = _paired_calls(
+            "evaluate" + suffix, hand_eval, lambda est=est: _cpu_timed(lambda: est.evaluate(lambda: batches, steps=n)), n, rounds)
+        results["predict" + suffix] = _paired_calls(
             "predict" + suffix, hand_predict,
-            lambda steps, est=est: _cpu_timed(lambda: list(est.predict(lambda: (x for x, _ in batches[:steps])))), n, rounds)
+            lambda est=est: _cpu_timed(lambda: list(est.predict(lambda: (x for x, _ in batches[:n])))), n, rounds)
         shutil.rmtree(model_dir, ignore_errors=True)
     return results
 
@@ -746,7 +814,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ok &= verdict
             print(f"  {label}: ratio >= {target}: {_verdict(verdict)}")
     if "eval" in rows:
-        ratios = measure_eval_predict(cases["cnn"], 4 if args.quick else 20, 2 if args.quick else 5, args.seed)
+        ratios = measure_eval_predict(cases["cnn"], 4 if args.quick else 20, 2 if args.quick else 7, args.seed)
         for label, ratio in ratios.items():
             verdict = ratio >= 0.97
             ok &= verdict
