@@ -25,11 +25,11 @@ def trained_parts():
     return model, optimizer, scheduler
 
 
-def save_steps(model_dir, steps, keep=5, **kwargs):
+def save_steps(model_dir, steps, keep=5):
     manager = ckpt.CheckpointManager(str(model_dir), keep_checkpoint_max=keep)
     for step in steps:
         torch.manual_seed(step)
-        manager.save(step, model=TinyNet(), **kwargs)
+        manager.save(step, {"model": TinyNet()})
     return manager
 
 

@@ -264,7 +264,7 @@ def test_transformations_are_inside_the_exported_artifact(tmp_path):
         return te.EstimatorSpec(mode, predictions={"dense": model(features)})
 
     est = te.Estimator(model_fn, model=layer, model_dir=str(tmp_path / "m"), config=te.RunConfig(device="cpu"))
-    ckpt.CheckpointManager(str(tmp_path / "m")).save(1, model=layer)  # export needs a checkpoint; nothing to train
+    ckpt.CheckpointManager(str(tmp_path / "m")).save(1, {"model": layer})  # export needs a checkpoint; nothing to train
     receiver_fn = te.export.build_raw_serving_input_receiver_fn(make_feature_spec(columns))
     path = est.export_saved_model(str(tmp_path / "e"), receiver_fn)
     raw = {"age": np.array([20.0, 40.0], dtype="float32"), "color": np.array(["blue", "green"]), "city": np.array(["x", "y"])}

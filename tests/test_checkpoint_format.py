@@ -23,7 +23,7 @@ from .conftest import TinyNet
 def test_golden_key_layout(tmp_path):
     model, optimizer, scheduler = trained_parts()
     path = str(tmp_path / "model.ckpt-2.safetensors")
-    ckpt.write_checkpoint(path, 2, model=model, optimizer=optimizer, lr_scheduler=scheduler, input_state={"position": 6})
+    ckpt.write_checkpoint(path, 2, {"model": model, "optimizer": optimizer, "lr_scheduler": scheduler, "input": {"position": 6}})
     with safe_open(path, framework="pt") as handle:
         keys = sorted(handle.keys())
         metadata = handle.metadata()
@@ -54,9 +54,9 @@ def test_tied_weights_are_saved(tmp_path):
 
     model = Tied()
     path = str(tmp_path / "model.ckpt-1.safetensors")
-    ckpt.write_checkpoint(path, 1, model=model)
+    ckpt.write_checkpoint(path, 1, {"model": model})
     other = Tied()
-    ckpt.restore_checkpoint(path, model=other)
+    ckpt.restore_checkpoint(path, {"model": other})
     assert torch.equal(other.b.weight, model.a.weight)
 
 
@@ -84,7 +84,7 @@ def test_a_foreign_safetensors_file_is_refused(tmp_path):
 
 def test_list_variables(tmp_path):
     path = str(tmp_path / "model.ckpt-1.safetensors")
-    ckpt.write_checkpoint(path, 1, model=torch.nn.Linear(4, 2))
+    ckpt.write_checkpoint(path, 1, {"model": torch.nn.Linear(4, 2)})
     assert ckpt.list_variables(path) == {"global_step": (), "model/bias": (2,), "model/weight": (2, 4), "rng/numpy/1": (624,), "rng/torch": (5056,)}
 
 
@@ -113,7 +113,7 @@ def test_a_damaged_checkpoint_is_detected_naming_the_file(tmp_path, damage, mess
     path = ckpt.checkpoint_path_for_step(str(tmp_path), 12)
     damage(path)
     with pytest.raises(ckpt.CheckpointCorruptError, match=re.escape(path) + ".*" + message) as caught:
-        ckpt.restore_checkpoint(path, model=TinyNet())
+        ckpt.restore_checkpoint(path, {"model": TinyNet()})
     assert caught.value.path == path
     with pytest.raises(ckpt.CheckpointCorruptError):
         ckpt.verify_checkpoint(path)
@@ -121,7 +121,7 @@ def test_a_damaged_checkpoint_is_detected_naming_the_file(tmp_path, damage, mess
 
 def test_a_hash_of_an_unknown_kind_is_refused(tmp_path):
     path = str(tmp_path / "model.ckpt-3.safetensors")
-    ckpt.write_checkpoint(path, 3, model=TinyNet())
+    ckpt.write_checkpoint(path, 3, {"model": TinyNet()})
     data = Path(path).read_bytes()
     Path(path).write_bytes(data.replace(ckpt_hashing._HASH_ALGORITHM.encode(), b"x" * len(ckpt_hashing._HASH_ALGORITHM), 1))
     with pytest.raises(ckpt.CheckpointCorruptError, match="has a content hash of unknown kind 'xxxxx"):
@@ -131,7 +131,7 @@ def test_a_hash_of_an_unknown_kind_is_refused(tmp_path):
 def test_an_xxh3_hash_without_xxhash_loads_unchecked_and_says_what_to_install(tmp_path, monkeypatch, caplog):
     path = str(tmp_path / "model.ckpt-3.safetensors")
     monkeypatch.setattr(ckpt_hashing, "_HASH_ALGORITHM", "crc32-tree")
-    ckpt.write_checkpoint(path, 3, model=TinyNet())
+    ckpt.write_checkpoint(path, 3, {"model": TinyNet()})
     data = Path(path).read_bytes()
     Path(path).write_bytes(data.replace(b'"crc32-tree:', b' "xxh3-tree:', 1))  # same length: JSON allows the space
     monkeypatch.delitem(ckpt_hashing.CHUNK_DIGESTS, "xxh3-tree", raising=False)
@@ -142,7 +142,7 @@ def test_an_xxh3_hash_without_xxhash_loads_unchecked_and_says_what_to_install(tm
 
 def test_a_checkpoint_without_a_hash_still_loads(tmp_path):
     path = str(tmp_path / "model.ckpt-3.safetensors")
-    ckpt.write_checkpoint(path, 3, model=TinyNet(), content_hash=False)
+    ckpt.write_checkpoint(path, 3, {"model": TinyNet()}, content_hash=False)
     with safe_open(path, framework="pt") as handle:
         assert "content_hash" not in handle.metadata()
     assert ckpt.read_checkpoint(path).global_step == 3

@@ -51,7 +51,7 @@ def test_content_hash_matches_its_specification(tmp_path, monkeypatch, algorithm
     monkeypatch.setattr(ckpt_hashing, "_HASH_ALGORITHM", algorithm)
     model, optimizer, scheduler = trained_parts()
     path = str(tmp_path / "model.ckpt-2.safetensors")
-    ckpt.write_checkpoint(path, 2, model=model, optimizer=optimizer, lr_scheduler=scheduler)
+    ckpt.write_checkpoint(path, 2, {"model": model, "optimizer": optimizer, "lr_scheduler": scheduler})
     with safe_open(path, framework="pt") as handle:
         assert handle.metadata()["content_hash"] == _reference_hash(path, algorithm)
     monkeypatch.undo()  # a reader of the other default still verifies it
@@ -74,10 +74,10 @@ def test_the_hash_computed_on_threads_is_the_same(tmp_path, monkeypatch, algorit
     model = Big()
     (tmp_path / "parallel").mkdir()
     serial, parallel = str(tmp_path / "model.ckpt-1.safetensors"), str(tmp_path / "parallel" / "model.ckpt-1.safetensors")
-    ckpt.write_checkpoint(serial, 1, model=model)
+    ckpt.write_checkpoint(serial, 1, {"model": model})
     monkeypatch.setattr(ckpt_hashing, "_PARALLEL_HASH_BYTES", 0)
     monkeypatch.setattr(ckpt_hashing.os, "cpu_count", lambda: 4)
-    ckpt.write_checkpoint(parallel, 1, model=model)
+    ckpt.write_checkpoint(parallel, 1, {"model": model})
     for path in (serial, parallel):
         with safe_open(path, framework="pt") as handle:
             assert handle.metadata()["content_hash"] == _reference_hash(path, algorithm)

@@ -18,14 +18,14 @@ from .conftest import TinyNet
 def test_a_missing_index_is_rebuilt_from_the_files(tmp_path):
     manager = ckpt.CheckpointManager(str(tmp_path))
     for step in (3, 12):
-        manager.save(step, model=TinyNet())
+        manager.save(step, {"model": TinyNet()})
     os.remove(tmp_path / "checkpoint")
     assert ckpt.step_of(ckpt.latest_checkpoint(str(tmp_path))) == 12
 
 
 def test_a_corrupt_index_is_rebuilt_with_a_warning(tmp_path, caplog):
     manager = ckpt.CheckpointManager(str(tmp_path))
-    manager.save(4, model=TinyNet())
+    manager.save(4, {"model": TinyNet()})
     (tmp_path / "checkpoint").write_text("{not json")
     with caplog.at_level(logging.WARNING, logger="torch_estimator"):
         assert ckpt.step_of(ckpt.latest_checkpoint(str(tmp_path))) == 4
@@ -35,7 +35,7 @@ def test_a_corrupt_index_is_rebuilt_with_a_warning(tmp_path, caplog):
 def test_index_entries_whose_file_is_gone_are_dropped(tmp_path):
     manager = ckpt.CheckpointManager(str(tmp_path))
     for step in (1, 2):
-        manager.save(step, model=TinyNet())
+        manager.save(step, {"model": TinyNet()})
     os.remove(ckpt.checkpoint_path_for_step(str(tmp_path), 2))
     assert ckpt.step_of(ckpt.latest_checkpoint(str(tmp_path))) == 1
 
@@ -47,7 +47,7 @@ def test_latest_checkpoint_of_nothing():
 
 def test_restore_latest_tries_files_outside_the_index_last(tmp_path):
     save_steps(tmp_path, [1, 2, 3], keep=2)
-    ckpt.write_checkpoint(str(tmp_path / "model.ckpt-0.safetensors"), 0, model=TinyNet())  # kept forever, say
+    ckpt.write_checkpoint(str(tmp_path / "model.ckpt-0.safetensors"), 0, {"model": TinyNet()})  # kept forever, say
     for step in (2, 3):
         zero(ckpt.checkpoint_path_for_step(str(tmp_path), step))
     assert ckpt.read_latest_checkpoint(str(tmp_path)).global_step == 0  # step 1 was rotated away

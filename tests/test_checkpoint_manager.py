@@ -20,7 +20,7 @@ from .conftest import TinyNet
 def test_rotation_keeps_the_last_n_and_the_index_lists_them(tmp_path):
     manager = ckpt.CheckpointManager(str(tmp_path), keep_checkpoint_max=3)
     for step in range(0, 60, 10):
-        manager.save(step, model=TinyNet())
+        manager.save(step, {"model": TinyNet()})
     files = sorted(f for f in os.listdir(tmp_path) if f.endswith(".safetensors"))
     assert files == ["model.ckpt-30.safetensors", "model.ckpt-40.safetensors", "model.ckpt-50.safetensors"]
     index = json.loads((tmp_path / "checkpoint").read_text())
@@ -33,7 +33,7 @@ def test_rotation_continues_across_restarts(tmp_path):
     for start in (0, 30):
         manager = ckpt.CheckpointManager(str(tmp_path), keep_checkpoint_max=2)
         for step in range(start, start + 30, 10):
-            manager.save(step, model=TinyNet())
+            manager.save(step, {"model": TinyNet()})
     assert [os.path.basename(p) for p in ckpt.read_index(str(tmp_path)).paths] == [
         "model.ckpt-40.safetensors", "model.ckpt-50.safetensors"]
     assert len(os.listdir(tmp_path)) == 3
@@ -42,7 +42,7 @@ def test_rotation_continues_across_restarts(tmp_path):
 def test_keep_checkpoint_max_zero_keeps_all(tmp_path):
     manager = ckpt.CheckpointManager(str(tmp_path), keep_checkpoint_max=0)
     for step in range(8):
-        manager.save(step, model=TinyNet())
+        manager.save(step, {"model": TinyNet()})
     assert len(ckpt.read_index(str(tmp_path)).paths) == 8
 
 
@@ -51,7 +51,7 @@ def test_keep_every_n_hours_none_keeps_nothing_for_its_age(tmp_path, monkeypatch
     monkeypatch.setattr(ckpt_manager.time, "time", lambda: next(clock))
     manager = ckpt.CheckpointManager(str(tmp_path), keep_checkpoint_max=2, keep_checkpoint_every_n_hours=None)
     for step in range(5):
-        manager.save(step, model=TinyNet())
+        manager.save(step, {"model": TinyNet()})
     on_disk = sorted(ckpt.step_of(f) for f in os.listdir(tmp_path) if f.endswith(".safetensors"))
     assert on_disk == [3, 4] and not ckpt.read_index(str(tmp_path)).kept_forever
 
@@ -61,7 +61,7 @@ def test_keep_every_n_hours_keeps_extra_checkpoints_out_of_the_index(tmp_path, m
     monkeypatch.setattr(ckpt_manager.time, "time", lambda: next(clock))
     manager = ckpt.CheckpointManager(str(tmp_path), keep_checkpoint_max=2, keep_checkpoint_every_n_hours=1.0)
     for step in range(8):  # saved at 0.4 h, 0.8 h, ... 3.2 h
-        manager.save(step, model=TinyNet())
+        manager.save(step, {"model": TinyNet()})
     indexed = [ckpt.step_of(p) for p in ckpt.read_index(str(tmp_path)).paths]
     on_disk = sorted(ckpt.step_of(f) for f in os.listdir(tmp_path) if f.endswith(".safetensors"))
     assert indexed == [6, 7]
@@ -72,13 +72,13 @@ def test_keep_every_n_hours_keeps_extra_checkpoints_out_of_the_index(tmp_path, m
 def test_resave_of_the_same_step_moves_it_to_the_end(tmp_path):
     manager = ckpt.CheckpointManager(str(tmp_path), keep_checkpoint_max=5)
     for step in (1, 2, 1):
-        manager.save(step, model=TinyNet())
+        manager.save(step, {"model": TinyNet()})
     assert [ckpt.step_of(p) for p in ckpt.read_index(str(tmp_path)).paths] == [2, 1]
 
 
 def test_a_failed_write_leaves_the_previous_state_intact(tmp_path, monkeypatch):
     manager = ckpt.CheckpointManager(str(tmp_path), keep_checkpoint_max=1)
-    manager.save(1, model=TinyNet())
+    manager.save(1, {"model": TinyNet()})
     before = sorted(os.listdir(tmp_path))
 
     def full_disk(tensors, filename, metadata=None):
@@ -88,7 +88,7 @@ def test_a_failed_write_leaves_the_previous_state_intact(tmp_path, monkeypatch):
 
     monkeypatch.setattr(ckpt_format, "save_file", full_disk)
     with pytest.raises(OSError, match="Could not write the checkpoint .*model.ckpt-2.safetensors: No space left") as caught:
-        manager.save(2, model=TinyNet())
+        manager.save(2, {"model": TinyNet()})
     assert caught.value.errno == 28
     assert sorted(os.listdir(tmp_path)) == before
     assert ckpt.step_of(ckpt.latest_checkpoint(str(tmp_path))) == 1
@@ -121,11 +121,11 @@ def test_disk_trouble_writing_the_index_leaves_everything_as_it_was(tmp_path, mo
 
     monkeypatch.setattr("builtins.open", failing_open)
     with pytest.raises(OSError, match=f"Could not write the checkpoint index {re.escape(str(tmp_path))}/checkpoint: {message}.*unchanged") as caught:
-        manager.save(3, model=TinyNet())
+        manager.save(3, {"model": TinyNet()})
     assert caught.value.errno == error.errno
     monkeypatch.undo()
     assert {name: (tmp_path / name).read_bytes() for name in os.listdir(tmp_path)} == before
-    manager.save(3, model=TinyNet())  # space is back: rotation goes on as if nothing happened
+    manager.save(3, {"model": TinyNet()})  # space is back: rotation goes on as if nothing happened
     assert [ckpt.step_of(p) for p in ckpt.read_index(str(tmp_path)).paths] == [2, 3]
     assert sorted(os.listdir(tmp_path)) == ["checkpoint", "model.ckpt-2.safetensors", "model.ckpt-3.safetensors"]
 
@@ -138,7 +138,7 @@ def test_a_read_only_model_dir_is_a_clear_error(tmp_path, monkeypatch):
 
     monkeypatch.setattr(ckpt_format, "save_file", read_only)
     with pytest.raises(OSError, match=r"Could not write the checkpoint .*model.ckpt-2.safetensors: Read-only file system"):
-        manager.save(2, model=TinyNet())
+        manager.save(2, {"model": TinyNet()})
     assert sorted(os.listdir(tmp_path)) == ["checkpoint", "model.ckpt-1.safetensors"]
 
 
@@ -175,7 +175,7 @@ def test_checkpoints_kept_forever_are_never_removed_at_start(tmp_path, monkeypat
     monkeypatch.setattr(ckpt_manager.time, "time", lambda: next(clock))
     manager = ckpt.CheckpointManager(str(tmp_path), keep_checkpoint_max=2, keep_checkpoint_every_n_hours=1.0)
     for step in range(8):
-        manager.save(step, model=TinyNet())
+        manager.save(step, {"model": TinyNet()})
     ckpt.CheckpointManager(str(tmp_path), keep_checkpoint_max=2)  # the next start
     index = json.loads((tmp_path / "checkpoint").read_text())
     assert index["kept_forever_paths"] == ["model.ckpt-2.safetensors", "model.ckpt-5.safetensors"]

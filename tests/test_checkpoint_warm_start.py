@@ -15,7 +15,7 @@ def source(tmp_path):
     manager = ckpt.CheckpointManager(str(tmp_path / "source"))
     torch.manual_seed(5)
     model = TinyNet()
-    manager.save(7, model=model)
+    manager.save(7, {"model": model})
     return model, str(tmp_path / "source")
 
 

@@ -62,6 +62,7 @@ LAYERS: dict[str, int] = {
     "checkpoint.manager": 2,
     "checkpoint.saver": 2,
     "checkpoint.warm_start": 2,
+    "checkpoint.parts": 2,
     "lock": 1,
     "metrics": 2,
     "summary": 2,

@@ -473,19 +473,19 @@ def test_forged_or_odd_checkpoint_metadata_is_refused(make_estimator, data, tmp_
             ckpt.read_checkpoint(str(forged))
     for step in (-3, 2**63, 1.5, True):
         with pytest.raises(ValueError, match=r"global step must be an int from 0 to 2\*\*63 - 1; received"):
-            ckpt.CheckpointManager(str(tmp_path / "neg")).save(step, model=TinyNet())
+            ckpt.CheckpointManager(str(tmp_path / "neg")).save(step, {"model": TinyNet()})
     assert not any(n.startswith("model.ckpt-") for n in os.listdir(tmp_path / "neg"))
 
 
 def test_a_checkpoint_without_content_hash_warns_and_one_with_a_damaged_hash_key_is_refused(tmp_path, caplog):
     plain = tmp_path / "model.ckpt-3.safetensors"
-    ckpt.write_checkpoint(str(plain), 3, model=TinyNet(), content_hash=False)
+    ckpt.write_checkpoint(str(plain), 3, {"model": TinyNet()}, content_hash=False)
     with caplog.at_level(logging.WARNING, logger="torch_estimator"):
         assert ckpt.read_checkpoint(str(plain)).global_step == 3
     assert "has no content hash (written with content_hash=False); loading it unchecked" in caplog.text
     hashed = tmp_path / "flipped" / "model.ckpt-3.safetensors"
     hashed.parent.mkdir()
-    ckpt.write_checkpoint(str(hashed), 3, model=TinyNet())
+    ckpt.write_checkpoint(str(hashed), 3, {"model": TinyNet()})
     data = hashed.read_bytes()
     assert data.count(b'"content_hash"') == 1
     hashed.write_bytes(data.replace(b'"content_hash"', b'"content_hasi"'))  # one flipped bit in the key's name
@@ -496,7 +496,7 @@ def test_a_checkpoint_without_content_hash_warns_and_one_with_a_damaged_hash_key
 
 def test_tensors_of_another_dtype_are_cast_with_a_warning(make_estimator, data, tmp_path, caplog):
     double = TinyNet().double()
-    ckpt.CheckpointManager(str(tmp_path / "model")).save(7, model=double)
+    ckpt.CheckpointManager(str(tmp_path / "model")).save(7, {"model": double})
     with caplog.at_level(logging.WARNING, logger="torch_estimator"):
         est = make_estimator()
         assert int(est.evaluate(_eval_fn(data))["global_step"]) == 7
@@ -505,7 +505,7 @@ def test_tensors_of_another_dtype_are_cast_with_a_warning(make_estimator, data, 
     caplog.clear()
     half = tmp_path / "half" / "model.ckpt-1.safetensors"
     half.parent.mkdir()
-    ckpt.write_checkpoint(str(half), 1, model=TinyNet().half())
+    ckpt.write_checkpoint(str(half), 1, {"model": TinyNet().half()})
     with caplog.at_level(logging.WARNING, logger="torch_estimator"):
         te.Estimator(classifier_fn, model_dir=str(tmp_path / "warm"), model=TinyNet(), warm_start_from=str(half),
                      config=te.RunConfig(device="cpu")).evaluate(_eval_fn(data))

@@ -158,7 +158,7 @@ def test_the_users_saving_listeners_run_first(make_estimator, data):
 def test_evaluation_uses_the_model_in_memory(make_estimator, data, monkeypatch, fake_export):
     restores = []
     original = ckpt.restore_checkpoint
-    monkeypatch.setattr(ckpt, "restore_checkpoint", lambda path, **kw: restores.append(path) or original(path, **kw))
+    monkeypatch.setattr(ckpt, "restore_checkpoint", lambda path, parts: restores.append(path) or original(path, parts))
     est = make_estimator(save_checkpoints_steps=10)
     spec = _eval_spec(data, throttle_secs=0, exporters=te.LatestExporter("latest", lambda: None))
     te.train_and_evaluate(est, te.TrainSpec(_train_fn(data), max_steps=30), spec)
@@ -353,11 +353,11 @@ def test_run_evaluator_moves_on_when_a_checkpoint_is_rotated_away(make_estimator
     read = []
     original = ckpt.restore_checkpoint
 
-    def racing_restore(path, **kwargs):
+    def racing_restore(path, parts):
         read.append(os.path.basename(path))
         if len(read) == 1:  # between the evaluator listing ckpt-10 and reading it, the trainer moves on
             trainer.train(_train_fn(data), max_steps=20)
-        return original(path, **kwargs)
+        return original(path, parts)
 
     monkeypatch.setattr(ckpt, "restore_checkpoint", racing_restore)
     spec = _eval_spec(data, throttle_secs=0, start_delay_secs=0)

@@ -124,7 +124,7 @@ def _convert(args: argparse.Namespace) -> None:
                          f"{sorted(n for n in values if not is_optimizer_variable(n))}; model: {sorted(model.state_dict())}.")
     for name in sorted(mapped.tensors):
         print(f"  {name} {list(mapped.tensors[name].shape)} <- {mapped.sources[name]} {list(values[mapped.sources[name]].shape)}")
-    checkpoint.write_checkpoint(output, step, model=_Tensors(mapped.tensors))  # type: ignore[arg-type]
+    checkpoint.write_checkpoint(output, step, {"model": _Tensors(mapped.tensors)})
     print(f"Wrote {len(mapped.tensors)} tensors to {output} (warm_start_from={output!r} reads it).")
     print(f"Unmatched TF variables ({len(mapped.unmatched)}): {', '.join(mapped.unmatched) or 'none'}")
     print(f"Model tensors without a TF variable ({len(mapped.missing)}): {', '.join(mapped.missing) or 'none'}")

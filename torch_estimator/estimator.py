@@ -479,12 +479,10 @@ class Estimator:
         full = mode == ModeKeys.TRAIN
         held = (self._synced,) if full else (self._synced, getattr(self, "_model_synced", None))
         if path is not None and (identity is None or identity not in held):
-            parts: dict[str, Any] = {"model": self._model}
-            if full:
-                parts.update(optimizer=self._optimizer, lr_scheduler=self._lr_scheduler, grad_scaler=self._scaler)
+            parts = self._checkpoint_parts() if full else {"model": self._model}
             # The latest may be damaged, or rotated away by now: restore_latest falls back to the newest intact one.
-            checkpoint = (ckpt.restore_checkpoint(path, **parts) if checkpoint_path is not None
-                          else ckpt.restore_latest(self.model_dir, **parts))
+            checkpoint = (ckpt.restore_checkpoint(path, parts) if checkpoint_path is not None
+                          else ckpt.restore_latest(self.model_dir, parts))
             path = None if checkpoint is None else checkpoint.path
             if checkpoint is not None:
                 self._global_step = checkpoint.global_step
@@ -504,6 +502,12 @@ class Estimator:
             return None
         return path
 
+    def _checkpoint_parts(self) -> dict[str, Any]:
+        """What a checkpoint holds, by name (besides the input's position and the RNG states): the one place to
+        add a part, such as EMA weights or a second optimizer."""
+        return {"model": self._model, "optimizer": self._optimizer, "lr_scheduler": self._lr_scheduler,
+                "grad_scaler": self._scaler}
+
     def _checkpoint_manager(self) -> ckpt.CheckpointManager:
         """The chief's writer, made at the first train(): it cleans up after a crashed save and checks that
         model_dir is writable before any step runs."""
@@ -517,10 +521,7 @@ class Estimator:
         if not self._all_finite():  # the loop checks first; this guards every write
             raise NanLossDuringTrainingError("Refusing to save a checkpoint of non-finite weights.")
         self._check_finite_state(global_step)
-        path = self._checkpoint_manager().save(
-            global_step, model=self._model, optimizer=self._optimizer, lr_scheduler=self._lr_scheduler,
-            grad_scaler=self._scaler, input_state=self._capture_input(source),
-        )
+        path = self._checkpoint_manager().save(global_step, {**self._checkpoint_parts(), "input": self._capture_input(source)})
         self._synced = ckpt.checkpoint_identity(path)
         return path
 

@@ -4,7 +4,8 @@ This package's modules, one job each: :mod:`.format` (one file: write, read, ver
 state and RNG states without pickle), :mod:`.hashing` (the content hash), :mod:`.files` (atomic, durable
 writes), :mod:`.index` (the index, the latest checkpoint, ``model_dir`` checks), :mod:`.restore` (loading into
 a model and optimizer), :mod:`.manager` (saving with rotation), :mod:`.saver` (when to save during training),
-:mod:`.warm_start` and :mod:`.finite` (NaN checks of the training state). What they export is imported here.
+:mod:`.warm_start`, :mod:`.finite` (NaN checks of the training state) and :mod:`.parts` (the named parts a
+checkpoint holds, one mapping). What they export is imported here.
 
 File ``model.ckpt-<step>.safetensors`` holds every tensor under a prefixed key (``model/…``,
 ``optimizer/…``, ``lr_scheduler/…``, ``grad_scaler/…``, ``rng/…``, ``input/…``); everything else (global
@@ -23,10 +24,10 @@ Example:
     >>> model_dir = tempfile.mkdtemp()
     >>> manager = CheckpointManager(model_dir, keep_checkpoint_max=2)
     >>> for step in (10, 20, 30):
-    ...     _ = manager.save(step, model=torch.nn.Linear(2, 1))
+    ...     _ = manager.save(step, {"model": torch.nn.Linear(2, 1)})
     >>> [os.path.basename(p) for p in read_index(model_dir).paths]
     ['model.ckpt-20.safetensors', 'model.ckpt-30.safetensors']
-    >>> restore_latest(model_dir, model=torch.nn.Linear(2, 1)).global_step
+    >>> restore_latest(model_dir, {"model": torch.nn.Linear(2, 1)}).global_step
     30
 """
 
@@ -59,6 +60,7 @@ from .index import (
     read_latest_checkpoint,
 )
 from .manager import CheckpointManager
+from .parts import Parts
 from .restore import apply_rng_state, restore_checkpoint, restore_latest
 from .saver import CheckpointSaver
 from .warm_start import WarmStartSettings, warm_start
@@ -71,6 +73,7 @@ __all__ = [
     "CheckpointManager",
     "CheckpointSaver",
     "CheckpointIndex",
+    "Parts",
     "WarmStartSettings",
     "apply_rng_state",
     "check_model_dir",

@@ -1,14 +1,14 @@
 """One checkpoint file: ``model.ckpt-<step>.safetensors``, written, read and verified.
 
-The file holds every tensor under a prefixed key (``model/…``, ``optimizer/…``, ``lr_scheduler/…``,
-``grad_scaler/…``, ``rng/…``, ``input/…``); everything else (global step, param groups, python and numpy RNG
+The file holds every tensor under the name of its part (:mod:`.parts`): ``model/…``, ``optimizer/…``,
+``lr_scheduler/…``, ``grad_scaler/…``, ``rng/…``, ``input/…``; everything else (global step, param groups, python and numpy RNG
 states, the format version) is JSON in the safetensors metadata, with a content hash of all of it
 (``content_hash``, see :mod:`.hashing`) that every load checks. Loading never unpickles.
 
 Example:
     >>> import os, tempfile, torch
     >>> path = checkpoint_path_for_step(tempfile.mkdtemp(), 7)
-    >>> write_checkpoint(path, 7, model=torch.nn.Linear(2, 1))
+    >>> write_checkpoint(path, 7, {"model": torch.nn.Linear(2, 1)})
     >>> checkpoint = read_checkpoint(path)
     >>> checkpoint.global_step, sorted(checkpoint.model), step_of(path)
     (7, ['bias', 'weight'], 7)
@@ -30,10 +30,10 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-from ..protocols import Stateful
 from . import hashing
 from .encoding import decode_state, encode_state, rng_state
 from .files import atomic_write
+from .parts import MODEL, RNG, Parts, check_parts, part_state
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -185,41 +185,35 @@ def _unshared_on_cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
     return out
 
 
-def write_checkpoint(
-    path: str,
-    global_step: int,
-    *,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer | None = None,
-    lr_scheduler: Stateful | None = None,
-    grad_scaler: torch.amp.GradScaler | None = None,
-    input_state: Mapping[str, Any] | None = None,
-    content_hash: bool = True,
-) -> None:
+def write_checkpoint(path: str, global_step: int, parts: Parts, *, content_hash: bool = True) -> None:
     """Write one checkpoint file atomically and durably (temporary file, ``fsync``, ``os.replace``).
 
     Args:
+        path: The file, ``model.ckpt-<global_step>.safetensors``.
+        global_step: An int from 0 to 2**63 - 1.
+        parts: The named parts to save (see :mod:`.parts`): ``{"model": model, "optimizer": optimizer, ...}``.
+            A part that is None, or whose state is empty (a disabled grad scaler), is left out; the RNG states
+            are added as ``"rng"``.
         content_hash: Store the content hash that every load checks. False only for benchmarks: such a
             file loads without verification.
 
     Raises:
         OSError: If the file cannot be written (full disk, read-only directory): the message names the
             path; the previous files are untouched.
-        TypeError: If some state cannot be represented without pickle.
+        TypeError: If some state cannot be represented without pickle, or a part has the wrong type.
+        ValueError: If ``parts`` lacks ``"model"`` or names a part ``"rng"``.
     """
     check_step(global_step)
-    tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
+    model = check_parts(parts, "write_checkpoint")
+    tensors = {f"{MODEL}/{k}": v for k, v in model.state_dict().items()}
     state: dict[str, Any] = {}
-    parts = {
-        "optimizer": optimizer.state_dict() if optimizer is not None else None,
-        "lr_scheduler": lr_scheduler.state_dict() if lr_scheduler is not None else None,
-        "grad_scaler": grad_scaler.state_dict() if grad_scaler is not None and grad_scaler.is_enabled() else None,
-        "rng": rng_state(),
-        "input": dict(input_state) if input_state is not None else None,
-    }
     for name, part in parts.items():
-        if part is not None:
-            state[name] = encode_state(part, name, tensors)
+        if name == MODEL or part is None:
+            continue
+        value = part_state(part)
+        if value:  # an empty state (a disabled grad scaler) has nothing to restore
+            state[name] = encode_state(value, name, tensors)
+    state[RNG] = encode_state(rng_state(), RNG, tensors)
     metadata = {
         "format": CHECKPOINT_FORMAT,
         "global_step": str(int(global_step)),

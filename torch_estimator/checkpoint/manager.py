@@ -7,12 +7,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Mapping
-from typing import Any
 
-import torch
-
-from ..protocols import Stateful
 from .files import discard, remove
 from .format import checkpoint_path_for_step, step_of, write_checkpoint
 from .index import (
@@ -24,6 +19,7 @@ from .index import (
     read_index,
     write_index,
 )
+from .parts import Parts
 
 __all__ = ["CheckpointManager"]
 
@@ -70,17 +66,9 @@ class CheckpointManager:
                     logger.info("Removing %s: rotation dropped it before a save was interrupted.", path)
                     remove(path)
 
-    def save(
-        self,
-        global_step: int,
-        *,
-        model: torch.nn.Module,
-        optimizer: torch.optim.Optimizer | None = None,
-        lr_scheduler: Stateful | None = None,
-        grad_scaler: torch.amp.GradScaler | None = None,
-        input_state: Mapping[str, Any] | None = None,
-    ) -> str:
-        """Write ``model.ckpt-<global_step>.safetensors``, then the index, then delete what rotation drops.
+    def save(self, global_step: int, parts: Parts) -> str:
+        """Write ``model.ckpt-<global_step>.safetensors`` of ``parts`` (see :func:`.write_checkpoint`), then the
+        index, then delete what rotation drops.
 
         Returns:
             The checkpoint's path.
@@ -92,10 +80,7 @@ class CheckpointManager:
         """
         path = checkpoint_path_for_step(self.model_dir, global_step)
         existed = os.path.exists(path)
-        write_checkpoint(
-            path, global_step, model=model, optimizer=optimizer, lr_scheduler=lr_scheduler,
-            grad_scaler=grad_scaler, input_state=input_state,
-        )
+        write_checkpoint(path, global_step, parts)
         kept = [(p, t) for p, t in self._kept if p != path] + [(path, time.time())]
         forever, next_keep_time, dropped = list(self._forever), self._next_keep_time, []
         while self._max and len(kept) > self._max:

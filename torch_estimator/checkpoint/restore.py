@@ -1,4 +1,4 @@
-"""Loading a checkpoint into a model, optimizer, scheduler and grad scaler, checking that it fits first."""
+"""Loading a checkpoint into its named parts (model, optimizer, scheduler, ...), checking that they fit first."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from typing import Any
 
 import torch
 
-from ..protocols import Stateful
 from .encoding import set_rng_state
 from .format import Checkpoint, read_checkpoint
 from .index import read_latest_checkpoint
+from .parts import MODEL, Parts, check_parts
 
 __all__ = ["apply_rng_state", "restore_checkpoint", "restore_latest", "warn_about_casts"]
 
@@ -47,29 +47,28 @@ def warn_about_casts(tensors: Mapping[str, torch.Tensor], own: Mapping[str, torc
                        path, ", ".join(cast[:8]), " …" if len(cast) > 8 else "")
 
 
-def _apply(
-    checkpoint: Checkpoint,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer | None,
-    lr_scheduler: Stateful | None,
-    grad_scaler: torch.amp.GradScaler | None,
-) -> Checkpoint:
-    state = checkpoint.state
-    if optimizer is not None and "optimizer" in state:
-        _check_optimizer(optimizer, state["optimizer"], checkpoint.path)
-    _load_model(model, checkpoint.model, checkpoint.path)
-    if optimizer is not None:
-        if "optimizer" in state:
+def _apply(checkpoint: Checkpoint, parts: Parts, what: str) -> Checkpoint:
+    """Load ``checkpoint`` into ``parts``: optimizers are checked against their saved state, then the model is
+    loaded strictly, then every other part its state (a part the checkpoint lacks keeps its own; an optimizer
+    says so)."""
+    model = check_parts(parts, what, restoring=True)
+    state, path = checkpoint.state, checkpoint.path
+    others = {name: part for name, part in parts.items() if name != MODEL and part is not None}
+    for name, part in others.items():  # before anything is loaded
+        if isinstance(part, torch.optim.Optimizer) and name in state:
+            _check_optimizer(part, state[name], path)
+    _load_model(model, checkpoint.model, path)
+    for name, part in others.items():
+        if name not in state:
+            if isinstance(part, torch.optim.Optimizer):
+                logger.warning("Checkpoint %s has no %s state; the %s starts fresh.", path, name, name)
+        elif isinstance(part, torch.optim.Optimizer):
             try:
-                optimizer.load_state_dict(state["optimizer"])
+                part.load_state_dict(state[name])
             except (KeyError, ValueError, TypeError, RuntimeError) as error:
-                raise ValueError(_optimizer_mismatch(optimizer, checkpoint.path, f"loading its state failed: {error!r}")) from error
+                raise ValueError(_optimizer_mismatch(part, path, f"loading its state failed: {error!r}")) from error
         else:
-            logger.warning("Checkpoint %s has no optimizer state; the optimizer starts fresh.", checkpoint.path)
-    if lr_scheduler is not None and "lr_scheduler" in state:
-        lr_scheduler.load_state_dict(state["lr_scheduler"])
-    if grad_scaler is not None and state.get("grad_scaler"):
-        grad_scaler.load_state_dict(state["grad_scaler"])
+            part.load_state_dict(state[name])
     return checkpoint
 
 
@@ -100,22 +99,17 @@ def _check_optimizer(optimizer: torch.optim.Optimizer, saved: Any, path: str) ->
                                  f"{sorted(found - expected)}"))
 
 
-def restore_checkpoint(
-    path: str,
-    *,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer | None = None,
-    lr_scheduler: Stateful | None = None,
-    grad_scaler: torch.amp.GradScaler | None = None,
-) -> Checkpoint:
-    """Load a checkpoint into the given objects (RNG and input state are returned, not applied).
+def restore_checkpoint(path: str, parts: Parts) -> Checkpoint:
+    """Load a checkpoint into ``parts`` (``{"model": model, "optimizer": optimizer, ...}``, see :mod:`.parts`);
+    RNG and input state are returned, not applied.
 
     Raises:
+        TypeError: If a part has no ``load_state_dict``.
         FileNotFoundError: If the file does not exist.
         CheckpointCorruptError: If the file is damaged (a ``ValueError``; nothing is loaded).
         ValueError: If the checkpoint does not match the model (nothing is loaded).
     """
-    return _apply(read_checkpoint(path), model, optimizer, lr_scheduler, grad_scaler)
+    return _apply(read_checkpoint(path), parts, "restore_checkpoint")
 
 
 def apply_rng_state(checkpoint: Checkpoint) -> None:
@@ -124,15 +118,9 @@ def apply_rng_state(checkpoint: Checkpoint) -> None:
         set_rng_state(checkpoint.state["rng"])
 
 
-def restore_latest(
-    model_dir: str | None,
-    *,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer | None = None,
-    lr_scheduler: Stateful | None = None,
-    grad_scaler: torch.amp.GradScaler | None = None,
-) -> Checkpoint | None:
-    """Load the newest intact checkpoint of ``model_dir`` into the given objects; None if there is none.
+def restore_latest(model_dir: str | None, parts: Parts) -> Checkpoint | None:
+    """Load the newest intact checkpoint of ``model_dir`` into ``parts`` (as :func:`restore_checkpoint`); None if
+    there is none.
 
     Falls back past damaged checkpoints (with a warning naming each) and past ones rotated away while being
     read, as :func:`read_latest_checkpoint`. RNG and input state are returned, not applied.
@@ -144,4 +132,4 @@ def restore_latest(
     checkpoint = read_latest_checkpoint(model_dir)
     if checkpoint is None:
         return None
-    return _apply(checkpoint, model, optimizer, lr_scheduler, grad_scaler)
+    return _apply(checkpoint, parts, "restore_latest")
