@@ -4,7 +4,8 @@ Layer 1: spec, run_config, distribute, lock, serving/loader — import only each
 nothing from the package at all (it must load exports where the package is not installed).
 Layer 2: inputs, prefetch, inputs_pandas, hooks, checkpoint, metrics, summary, export — import layer 1 and each other.
 Layer 3: estimator, training, cli, canned (the canned estimators) — import anything below (and each other);
-canned.heads, canned.multi_head, canned.feature_columns and canned.optimizers are layer 2.
+canned.heads, canned.multi_head, canned.feature_columns, canned.encoding, canned.optimizers and
+canned.parse_spec are layer 2.
 ``torch_estimator/__init__.py`` may import anything. Every import counts, including ones inside functions
 and under ``if TYPE_CHECKING:``: a lower layer must not know a higher one.
 """
@@ -81,6 +82,7 @@ LAYERS: dict[str, int] = {
     "canned.heads": 2,
     "canned.multi_head": 2,
     "canned.feature_columns": 2,
+    "canned.encoding": 2,  # strings to fingerprints on the host, data checks on the device
     "canned.optimizers": 2,
     "canned.parse_spec": 2,
 }

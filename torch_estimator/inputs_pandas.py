@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .canned.feature_columns import encode_features
+from .canned.encoding import encode_strings
 from .inputs import NumpyInput, _array_input_fn
 
 __all__ = ["pandas_input_fn"]
@@ -101,5 +101,5 @@ def pandas_input_fn(
             raise ValueError(f"Index for x and y are mismatched.\nIndex for x: {x.index}\nIndex for y: {y.index}\n")
         labels = _labels(y)
     # Label columns may share names with feature columns (TF's): features and labels are separate dicts.
-    return _array_input_fn(encode_features(x), labels, batch_size, num_epochs, shuffle, seed, shared_keys=True)
+    return _array_input_fn(encode_strings(x), labels, batch_size, num_epochs, shuffle, seed, shared_keys=True)
 

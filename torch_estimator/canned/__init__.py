@@ -10,7 +10,7 @@
 - Estimators: ``DNNClassifier``/``Regressor``/``Estimator``, ``LinearClassifier``/..., ``DNNLinearCombined*``
   (wide & deep), ``Baseline*``; optimizers by TF's names (:mod:`.optimizers`).
 
-Layers: ``heads``, ``multi_head``, ``feature_columns`` and ``optimizers`` are layer 2 (a custom ``model_fn`` can use them
+Layers: ``heads``, ``multi_head``, ``feature_columns``, ``encoding`` and ``optimizers`` are layer 2 (a custom ``model_fn`` can use them
 alone); the estimators build Estimators, layer 3.
 
 Example:

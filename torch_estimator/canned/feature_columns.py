@@ -5,7 +5,7 @@ and :class:`LinearModel` (a linear model's weighted sum over columns) hold the t
 (embedding tables, weights, vocabularies, bucket boundaries) and apply them to a dict of feature tensors.
 
 Where strings go. A torch tensor cannot hold strings, so string features are turned into integers once, on
-the host, before they become tensors: :func:`encode_features` replaces every string by its
+the host, before they become tensors (:mod:`.encoding`): :func:`encode_features` replaces every string by its
 :func:`fingerprint` (a fixed 63-bit FNV-1a hash of its UTF-8 bytes; ``''`` and ``None`` become ``-1``,
 "missing", TF's ignore value for sparse inputs). Everything else is a tensor operation inside the model, and
 so inside an exported artifact: the vocabulary lookup compares fingerprints (or raw integers) with the
@@ -46,6 +46,7 @@ from torch import nn
 
 from .._checks import describe as _describe
 from ..export.receivers import STRING, TensorSpec, fingerprint
+from .encoding import MISSING, as_array, check_values, encode_strings
 
 __all__ = [
     "FeatureColumn",
@@ -72,28 +73,10 @@ __all__ = [
     "fingerprint",
     "encode_features",
     "make_feature_spec",
-    "check_values",
 ]
 
-MISSING = -1  # the id of "no value" in categorical inputs (TF's ignore value for integer sparse inputs)
 # Crosses mix ids modulo a prime below 2**31, so that every product fits in int64 on every device.
 _CROSS_PRIME, _CROSS_MODULUS, _CROSS_SEED = 1_000_003, 2_147_483_647, 1_469_598_103
-
-
-def check_values(condition: torch.Tensor, message: Callable[[], str]) -> None:
-    """Check a data-dependent condition without stalling an accelerator.
-
-    On the CPU the check is immediate and raises ``ValueError(message())``; on an accelerator it is queued
-    on the device (``torch._assert_async``), so no step waits for it; while tracing for export it is skipped
-    (the traced model treats invalid values as missing instead).
-    """
-    if torch.jit.is_tracing():
-        return
-    if condition.device.type == "cpu":
-        if not bool(condition.all()):
-            raise ValueError(message())
-    else:
-        torch._assert_async(condition.all(), "torch_estimator: invalid feature or label values")
 
 
 def _check_key(key: Any, what: str) -> str:
@@ -917,44 +900,7 @@ class LinearModel(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Host-side encoding and the serving signature.
-
-
-def _as_array(value: Any, key: str) -> np.ndarray:
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu().numpy()
-    to_numpy = getattr(value, "to_numpy", None)  # pandas Series
-    array = to_numpy() if callable(to_numpy) else np.asarray(value)
-    if array.ndim == 0:
-        raise ValueError(f"Feature {key!r} needs a batch dimension; received a scalar {value!r}.")
-    return array
-
-
-def _is_missing(value: Any) -> bool:
-    return value is None or value == "" or (isinstance(value, float) and math.isnan(value))
-
-
-def _fingerprints(array: np.ndarray, key: str) -> np.ndarray:
-    codes = np.empty(array.size, dtype=np.int64)
-    cache: dict[Any, int] = {}
-    for i, value in enumerate(array.astype(object).ravel()):
-        if _is_missing(value):
-            codes[i] = MISSING
-            continue
-        code = cache.get(value)
-        if code is None:
-            if isinstance(value, bytes):
-                code = fingerprint(value.decode("utf-8"))
-            elif isinstance(value, str):
-                code = fingerprint(value)
-            else:
-                raise ValueError(
-                    f"Feature {key!r} mixes strings with {type(value).__name__} values ({value!r}); give strings only "
-                    f"(None, NaN and '' mean no value)."
-                )
-            cache[value] = code
-        codes[i] = code
-    return codes.reshape(array.shape)
+# Host-side encoding (checked against the columns) and the serving signature.
 
 
 def encode_features(features: Mapping[str, Any], feature_columns: Sequence[FeatureColumn] | None = None) -> dict[str, np.ndarray]:
@@ -976,15 +922,7 @@ def encode_features(features: Mapping[str, Any], feature_columns: Sequence[Featu
         >>> encode_features({"color": ["red", ""], "x": [1.5, 2.0]})["color"].tolist()
         [714311032125047324, -1]
     """
-    if not isinstance(features, Mapping) and not hasattr(features, "columns"):
-        raise TypeError(f"`features` must be a dict of arrays or a pandas DataFrame; received {_describe(features)}.")
-    keys = list(features.columns) if hasattr(features, "columns") and not isinstance(features, Mapping) else list(features)
-    encoded: dict[str, np.ndarray] = {}
-    for key in keys:
-        array = _as_array(features[key], key)
-        if array.dtype.kind in "OUS":
-            array = _fingerprints(array, key)
-        encoded[key] = array
+    encoded = encode_strings(features)
     if feature_columns is not None:
         _check_encoded(encoded, _check_columns(feature_columns, "encode_features", unique=False), features)
     return encoded
@@ -998,7 +936,7 @@ def _check_encoded(encoded: Mapping[str, np.ndarray], columns: list[FeatureColum
                     f"Feature {key!r} (needed by column {column.name!r}) is not in the features; received keys "
                     f"{sorted(encoded)}."
                 )
-            kind = _as_array(raw[key], key).dtype.kind
+            kind = as_array(raw[key], key).dtype.kind
             if isinstance(column, NumericColumn) and kind not in "biuf":
                 raise ValueError(f"Feature {key!r} of numeric column {column.name!r} must be numbers; received dtype {kind!r} values.")
             if isinstance(column, (VocabularyListColumn, HashBucketColumn, IdentityColumn)) and kind == "f":

@@ -16,7 +16,7 @@ classifier's export records the class names (``label_vocabulary``, else ``"0"``,
 ``ClassificationOutput`` so that a server can name them.
 
 Data-dependent label checks (ids in range) never stall an accelerator: on the CPU they raise at once, on a
-GPU they are queued device-side assertions (see :func:`~torch_estimator.canned.feature_columns.check_values`).
+GPU they are queued device-side assertions (see :func:`~torch_estimator.canned.encoding.check_values`).
 
 Example:
     >>> import torch
@@ -44,7 +44,8 @@ import torch.nn.functional as F
 from ..export.outputs import ClassificationOutput, PredictOutput, RegressionOutput
 from ..metrics import MetricUpdate, accuracy, auc, mean, precision, recall
 from ..spec import EstimatorSpec, ModeKeys
-from .feature_columns import NumericColumn, check_values
+from .encoding import check_values
+from .feature_columns import NumericColumn
 
 __all__ = [
     "Head",
