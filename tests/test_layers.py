@@ -1,8 +1,9 @@
 """The package's layering (DESIGN.md, "Layout"): imports only go down.
 
-Layer 1: spec, run_config, distribute, lock, serving/loader — import only each other; serving/loader imports
-nothing from the package at all (it must load exports where the package is not installed).
-Layer 2: inputs, prefetch, inputs_pandas, hooks, checkpoint, metrics, summary, export — import layer 1 and each other.
+Layer 1: spec, run_config, distribute, lock, _checks, protocols, serving/loader — import only each other;
+serving/loader imports nothing from the package at all (it must load exports where the package is not installed).
+Layer 2: inputs, prefetch, inputs_pandas, hooks, checkpoint, metrics, summary, export, serving (the rest of it),
+the TFRecord readers and TF converters — import layer 1 and each other.
 Layer 3: estimator, training, cli, canned (the canned estimators) — import anything below (and each other);
 canned.heads, canned.multi_head, canned.feature_columns, canned.encoding, canned.optimizers and
 canned.parse_spec are layer 2.
@@ -36,6 +37,7 @@ LAYERS: dict[str, int] = {
     "_checks": 1,  # what error messages say about a received value; the check of a dict of named values
     "protocols": 1,  # the shapes of hooks, saving listeners, exporters and stateful parts
     # serving/'s REST server (layer 2): only the loader, torch, numpy and the standard library below it.
+    "serving": 2,  # the package itself imports none of its modules
     "serving.rest": 2,
     "serving.versions": 2,
     "serving.batching": 2,
@@ -207,6 +209,12 @@ def test_serving_loader_imports_only_torch_and_the_standard_library():
     assert sorted(top_level - allowed) == []
 
 
+def test_the_serving_package_imports_nothing():
+    tree = ast.parse(MODULES["serving"].read_text(encoding="utf-8"))
+    imports = [node.lineno for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))]
+    assert imports == [], "torch_estimator/serving/__init__.py imports something; loading the loader would load it too"
+
+
 def test_import_does_not_load_tensorboard():
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
     result = subprocess.run(
@@ -301,8 +309,8 @@ def test_checker_resolves_a_subpackage_init():
 
 
 def test_checker_flags_an_unlisted_target():
-    assert layer_violations("estimator", "from .serving import server\n", FAKE) == [
-        "estimator (layer 3) line 1 imports serving, which is not in the LAYERS table of tests/test_layers.py"
+    assert layer_violations("estimator", "from .plugins import registry\n", FAKE) == [
+        "estimator (layer 3) line 1 imports plugins, which is not in the LAYERS table of tests/test_layers.py"
     ]
 
 
@@ -311,8 +319,8 @@ def test_subpackage_modules_take_their_package_layer():
 
 
 def test_checker_flags_a_module_missing_from_the_table():
-    assert layer_violations("serving.unlisted", "import json\n", FAKE) == [
-        "serving.unlisted is not in the LAYERS table of tests/test_layers.py; add it there (and to DESIGN.md)"
+    assert layer_violations("plugins.unlisted", "import json\n", FAKE) == [
+        "plugins.unlisted is not in the LAYERS table of tests/test_layers.py; add it there (and to DESIGN.md)"
     ]
 
 

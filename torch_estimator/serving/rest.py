@@ -289,7 +289,7 @@ def check_float_range(signature: Mapping[str, Any], inputs: Mapping[str, torch.T
         >>> check_float_range(signature, {"x": torch.tensor([1e39], dtype=torch.float64)})
         Traceback (most recent call last):
         ...
-        rest.ServingError: Input 'x' holds 1e+39, outside the range of float32 (largest finite value 3.40282e+38); it would become infinite. Send values within range (or Infinity itself).
+        torch_estimator.serving.rest.ServingError: Input 'x' holds 1e+39, outside the range of float32 (largest finite value 3.40282e+38); it would become infinite. Send values within range (or Infinity itself).
 
     Raises:
         ServingError: 400, naming the input and the value.
