@@ -14,6 +14,7 @@ import torch_estimator as te
 from torch_estimator import summary
 from torch_estimator.exporters import metric_bigger, metric_smaller
 from torch_estimator.inputs import numpy_input_fn
+from torch_estimator.protocols import EstimatorLike
 
 
 class FakeEstimator:
@@ -112,6 +113,15 @@ def test_final_exporter_exports_only_the_final_evaluation(tmp_path):
     assert _export(exporter, est, 10) is None and est.exported == []
     path = _export(exporter, est, 20, final=True)
     assert _listing(est, "final") == [os.path.basename(path)]
+
+
+def test_the_estimator_and_the_fake_have_what_exporters_use(tmp_path):
+    def model_fn(features, labels, mode, model):
+        return te.EstimatorSpec(mode, predictions=model(features))
+
+    est = te.Estimator(model_fn, model=torch.nn.Linear(1, 1), model_dir=tmp_path, config=te.RunConfig(device="cpu"))
+    assert isinstance(est, EstimatorLike) and isinstance(FakeEstimator(tmp_path), EstimatorLike)
+    assert not isinstance(object(), EstimatorLike)
 
 
 def test_exporter_is_an_abstract_base():

@@ -35,6 +35,7 @@ from typing import Any
 
 from . import summary
 from .hooks import Hook, RunContext, SecondOrStepTimer
+from .protocols import EstimatorLike
 
 __all__ = [
     "read_eval_metrics",
@@ -195,7 +196,7 @@ def _check_schedule(run_every_secs: Any, run_every_steps: Any) -> tuple[float | 
 
 
 def make_early_stopping_hook(
-    estimator: Any,
+    estimator: EstimatorLike,
     should_stop_fn: Callable[[], bool],
     run_every_secs: float | None = _DEFAULT_RUN_EVERY_SECS,
     run_every_steps: int | None = None,
@@ -223,7 +224,7 @@ def make_early_stopping_hook(
     return _StopOnPredicateHook(should_stop_fn, secs, steps)
 
 
-def _resolve_eval_dir(estimator: Any, eval_dir: str | os.PathLike[str] | None, name: str | None) -> str:
+def _resolve_eval_dir(estimator: EstimatorLike, eval_dir: str | os.PathLike[str] | None, name: str | None) -> str:
     _check_estimator(estimator)
     if eval_dir is not None and name is not None:
         raise ValueError(f"Early stopping: give eval_dir ({eval_dir!r}) or name ({name!r}), not both.")
@@ -242,7 +243,7 @@ def _check_min_steps(min_steps: Any) -> None:
         raise ValueError(f"Early stopping: min_steps must be an int >= 0; received {min_steps!r}.")
 
 
-def _threshold_hook(estimator: Any, metric_name: str, threshold: float, higher: bool, eval_dir: Any, min_steps: int,
+def _threshold_hook(estimator: EstimatorLike, metric_name: str, threshold: float, higher: bool, eval_dir: Any, min_steps: int,
                     run_every_secs: float | None, run_every_steps: int | None, name: str | None) -> Hook:
     directory = _resolve_eval_dir(estimator, eval_dir, name)
     _check_metric_name(metric_name)
@@ -251,7 +252,7 @@ def _threshold_hook(estimator: Any, metric_name: str, threshold: float, higher: 
     return make_early_stopping_hook(estimator, should_stop, run_every_secs, run_every_steps)
 
 
-def _no_improvement_hook(estimator: Any, metric_name: str, max_steps_without: int, higher: bool, eval_dir: Any,
+def _no_improvement_hook(estimator: EstimatorLike, metric_name: str, max_steps_without: int, higher: bool, eval_dir: Any,
                          min_steps: int, run_every_secs: float | None, run_every_steps: int | None, name: str | None,
                          argument: str) -> Hook:
     directory = _resolve_eval_dir(estimator, eval_dir, name)
@@ -264,7 +265,7 @@ def _no_improvement_hook(estimator: Any, metric_name: str, max_steps_without: in
 
 
 def stop_if_higher_hook(
-    estimator: Any,
+    estimator: EstimatorLike,
     metric_name: str,
     threshold: float,
     eval_dir: str | os.PathLike[str] | None = None,
@@ -297,7 +298,7 @@ def stop_if_higher_hook(
 
 
 def stop_if_lower_hook(
-    estimator: Any,
+    estimator: EstimatorLike,
     metric_name: str,
     threshold: float,
     eval_dir: str | os.PathLike[str] | None = None,
@@ -315,7 +316,7 @@ def stop_if_lower_hook(
 
 
 def stop_if_no_increase_hook(
-    estimator: Any,
+    estimator: EstimatorLike,
     metric_name: str,
     max_steps_without_increase: int,
     eval_dir: str | os.PathLike[str] | None = None,
@@ -337,7 +338,7 @@ def stop_if_no_increase_hook(
 
 
 def stop_if_no_decrease_hook(
-    estimator: Any,
+    estimator: EstimatorLike,
     metric_name: str,
     max_steps_without_decrease: int,
     eval_dir: str | os.PathLike[str] | None = None,

@@ -32,6 +32,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from . import summary
+from .protocols import EstimatorLike
 
 __all__ = ["Exporter", "LatestExporter", "BestExporter", "FinalExporter", "metric_bigger", "metric_smaller"]
 
@@ -51,7 +52,7 @@ class Exporter(abc.ABC):
     @abc.abstractmethod
     def export(
         self,
-        estimator: Any,
+        estimator: EstimatorLike,
         export_path: str,
         checkpoint_path: str | None,
         eval_result: Mapping[str, Any],
@@ -103,7 +104,7 @@ def _check_exports_to_keep(owner: str, value: Any) -> int | None:
     return value
 
 
-def _export(estimator: Any, export_path: str, receiver_fn: Callable[[], Any], assets_extra: Mapping[str, str] | None,
+def _export(estimator: EstimatorLike, export_path: str, receiver_fn: Callable[[], Any], assets_extra: Mapping[str, str] | None,
             checkpoint_path: str | None) -> str:
     path = estimator.export_saved_model(
         export_path, receiver_fn, assets_extra=assets_extra, checkpoint_path=checkpoint_path
@@ -162,7 +163,7 @@ class LatestExporter(Exporter):
     def name(self) -> str:
         return self._name
 
-    def export(self, estimator: Any, export_path: str, checkpoint_path: str | None, eval_result: Mapping[str, Any],
+    def export(self, estimator: EstimatorLike, export_path: str, checkpoint_path: str | None, eval_result: Mapping[str, Any],
                is_the_final_export: bool) -> str | None:
         path = _export(estimator, export_path, self._receiver_fn, self._assets_extra, checkpoint_path)
         _garbage_collect(export_path, self._exports_to_keep)
@@ -191,7 +192,7 @@ class FinalExporter(Exporter):
     def name(self) -> str:
         return self._name
 
-    def export(self, estimator: Any, export_path: str, checkpoint_path: str | None, eval_result: Mapping[str, Any],
+    def export(self, estimator: EstimatorLike, export_path: str, checkpoint_path: str | None, eval_result: Mapping[str, Any],
                is_the_final_export: bool) -> str | None:
         if not is_the_final_export:
             return None
@@ -315,13 +316,13 @@ class BestExporter(Exporter):
             self._loaded_for = None  # another evaluation's history: reload it at the next call
         self._eval_dir = eval_dir
 
-    def _history_dirs(self, estimator: Any) -> list[str]:
+    def _history_dirs(self, estimator: EstimatorLike) -> list[str]:
         if self._event_file_pattern is not None:
             files = glob.glob(os.path.join(glob.escape(estimator.model_dir), self._event_file_pattern))
             return sorted({os.path.dirname(f) for f in files})
         return [self._eval_dir or estimator.eval_dir()]
 
-    def _best_from_history(self, estimator: Any, before_step: int) -> Mapping[str, Any] | None:
+    def _best_from_history(self, estimator: EstimatorLike, before_step: int) -> Mapping[str, Any] | None:
         best = None
         for directory in self._history_dirs(estimator):
             for step, scalars in summary.read_scalars(directory).items():
@@ -332,7 +333,7 @@ class BestExporter(Exporter):
                     best = result
         return best
 
-    def export(self, estimator: Any, export_path: str, checkpoint_path: str | None, eval_result: Mapping[str, Any],
+    def export(self, estimator: EstimatorLike, export_path: str, checkpoint_path: str | None, eval_result: Mapping[str, Any],
                is_the_final_export: bool) -> str | None:
         if self._loaded_for != os.path.abspath(estimator.model_dir):
             self._loaded_for = os.path.abspath(estimator.model_dir)

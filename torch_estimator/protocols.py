@@ -4,6 +4,8 @@ The Estimator calls hooks, saving listeners and exporters by their methods, not 
 object with the right methods works without subclassing :class:`~torch_estimator.Hook` and friends (those
 base classes give no-op defaults). These protocols say which methods, so that signatures can be checked
 (``mypy``) without naming a class a user need not use. They sit below every module that takes such objects.
+:class:`EstimatorLike` is the other direction: what exporters and early stopping use of the Estimator they
+are handed, so those lower modules never import the Estimator's.
 
 Example:
     >>> class Counter:  # a hook without subclassing Hook
@@ -20,10 +22,11 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import os
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["HookLike", "SaverListenerLike", "ExporterLike", "Stateful"]
+__all__ = ["HookLike", "SaverListenerLike", "ExporterLike", "Stateful", "EstimatorLike"]
 
 
 @runtime_checkable
@@ -68,7 +71,7 @@ class ExporterLike(Protocol):
 
     def export(
         self,
-        estimator: Any,
+        estimator: EstimatorLike,
         export_path: str,
         checkpoint_path: str | None,
         eval_result: Mapping[str, Any],
@@ -84,3 +87,22 @@ class Stateful(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None: ...
+
+
+@runtime_checkable
+class EstimatorLike(Protocol):
+    """What early stopping and the exporters use of an :class:`~torch_estimator.Estimator`: where it writes,
+    and its export."""
+
+    @property
+    def model_dir(self) -> str: ...
+
+    def eval_dir(self, name: str | None = None) -> str: ...
+
+    def export_saved_model(
+        self,
+        export_dir_base: str | os.PathLike[str],
+        serving_input_receiver_fn: Callable[[], Any] | None,
+        assets_extra: Mapping[str, str] | None = None,
+        checkpoint_path: str | None = None,
+    ) -> str: ...
