@@ -794,3 +794,26 @@ def test_model_fn_is_called_the_same_whatever_its_parameter_order(tmp_path, data
         weights[name] = est.model.state_dict()
     for name in ("reordered", "keyword_only"):
         assert all(torch.equal(weights["positional"][k], v) for k, v in weights[name].items())
+
+
+def test_fetched_values_are_copies_a_later_step_does_not_change(tmp_path, data):
+    class Grab(te.Hook):
+        def __init__(self):
+            self.values = []
+
+        def before_run(self, run_context):
+            return ["weight"]
+
+        def after_run(self, run_context, run_values):
+            self.values.append(run_values["weight"])
+
+    grab = Grab()
+
+    def model_fn(features, labels, mode, model):
+        spec = classifier_fn(features, labels, mode, model)
+        return spec.replace(fetches={"weight": model.out.weight}, training_hooks=[grab])
+
+    te.Estimator(model_fn, model_dir=str(tmp_path), model=TinyNet(), optimizer=lambda p: torch.optim.SGD(p, lr=0.1),
+                 config=te.RunConfig(device="cpu")).train(_train_fn(data), steps=3)
+    first, _, last = grab.values
+    assert not np.array_equal(first, last)  # the optimizer updates the weight in place after each fetch

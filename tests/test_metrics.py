@@ -435,6 +435,16 @@ def test_protocol_object_array_result_becomes_ndarray():
     np.testing.assert_array_equal(result, [1.0, 2.0])
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_protocol_object_half_precision_result_becomes_float32(dtype):
+    running = RunningSum()
+    running.total = torch.tensor(0.5, dtype=dtype)
+    accumulator = MetricAccumulator()
+    accumulator.update({"half": running})
+    result = accumulator.compute()["half"]
+    assert isinstance(result, np.float32) and result == 0.5
+
+
 def test_protocol_object_python_number_result_kept():
     class Constant(RunningSum):
         def compute(self):

@@ -151,13 +151,14 @@ def _seed_everything(seed: int) -> None:
 
 
 def _to_host(value: Any) -> Any:
-    """A fetched value as numpy (scalars as numpy scalars), as TF's session.run returned."""
+    """A fetched value as numpy (scalars as numpy scalars), as TF's session.run returned: a copy, which a later
+    step's in-place update (of a fetched parameter, say) does not change."""
     if isinstance(value, torch.Tensor):
         value = value.detach()
         if value.dtype in (torch.bfloat16, torch.float16):
             value = value.float()
         array = value.cpu().numpy()
-        return array[()] if array.ndim == 0 else array
+        return array[()] if array.ndim == 0 else array.copy()
     return value
 
 

@@ -602,11 +602,11 @@ def is_metric(obj: Any) -> bool:
 
 
 def _to_numpy(value: Any) -> Any:
-    """Converts a metric result: tensors to numpy (0-dim to numpy scalars)."""
+    """Converts a metric result: tensors to numpy (0-dim to numpy scalars, half precision as float32)."""
     if isinstance(value, torch.Tensor):
         value = value.detach()
-        if value.dtype == torch.bfloat16:
-            value = value.to(torch.float32)
+        if value.dtype in (torch.bfloat16, torch.float16):
+            value = value.float()
         array = value.cpu().numpy()
         return array[()] if array.ndim == 0 else array.copy()
     if isinstance(value, Mapping):
