@@ -34,6 +34,7 @@ LAYERS: dict[str, int] = {
     "run_config": 1,
     "distribute": 1,
     "serving.loader": 1,
+    "_host": 1,  # tensors brought to the host as numpy, for hooks and evaluation results
     "_checks": 1,  # what error messages say about a received value; the check of a dict of named values
     "protocols": 1,  # the shapes of hooks, saving listeners, exporters and stateful parts
     # serving/'s REST server (layer 2): only the loader, torch, numpy and the standard library below it.

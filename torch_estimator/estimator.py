@@ -45,6 +45,7 @@ import torch
 
 from . import checkpoint as ckpt
 from . import distribute, export, summary
+from ._host import to_numpy as _to_host
 from .hooks import (
     HookList,
     LoggingTensorHook,
@@ -148,18 +149,6 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def _to_host(value: Any) -> Any:
-    """A fetched value as numpy (scalars as numpy scalars), as TF's session.run returned: a copy, which a later
-    step's in-place update (of a fetched parameter, say) does not change."""
-    if isinstance(value, torch.Tensor):
-        value = value.detach()
-        if value.dtype in (torch.bfloat16, torch.float16):
-            value = value.float()
-        array = value.cpu().numpy()
-        return array[()] if array.ndim == 0 else array.copy()
-    return value
 
 
 def _plain(value: Any) -> Any:

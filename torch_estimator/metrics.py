@@ -37,6 +37,8 @@ from typing import Any
 
 import torch
 
+from ._host import to_numpy
+
 __all__ = [
     "MetricUpdate",
     "MetricAccumulator",
@@ -601,21 +603,6 @@ def is_metric(obj: Any) -> bool:
     return all(callable(getattr(obj, attr, None)) for attr in ("update", "compute", "reset"))
 
 
-def _to_numpy(value: Any) -> Any:
-    """Converts a metric result: tensors to numpy (0-dim to numpy scalars, half precision as float32)."""
-    if isinstance(value, torch.Tensor):
-        value = value.detach()
-        if value.dtype in (torch.bfloat16, torch.float16):
-            value = value.float()
-        array = value.cpu().numpy()
-        return array[()] if array.ndim == 0 else array.copy()
-    if isinstance(value, Mapping):
-        return {key: _to_numpy(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_to_numpy(item) for item in value)
-    return value
-
-
 class MetricAccumulator:
     """Accumulates ``eval_metric_ops`` values over batches; finalizes once.
 
@@ -762,9 +749,9 @@ class MetricAccumulator:
                 stats = self._sums[name]
                 if reduce is not None:
                     stats = {key: reduce(value) for key, value in stats.items()}
-                results[name] = _to_numpy(self._computes[name](stats))
+                results[name] = to_numpy(self._computes[name](stats))
             else:
-                results[name] = _to_numpy(self._objects[name].compute())
+                results[name] = to_numpy(self._objects[name].compute())
         for obj in self._objects.values():
             obj.reset()
         return results
