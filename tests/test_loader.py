@@ -116,7 +116,7 @@ class _Marker:
         self.path = str(path)
 
     def __reduce__(self):
-        return (open, (self.path, "w"))
+        return (Path.touch, (Path(self.path),))  # creates the file and leaves no handle open
 
 
 def _members(archive) -> dict[str, bytes]:
@@ -221,7 +221,7 @@ def test_a_size_expression_that_is_python_code_is_refused(tmp_path, exported):
 
     def plant(path):
         def change(members):
-            code = json.dumps(f"open({str(path)!r}, 'w') and 2")
+            code = json.dumps(f"open({str(path)!r}, 'w').close() or 2")
             members["models/model.json"] = re.sub(r'"expr_str": "[^"]*"', lambda _: f'"expr_str": {code}',
                                                   members["models/model.json"].decode()).encode()
         return change
