@@ -4,7 +4,7 @@
 numbers that match Estimator.predict.
 
 Each client is built once and cached under the temporary directory, keyed by the torch version, the ABI
-and a hash of the source (about 30 s to 3 min on 2 cores); the AOTInductor export compiles every signature
+and a hash of the sources, client_io.h included (about 30 s to 3 min on 2 cores); the AOTInductor export compiles every signature
 (tens of seconds each). Slow: CI runs it with ``pytest -m slow``. Skipped, saying why, only where no
 compiler or no C++ headers are present.
 """
@@ -32,6 +32,7 @@ pytestmark = pytest.mark.slow
 SOURCE = Path(__file__).resolve().parent / "cpp" / "client.cpp"
 AOTI_SOURCE = Path(__file__).resolve().parent / "cpp" / "aoti_client.cpp"
 AOTI_HEADER = "torch/csrc/inductor/aoti_package/model_package_loader.h"
+SHARED_HEADER = SOURCE.parent / "client_io.h"  # both clients include it
 
 
 def _build_client(source: Path = SOURCE, header: str = "torch/script.h") -> Path:
@@ -42,7 +43,7 @@ def _build_client(source: Path = SOURCE, header: str = "torch/script.h") -> Path
     if not (torch_dir / "include" / header).is_file():
         pytest.skip(f"this torch wheel ships no C++ headers ({torch_dir}/include/{header} is missing)")
     abi = int(torch.compiled_with_cxx11_abi())
-    digest = hashlib.sha256(source.read_bytes() + f"{torch.__version__}|{abi}|{compiler}".encode()).hexdigest()[:16]
+    digest = hashlib.sha256(source.read_bytes() + SHARED_HEADER.read_bytes() + f"{torch.__version__}|{abi}|{compiler}".encode()).hexdigest()[:16]
     cache = Path(tempfile.gettempdir()) / "torch_estimator_cpp" / f"torch-{torch.__version__}-{digest}"
     binary = cache / source.stem
     if binary.is_file():

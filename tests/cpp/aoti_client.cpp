@@ -22,77 +22,13 @@
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
 
-#include <algorithm>
-#include <cstring>
-#include <fstream>
 #include <iomanip>
 #include <iostream>
-#include <iterator>
 #include <map>
-#include <sstream>
 #include <string>
 #include <vector>
 
-namespace {
-
-at::ScalarType parse_dtype(const std::string& name) {
-  if (name == "float32") return at::kFloat;
-  if (name == "float64") return at::kDouble;
-  if (name == "int64") return at::kLong;
-  if (name == "int32") return at::kInt;
-  if (name == "uint8") return at::kByte;
-  if (name == "bool") return at::kBool;
-  throw std::runtime_error("unsupported dtype " + name);
-}
-
-std::string dtype_name(at::ScalarType type) {
-  switch (type) {
-    case at::kFloat: return "float32";
-    case at::kDouble: return "float64";
-    case at::kLong: return "int64";
-    case at::kInt: return "int32";
-    case at::kByte: return "uint8";
-    case at::kBool: return "bool";
-    default: return c10::toString(type);
-  }
-}
-
-std::vector<int64_t> parse_shape(const std::string& text) {
-  std::vector<int64_t> shape;
-  std::stringstream stream(text);
-  std::string dim;
-  while (std::getline(stream, dim, 'x')) {
-    if (!dim.empty()) shape.push_back(std::stoll(dim));
-  }
-  return shape;
-}
-
-// NAME=DTYPE:SHAPE:FILE -> tensor
-at::Tensor read_input(const std::string& arg) {
-  auto eq = arg.find('=');
-  auto c1 = arg.find(':', eq);
-  auto c2 = arg.find(':', c1 + 1);
-  if (eq == std::string::npos || c1 == std::string::npos || c2 == std::string::npos) {
-    throw std::runtime_error("bad input argument " + arg + " (want NAME=DTYPE:D0xD1:FILE)");
-  }
-  auto dtype = parse_dtype(arg.substr(eq + 1, c1 - eq - 1));
-  auto shape = parse_shape(arg.substr(c1 + 1, c2 - c1 - 1));
-  std::ifstream file(arg.substr(c2 + 1), std::ios::binary);
-  std::vector<char> bytes((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
-  auto tensor = at::empty(shape, at::TensorOptions().dtype(dtype));
-  if (static_cast<size_t>(tensor.nbytes()) != bytes.size()) {
-    throw std::runtime_error("file size does not match the shape of input " + arg);
-  }
-  std::memcpy(tensor.data_ptr(), bytes.data(), bytes.size());
-  return tensor;
-}
-
-std::string one_line(std::string text) {
-  std::replace(text.begin(), text.end(), '\n', ' ');
-  return text;
-}
-
-}  // namespace
+#include "client_io.h"
 
 int main(int argc, char** argv) {
   if (argc < 3) {
@@ -104,30 +40,22 @@ int main(int argc, char** argv) {
       caffe2::serialize::PyTorchStreamReader archive(argv[1]);
       auto [data, size] = archive.getRecord("extra/signature.json");
       std::string signature(static_cast<const char*>(data.get()), size);
-      std::cout << "signature " << one_line(signature) << "\n";
+      std::cout << "signature " << client_io::one_line(signature) << "\n";
     }
     torch::inductor::AOTIModelPackageLoader loader(argv[1], argv[2]);
     std::map<std::string, std::string> metadata;
     for (const auto& [key, value] : loader.get_metadata()) metadata[key] = value;
     for (const auto& [key, value] : metadata) std::cout << "metadata " << key << " " << value << "\n";
     auto spec = loader.get_call_spec();
-    std::cout << "in_spec " << one_line(spec.at(0)) << "\n" << "out_spec " << one_line(spec.at(1)) << "\n";
+    std::cout << "in_spec " << client_io::one_line(spec.at(0)) << "\n" << "out_spec " << client_io::one_line(spec.at(1)) << "\n";
 
     std::vector<at::Tensor> inputs;
-    for (int i = 3; i < argc; ++i) inputs.push_back(read_input(argv[i]));
+    for (int i = 3; i < argc; ++i) inputs.push_back(client_io::read_raw_tensor(client_io::parse_input_argument(argv[i])));
     c10::InferenceMode inference;
     std::vector<at::Tensor> outputs = loader.run(inputs);
 
     std::cout << std::setprecision(17);
-    for (size_t i = 0; i < outputs.size(); ++i) {
-      const auto& tensor = outputs[i];
-      std::cout << "output " << i << " " << dtype_name(tensor.scalar_type()) << " ";
-      for (int64_t d = 0; d < tensor.dim(); ++d) std::cout << (d ? "x" : "") << tensor.size(d);
-      auto values = tensor.to(at::kDouble).contiguous();
-      const double* data = values.data_ptr<double>();
-      for (int64_t j = 0; j < values.numel(); ++j) std::cout << " " << data[j];
-      std::cout << "\n";
-    }
+    for (size_t i = 0; i < outputs.size(); ++i) client_io::print_output(std::to_string(i), outputs[i]);
   } catch (const std::exception& error) {
     std::cerr << "error: " << error.what() << "\n";
     return 1;

@@ -16,48 +16,15 @@
 #include <torch/script.h>
 
 #include <algorithm>
-#include <cstring>
 #include <fstream>
 #include <iomanip>
 #include <iostream>
-#include <iterator>
-#include <sstream>
 #include <string>
 #include <vector>
 
+#include "client_io.h"
+
 namespace {
-
-at::ScalarType parse_dtype(const std::string& name) {
-  if (name == "float32") return at::kFloat;
-  if (name == "float64") return at::kDouble;
-  if (name == "int64") return at::kLong;
-  if (name == "int32") return at::kInt;
-  if (name == "uint8") return at::kByte;
-  if (name == "bool") return at::kBool;
-  throw std::runtime_error("unsupported dtype " + name);
-}
-
-std::string dtype_name(at::ScalarType type) {
-  switch (type) {
-    case at::kFloat: return "float32";
-    case at::kDouble: return "float64";
-    case at::kLong: return "int64";
-    case at::kInt: return "int32";
-    case at::kByte: return "uint8";
-    case at::kBool: return "bool";
-    default: return c10::toString(type);
-  }
-}
-
-std::vector<int64_t> parse_shape(const std::string& text) {
-  std::vector<int64_t> shape;
-  std::stringstream stream(text);
-  std::string dim;
-  while (std::getline(stream, dim, 'x')) {
-    if (!dim.empty()) shape.push_back(std::stoll(dim));
-  }
-  return shape;
-}
 
 // NAME=string:SHAPE:FILE (one string per line): encoded by the artifact's own TorchScript submodule
 // "string_fingerprint" (signature.json's encoding "fingerprint64"), as the model expects them.
@@ -75,25 +42,9 @@ at::Tensor read_strings(torch::jit::Module& module, const std::string& path, con
 
 // NAME=DTYPE:SHAPE:FILE -> (NAME, tensor)
 std::pair<std::string, at::Tensor> read_input(torch::jit::Module& module, const std::string& arg) {
-  auto eq = arg.find('=');
-  auto c1 = arg.find(':', eq);
-  auto c2 = arg.find(':', c1 + 1);
-  if (eq == std::string::npos || c1 == std::string::npos || c2 == std::string::npos) {
-    throw std::runtime_error("bad input argument " + arg + " (want NAME=DTYPE:D0xD1:FILE)");
-  }
-  auto shape = parse_shape(arg.substr(c1 + 1, c2 - c1 - 1));
-  if (arg.substr(eq + 1, c1 - eq - 1) == "string") {
-    return {arg.substr(0, eq), read_strings(module, arg.substr(c2 + 1), shape)};
-  }
-  auto dtype = parse_dtype(arg.substr(eq + 1, c1 - eq - 1));
-  std::ifstream file(arg.substr(c2 + 1), std::ios::binary);
-  std::vector<char> bytes((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
-  auto tensor = torch::empty(shape, torch::TensorOptions().dtype(dtype));
-  if (static_cast<size_t>(tensor.nbytes()) != bytes.size()) {
-    throw std::runtime_error("file size does not match the shape of input " + arg);
-  }
-  std::memcpy(tensor.data_ptr(), bytes.data(), bytes.size());
-  return {arg.substr(0, eq), tensor};
+  auto input = client_io::parse_input_argument(arg);
+  if (input.dtype == "string") return {input.name, read_strings(module, input.file, input.shape)};
+  return {input.name, client_io::read_raw_tensor(input)};
 }
 
 }  // namespace
@@ -107,9 +58,7 @@ int main(int argc, char** argv) {
     torch::jit::ExtraFilesMap extra{{"signature.json", ""}};
     torch::jit::Module module = torch::jit::load(argv[1], torch::kCPU, extra);
     module.eval();
-    std::string signature = extra["signature.json"];
-    std::replace(signature.begin(), signature.end(), '\n', ' ');
-    std::cout << "signature " << signature << "\n";
+    std::cout << "signature " << client_io::one_line(extra["signature.json"]) << "\n";
     for (const auto& method : module.get_methods()) std::cout << "method " << method.name() << "\n";
 
     c10::Dict<std::string, at::Tensor> inputs;
@@ -124,14 +73,7 @@ int main(int argc, char** argv) {
     for (const auto& item : result) outputs.emplace_back(item.key().toStringRef(), item.value().toTensor());
     std::sort(outputs.begin(), outputs.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
     std::cout << std::setprecision(17);
-    for (const auto& [name, tensor] : outputs) {
-      std::cout << "output " << name << " " << dtype_name(tensor.scalar_type()) << " ";
-      for (int64_t d = 0; d < tensor.dim(); ++d) std::cout << (d ? "x" : "") << tensor.size(d);
-      auto values = tensor.to(at::kDouble).contiguous();
-      const double* data = values.data_ptr<double>();
-      for (int64_t j = 0; j < values.numel(); ++j) std::cout << " " << data[j];
-      std::cout << "\n";
-    }
+    for (const auto& [name, tensor] : outputs) client_io::print_output(name, tensor);
   } catch (const std::exception& error) {
     std::cerr << "error: " << error.what() << "\n";
     return 1;
