@@ -130,7 +130,10 @@ class ExportWriter:
                 writer.release()
                 return None
             owner = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
-            os.write(fd, json.dumps(owner).encode("utf-8"))
+            try:
+                os.write(fd, json.dumps(owner).encode("utf-8"))
+            except OSError as error:  # a full disk: the record only names the owner; writing the export says why
+                logger.debug("Could not record the owner of %s (%s).", path, error)
         except BaseException:
             writer.release()
             raise
