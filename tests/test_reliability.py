@@ -266,31 +266,31 @@ def _wait_for(predicate, what, timeout=90.0):
 
 def test_a_second_trainer_is_refused_naming_the_first_and_a_killed_one_leaves_no_lock(make_estimator, data, tmp_path):
     model_dir, events = tmp_path / "model", tmp_path / "events"
-    trainer = subprocess.Popen([sys.executable, str(KILL_SCRIPT), str(model_dir), "100000", str(events)],
-                               env={**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")},
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        _wait_for(lambda: any(e[0] == "A" and e[1] >= 2 for e in _events(events)) or trainer.poll() is not None, "the trainer")
-        assert trainer.poll() is None, trainer.stderr.read().decode()[-3000:]
-        trainer.send_signal(signal.SIGSTOP)  # alive and holding the lock, but no longer rotating files under the readers
-        second = te.Estimator(tr.model_fn, model_dir=str(model_dir), model=tr.Net(), optimizer=lambda p: torch.optim.Adam(p),
-                              config=te.RunConfig(device="cpu", save_checkpoints_steps=2, log_step_count_steps=None))
-        x = np.zeros((8, 32), "float32")
-        y = np.zeros(8, "int64")
-        before = {n: os.stat(model_dir / n).st_size for n in os.listdir(model_dir) if n.startswith("model.ckpt")}
-        with pytest.raises(te.ModelDirLockedError, match=rf"`model_dir` .*model is being trained by process {trainer.pid} on "
-                                                         rf"host {re.escape(socket.gethostname())} \(training since 20.*\): it holds "
-                                                         rf"the lock .*train.lock"):
-            second.train(numpy_input_fn(x, y, batch_size=8, num_epochs=None, shuffle=False), steps=5)
-        assert {n: os.stat(model_dir / n).st_size for n in os.listdir(model_dir) if n.startswith("model.ckpt")} == before
-        holder = te.lock.read_holder(str(model_dir / "train.lock"))
-        assert holder["pid"] == trainer.pid
-        # Readers never need the lock.
-        assert second.evaluate(numpy_input_fn(x, y, batch_size=8, shuffle=False))["global_step"] >= 2
-        assert len(list(second.predict(numpy_input_fn(x, batch_size=8, shuffle=False)))) == 8
-    finally:
-        trainer.kill()
-        trainer.wait()
+    with subprocess.Popen([sys.executable, str(KILL_SCRIPT), str(model_dir), "100000", str(events)],
+                          env={**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")},
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) as trainer:  # closes the pipe, waits
+        try:
+            _wait_for(lambda: any(e[0] == "A" and e[1] >= 2 for e in _events(events)) or trainer.poll() is not None, "the trainer")
+            assert trainer.poll() is None, trainer.stderr.read().decode()[-3000:]
+            trainer.send_signal(signal.SIGSTOP)  # alive and holding the lock, but no longer rotating files under the readers
+            second = te.Estimator(tr.model_fn, model_dir=str(model_dir), model=tr.Net(), optimizer=lambda p: torch.optim.Adam(p),
+                                  config=te.RunConfig(device="cpu", save_checkpoints_steps=2, log_step_count_steps=None))
+            x = np.zeros((8, 32), "float32")
+            y = np.zeros(8, "int64")
+            before = {n: os.stat(model_dir / n).st_size for n in os.listdir(model_dir) if n.startswith("model.ckpt")}
+            with pytest.raises(te.ModelDirLockedError, match=rf"`model_dir` .*model is being trained by process {trainer.pid} on "
+                                                             rf"host {re.escape(socket.gethostname())} \(training since 20.*\): it holds "
+                                                             rf"the lock .*train.lock"):
+                second.train(numpy_input_fn(x, y, batch_size=8, num_epochs=None, shuffle=False), steps=5)
+            assert {n: os.stat(model_dir / n).st_size for n in os.listdir(model_dir) if n.startswith("model.ckpt")} == before
+            holder = te.lock.read_holder(str(model_dir / "train.lock"))
+            assert holder["pid"] == trainer.pid
+            # Readers never need the lock.
+            assert second.evaluate(numpy_input_fn(x, y, batch_size=8, shuffle=False))["global_step"] >= 2
+            assert len(list(second.predict(numpy_input_fn(x, batch_size=8, shuffle=False)))) == 8
+        finally:
+            trainer.kill()
+            trainer.wait()
     # SIGKILL released the lock with the process: the next trainer takes it at once (and removes the file after).
     assert (model_dir / "train.lock").exists()
     second.train(numpy_input_fn(x, y, batch_size=8, num_epochs=None, shuffle=False), steps=5)
