@@ -188,8 +188,9 @@ def test_tfrecord_shards_are_disjoint_equal_and_train_finite_epochs_without_hang
 
 
 @pytest.mark.slow
-def test_a_killed_tfrecord_run_resumes_every_process_at_its_checkpointed_position(tmp_path):
-    pattern = _tfrecords(tmp_path / "data")
+@pytest.mark.parametrize("source", ["tfrecord", "numpy"])
+def test_a_killed_run_resumes_every_process_at_its_checkpointed_position(tmp_path, source):
+    pattern = _tfrecords(tmp_path / "data") if source == "tfrecord" else f"numpy:{sum(SIZES)}"
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     whole.mkdir(), killed.mkdir()
     args = (pattern, "pad", "shuffle", "3")

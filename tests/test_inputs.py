@@ -356,6 +356,24 @@ def test_resume_from_a_finished_input_resets_the_position():
     assert inp.state_dict()["position"] == 0
 
 
+def test_padded_shards_resume_every_process_from_any_ones_state():
+    x = np.arange(11)
+    input_fn = numpy_input_fn(x, batch_size=2, num_epochs=2, shuffle=True, seed=3)
+    ranks = [input_fn(mode="train", input_context=InputContext(2, rank, 2)) for rank in range(2)]
+    uninterrupted = [np.concatenate(list(rank)).tolist() for rank in ranks]
+    assert len(uninterrupted[0]) == len(uninterrupted[1]) == 12  # 11 examples: one shard padded, per epoch
+    first = input_fn(mode="train", input_context=InputContext(2, 0, 2))
+    iterator = iter(first)
+    head = np.concatenate([next(iterator) for _ in range(4)]).tolist()  # into the second epoch
+    state = first.state_dict()  # what the chief's checkpoint holds
+    for rank in range(2):
+        resumed = input_fn(mode="train", input_context=InputContext(2, rank, 2))
+        resumed.load_state_dict(state)
+        assert uninterrupted[rank][:len(head)] + np.concatenate(list(resumed)).tolist() == uninterrupted[rank]
+    evaluation = [input_fn(mode="eval", input_context=InputContext(2, rank, 2)) for rank in range(2)]
+    assert evaluation[0].fingerprint != evaluation[1].fingerprint  # unpadded: each its own position
+
+
 def test_load_state_with_other_fingerprint_is_rejected():
     state = numpy_input_fn(TEN, batch_size=4, shuffle=True, seed=1)().state_dict()
     other = numpy_input_fn(TEN, batch_size=5, shuffle=True, seed=1)()

@@ -268,9 +268,12 @@ class NumpyInput:
     def fingerprint(self) -> str:
         """Sizes, batch size, epochs, shuffle and seed: resuming is exact only when these match."""
         seed = self._seed if self._shuffle else None  # without a shuffle the seed changes nothing
+        index, count = self._shard
+        # Padded shards are at the same position on every process: any process's state resumes them all.
+        shard = f"*/{count}" if self._pad and count > 1 else f"{index}/{count}"
         return (
             f"numpy:n={self._total_n},batch_size={self._batch_size},num_epochs={self._num_epochs},"
-            f"shuffle={self._shuffle},seed={seed},shard={self._shard[0]}/{self._shard[1]}"
+            f"shuffle={self._shuffle},seed={seed},shard={shard}"
         )
 
     def state_dict(self) -> dict[str, Any]:

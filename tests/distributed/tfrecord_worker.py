@@ -1,6 +1,7 @@
 """Training from TFRecord files under torchrun, run by tests/test_distribute.py (2 processes, gloo, CPU).
 
 Every process logs the record ids of each training step to MODEL_DIR/seen-rank<R>.jsonl as ``[step, ids]``.
+PATTERN ``numpy:N`` trains from numpy_input_fn over N examples numbered as the records are instead.
 
 Usage: python -m torch.distributed.run --nproc_per_node=2 tfrecord_worker.py MODEL_DIR PATTERN UNEVEN SHUFFLE EPOCHS [KILL_STEP]
 """
@@ -12,6 +13,7 @@ import os
 import sys
 import time
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -68,6 +70,11 @@ def main() -> None:
                                            distributed_timeout_secs=60))
 
     def input_fn(num_epochs):
+        if pattern.startswith("numpy:"):
+            i = np.arange(int(pattern[len("numpy:"):]))
+            x = np.stack([i, -i], axis=1).astype(np.float32)
+            return te.inputs.numpy_input_fn({"x": x, "i": i}, i % 2, batch_size=3, num_epochs=num_epochs,
+                                            shuffle=shuffle == "shuffle")
         return te.inputs.tfrecord_input_fn(pattern, SPEC, batch_size=3, num_epochs=num_epochs, shuffle=shuffle == "shuffle",
                                            shuffle_buffer_size=4, label_key="y", uneven_shards=uneven)
 
