@@ -234,3 +234,12 @@ def test_malloc_is_left_alone_where_the_environment_configures_it():
     assert not _should_tune_malloc({"GLIBC_TUNABLES": "glibc.malloc.arena_max=1"}, "glibc")
     assert _should_tune_malloc({"GLIBC_TUNABLES": "glibc.rtld.nns=4"}, "glibc")
     assert not _should_tune_malloc({}, "")
+
+
+def test_a_cuda_device_without_an_index_is_the_current_one(monkeypatch):
+    """The thread must be given its device by number (torch.cuda.set_device refuses a bare "cuda")."""
+    from torch_estimator.prefetch import _indexed
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    assert _indexed(torch.device("cuda")) == torch.device("cuda", 1)
+    assert _indexed(torch.device("cuda", 0)) == torch.device("cuda", 0)

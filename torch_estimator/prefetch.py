@@ -102,6 +102,12 @@ class _Failure:
         self.error = error
 
 
+def _indexed(device: torch.device) -> torch.device:
+    """``device`` with its index: ``cuda`` alone means the current device of the thread building the
+    prefetcher, which the prefetching thread (starting on device 0) must be told by number."""
+    return device if device.index is not None else torch.device(device.type, torch.cuda.current_device())
+
+
 def _tensors(structure: Any) -> Iterator[torch.Tensor]:
     if isinstance(structure, torch.Tensor):
         yield structure
@@ -142,6 +148,8 @@ class Prefetcher:
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
                 raise ValueError(f"Prefetcher `{name}` must be an int > 0 or None; received {value!r}.")
         self._batches, self._state, self._limit = batches, state, limit
+        if device is not None and device.type == "cuda":
+            device = _indexed(device)
         self._cuda = device is not None and device.type == "cuda"
         self._device = device
         self._depth = depth if depth is not None else (2 if self._cuda else None)
