@@ -936,7 +936,8 @@ def test_training_killed_at_random_moments_resumes_exactly(tmp_path):
         pending_temps |= _temp_files(model_dir)
         if process.returncode == 0:
             break
-    assert reference.wait(timeout=300) == 0, reference.stderr.read().decode()[-3000:]
+    _, reference_stderr = reference.communicate(timeout=300)  # also closes its pipe
+    assert reference.returncode == 0, reference_stderr.decode()[-3000:]
     assert kills["training"] + kills["saving"] >= KILLS, kills
     assert events[-1][:2] == ("E", KILL_MAX_STEPS)
     assert _temp_files(model_dir) == set()
