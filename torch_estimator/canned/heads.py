@@ -125,6 +125,20 @@ _LABEL_NONE = (
 # Label vocabularies (host side).
 
 
+def select_predictions(predictions: dict[Any, torch.Tensor], keys: Sequence[Any] | None, owner: str) -> dict[Any, torch.Tensor]:
+    """``predictions`` restricted to ``keys`` (in that order), or all of them when ``keys`` is empty or None.
+
+    Raises:
+        ValueError: Naming the ``owner`` (a head), the unknown keys and the known ones.
+    """
+    if not keys:
+        return predictions
+    unknown = [k for k in keys if k not in predictions]
+    if unknown:
+        raise ValueError(f"{owner}: prediction keys {unknown} are not among {sorted(predictions)}.")
+    return {k: predictions[k] for k in keys}
+
+
 def _check_vocabulary(label_vocabulary: Any, n_classes: int, owner: str) -> tuple[str, ...] | None:
     if label_vocabulary is None:
         return None
@@ -422,13 +436,7 @@ class Head:
             ValueError: For an unknown key.
         """
         logits = self._check_logits(logits)
-        predictions = self._predictions(logits)
-        if keys:
-            unknown = [k for k in keys if k not in predictions]
-            if unknown:
-                raise ValueError(f"{type(self).__name__}: prediction keys {unknown} are not among {sorted(predictions)}.")
-            predictions = {k: predictions[k] for k in keys}
-        return predictions
+        return select_predictions(self._predictions(logits), keys, type(self).__name__)
 
     def _predictions(self, logits: torch.Tensor) -> dict[str, torch.Tensor]:
         raise NotImplementedError

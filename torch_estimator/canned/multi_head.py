@@ -42,7 +42,7 @@ import torch
 from ..export.outputs import PredictOutput
 from ..metrics import MetricUpdate, mean
 from ..spec import EstimatorSpec, ModeKeys
-from .heads import DEFAULT_SERVING_KEY, PREDICT_SERVING_KEY, Head, MetricKeys
+from .heads import DEFAULT_SERVING_KEY, PREDICT_SERVING_KEY, Head, MetricKeys, select_predictions
 
 __all__ = ["MultiHead"]
 
@@ -169,12 +169,7 @@ class MultiHead(Head):
         split = self._split_logits(logits)
         predictions = {(str(head.name), key): value
                        for head in self._heads for key, value in head.predictions(split[str(head.name)]).items()}
-        if keys:
-            unknown = [k for k in keys if k not in predictions]
-            if unknown:
-                raise ValueError(f"MultiHead: prediction keys {unknown} are not among {sorted(predictions)}.")
-            predictions = {k: predictions[k] for k in keys}
-        return predictions
+        return select_predictions(predictions, keys, "MultiHead")
 
     def metrics(
         self,
