@@ -48,12 +48,12 @@ from . import distribute, export, summary
 from ._host import to_numpy as _to_host
 from .hooks import (
     HookList,
-    LoggingTensorHook,
     NanLossDuringTrainingError,
     NanTensorHook,
     ProgressBarHook,
     RunContext,
     StepCounterHook,
+    StepLoggingHook,
     StopAtStepHook,
     SummarySaverHook,
     check_hooks,
@@ -107,16 +107,6 @@ def _model_fn_args(model_fn: Callable[..., Any], params: Any) -> frozenset[str]:
     if params and "params" not in names:
         raise ValueError(f"`params` were given to the Estimator ({params!r}) but model_fn does not declare `params`.")
     return frozenset(names)
-
-
-class _StepLoggingHook(LoggingTensorHook):
-    """TF's default "loss = ..., step = ..." line, naming the step the update produced: the step its
-    summaries are written at in TensorBoard (TF's convention: 1, 1+N, ...), so that log and scalars agree."""
-
-    def after_run(self, run_context: RunContext, run_values: Mapping[str, Any]) -> None:
-        if "global_step" in run_values:
-            run_values = {**run_values, "global_step": np.int64(run_context.global_step)}
-        super().after_run(run_context, run_values)
 
 
 def _warnings_only(record: logging.LogRecord) -> bool:
@@ -780,7 +770,7 @@ class Estimator:
         config = self._config
         hooks: list[HookLike] = [NanTensorHook()]
         if config.log_step_count_steps is not None:
-            hooks.append(_StepLoggingHook({"loss": "loss", "step": "global_step"}, every_n_iter=config.log_step_count_steps))
+            hooks.append(StepLoggingHook({"loss": "loss", "step": "global_step"}, every_n_iter=config.log_step_count_steps))
         if not self._dist.is_chief:
             return hooks
         if config.log_step_count_steps is not None:

@@ -31,6 +31,8 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, cast
 
+import numpy as np
+
 from . import summary
 from .protocols import HookLike
 
@@ -404,6 +406,17 @@ class LoggingTensorHook(Hook):
         logger.info(f"{line} ({elapsed:.3f} sec)" if elapsed is not None else line)
 
 
+class StepLoggingHook(LoggingTensorHook):
+    """TF's default "loss = ..., step = ..." line (the Estimator's, from ``RunConfig.log_step_count_steps``),
+    naming the step the update produced: the step its summaries are written at in TensorBoard (TF's
+    convention: 1, 1+N, ...), so that log and scalars agree. Scheduled as its base class (see HookList)."""
+
+    def after_run(self, run_context: RunContext, run_values: Mapping[str, Any]) -> None:
+        if "global_step" in run_values:
+            run_values = {**run_values, "global_step": np.int64(run_context.global_step)}
+        super().after_run(run_context, run_values)
+
+
 class StopAtStepHook(Hook):
     """Requests a stop once the global step reaches ``last_step`` (or ``num_steps`` past the start).
 
@@ -666,7 +679,7 @@ the first trace is of the second step).
 
 
 # The hooks whose calls the training loop schedules (exactly these classes; see HookList).
-_SCHEDULED = frozenset({LoggingTensorHook, StopAtStepHook, StepCounterHook, SummarySaverHook})
+_SCHEDULED = frozenset({LoggingTensorHook, StepLoggingHook, StopAtStepHook, StepCounterHook, SummarySaverHook})
 
 
 class FinalOpsHook(Hook):
