@@ -419,6 +419,17 @@ def test_stop_requested_by_a_hook(make_estimator, data):
     assert ckpt.step_of(est.latest_checkpoint()) == 2
 
 
+@pytest.mark.parametrize(("hook", "steps", "expected"), [
+    (te.StopAtStepHook(num_steps=3), None, 3),  # the input repeats forever: the hook alone stops it
+    (te.StopAtStepHook(last_step=4), 10, 4),  # the earlier of the two
+    (te.StopAtStepHook(num_steps=10), 2, 2),
+])
+def test_a_users_stop_at_step_hook_stops_training(make_estimator, data, hook, steps, expected):
+    est = make_estimator(save_checkpoints_steps=100)
+    est.train(_train_fn(data), steps=steps, hooks=[hook])
+    assert est.get_variable_value("global_step") == expected
+
+
 def test_keep_checkpoint_every_n_hours_none_trains_and_rotates(make_estimator, data, tmp_path):
     est = make_estimator(save_checkpoints_steps=2, keep_checkpoint_max=2, keep_checkpoint_every_n_hours=None)
     est.train(_train_fn(data), steps=8)

@@ -54,7 +54,6 @@ from .hooks import (
     RunContext,
     StepCounterHook,
     StepLoggingHook,
-    StopAtStepHook,
     SummarySaverHook,
     check_hooks,
 )
@@ -703,10 +702,10 @@ class Estimator:
             return self
         source, batches = self._batches(input_fn, ModeKeys.TRAIN)
         self._resume(source)
-        stop = [StopAtStepHook(num_steps=steps, last_step=max_steps)] if steps or max_steps else []
-        total = steps if steps else (max_steps - self._global_step if max_steps else _known_length(source))
+        last_step = max_steps if max_steps else (self._global_step + steps if steps else math.inf)
+        remaining = None if last_step == math.inf else int(last_step - self._global_step)
+        total = remaining if remaining is not None else _known_length(source)
         # With prefetching, the input's checkpointed position is the one after the last batch consumed.
-        remaining = steps if steps else (max_steps - self._global_step if max_steps else None)
         prefetcher = self._prefetcher(batches, remaining and remaining * self._config.gradient_accumulation_steps, source)
         position = source if prefetcher is None else prefetcher
         defaults = self._default_training_hooks(total)
@@ -720,8 +719,9 @@ class Estimator:
                 self._config.save_checkpoints_secs, listeners,
             )
         try:
-            last_loss = self._train_loop(position if prefetcher is not None else batches, HookList([*hooks, *stop, *defaults]),
-                                         saver, already_saved=path is not None and self._synced is not None)
+            last_loss = self._train_loop(position if prefetcher is not None else batches, HookList([*hooks, *defaults]),
+                                         saver, already_saved=path is not None and self._synced is not None,
+                                         last_step=last_step)
         except BaseException:
             with contextlib.suppress(OSError):  # the error that stopped training is the one to report
                 summary.flush_all()
@@ -781,9 +781,10 @@ class Estimator:
             hooks.append(ProgressBarHook(total, desc="train"))
         return hooks
 
-    def _train_loop(self, batches: Iterable[tuple[Any, Any, int]], hooks: HookList, saver: Any, already_saved: bool) -> float | None:
-        """The step loop: batches, one step, the hooks, maybe a save; until the last step, the input's end or
-        an (agreed) stop.
+    def _train_loop(self, batches: Iterable[tuple[Any, Any, int]], hooks: HookList, saver: Any, already_saved: bool,
+                    last_step: float) -> float | None:
+        """The step loop: batches, one step, the hooks, maybe a save; until ``last_step`` (``steps`` or
+        ``max_steps``; infinity for none), the input's end or an (agreed) stop.
 
         Most steps are bare: the batch, the step, the global step. Everything else happens at iterations
         known in advance (``due``): a hook's period (see ``HookList.next_due``), a save, the NaN check of
@@ -795,8 +796,6 @@ class Estimator:
         self._model.train()
         self._start_finite_tracking(hooks)
         hooks.after_restore(context)
-        last_step = min((h.last_step for h in hooks.hooks if isinstance(h, StopAtStepHook) and h.last_step is not None),
-                        default=math.inf)
         if saver is not None and saver.begin(self._global_step, already_saved):
             context.request_stop()
         self._synced, spec = None, None  # from here on, memory runs ahead of disk

@@ -420,6 +420,10 @@ class StepLoggingHook(LoggingTensorHook):
 class StopAtStepHook(Hook):
     """Requests a stop once the global step reaches ``last_step`` (or ``num_steps`` past the start).
 
+    ``train(steps=..., max_steps=...)`` needs no such hook: the loop is given its last step. This hook is a
+    stop request like any other hook's (with several processes, agreed every ``log_step_count_steps``
+    steps), for runs that stop themselves.
+
     Raises:
         ValueError: Unless exactly one of ``num_steps``/``last_step`` is given.
     """
