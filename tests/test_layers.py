@@ -54,6 +54,7 @@ LAYERS: dict[str, int] = {
     "tf_checkpoint": 2,
     "tf_convert": 2,
     "hooks": 2,
+    "nan_tracking": 2,  # the NaN policy of a train() call (NanTensorHook configures it)
     # checkpoint/: one job per module (see its __init__); they import each other and layers 1-2.
     "checkpoint": 2,
     "checkpoint.encoding": 2,

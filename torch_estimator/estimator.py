@@ -48,7 +48,6 @@ from . import distribute, export, summary
 from ._host import to_numpy as _to_host
 from .hooks import (
     HookList,
-    NanLossDuringTrainingError,
     NanTensorHook,
     ProgressBarHook,
     RunContext,
@@ -60,6 +59,7 @@ from .hooks import (
 from .inputs import InputContext, call_input_fn, iterate_batches
 from .lock import ModelDirLock
 from .metrics import MetricAccumulator
+from .nan_tracking import NanTracker
 from .prefetch import Prefetcher
 from .protocols import HookLike
 from .run_config import RunConfig
@@ -71,7 +71,6 @@ logger = logging.getLogger("torch_estimator")
 
 _MODEL_FN_ARGS = ("features", "labels", "mode", "params", "config", "model")
 _EXPORT = "export"  # the model_fn arguments used when tracing an export
-_LOSS_BUFFER = 1024  # losses kept on the device between two looks at them
 _RESERVED_METRICS = ("loss", "global_step")
 _NO_VALUES: Mapping[str, Any] = {}
 _NO_CONTEXT = contextlib.nullcontext()
@@ -496,33 +495,13 @@ class Estimator:
             )
         return self._checkpoints
 
-    def _save(self, global_step: int, source: Any) -> str:
-        if not self._all_finite():  # the loop checks first; this guards every write
-            raise NanLossDuringTrainingError("Refusing to save a checkpoint of non-finite weights.")
-        self._check_finite_state(global_step)
+    def _save(self, global_step: int, source: Any, nans: NanTracker) -> str:
+        # One fused check and one wait for the device, at a save, where the host waits anyway.
+        nans.check_before_save(global_step, ckpt.non_finite_tensors(ckpt.training_state_tensors(self._model, self._optimizer)),
+                               self.model_dir)
         path = self._checkpoint_manager().save(global_step, {**self._checkpoint_parts(), "input": self._capture_input(source)})
         self._synced = ckpt.checkpoint_identity(path)
         return path
-
-    def _check_finite_state(self, global_step: int) -> None:
-        """Refuse to save weights or optimizer state holding NaN or infinity (a finite loss can hide a NaN
-        gradient): one fused check and one wait for the device, at a save, where the host waits anyway."""
-        bad = ckpt.non_finite_tensors(ckpt.training_state_tensors(self._model, self._optimizer))
-        if not bad:
-            self._finite_step: int | None = global_step
-            return
-        self._synced = None  # memory holds broken weights: restore from disk next time
-        since = getattr(self, "_finite_step", None)
-        when = (f"at global step {global_step}" if since is None or since >= global_step - 1
-                else f"between global steps {since + 1} and {global_step} (they were finite at step {since})")
-        raise NanLossDuringTrainingError(
-            f"The weights or optimizer state became NaN or infinite {when}, while the loss stayed finite: a "
-            f"non-finite gradient (e.g. sqrt or log of 0 or of a negative number hidden by torch.where or a mask) "
-            f"or a non-finite optimizer setting. Non-finite: {bad[:8]}{' …' if len(bad) > 8 else ''}. Training "
-            f"stopped and no checkpoint of them was written; the newest checkpoint in {self.model_dir} is intact. "
-            f"Make the gradient finite (clamp the input of sqrt/log before torch.where selects it) or check the "
-            f"optimizer's settings."
-        )
 
     @staticmethod
     def _capture_input(source: Any) -> dict[str, Any] | None:
@@ -696,7 +675,6 @@ class Estimator:
                       max_steps: int | None, listeners: list[Any]) -> Estimator:
         path = self._prepare()
         self._model_synced = None  # from here on the model in memory moves on
-        self._finite_step = self._global_step if path is not None else None
         if max_steps is not None and max_steps <= self._global_step:
             logger.info("Skipping training since max_steps has already saved.")
             return self
@@ -711,23 +689,27 @@ class Estimator:
         defaults = self._default_training_hooks(total)
         if any(isinstance(h, NanTensorHook) for h in hooks):  # the user's NaN policy replaces the default
             defaults = [h for h in defaults if not isinstance(h, NanTensorHook)]
+        hook_list = HookList([*hooks, *defaults])
+        nans = NanTracker.from_hooks(hook_list.hooks, self._global_step, self._global_step if path is not None else None)
         saver = None
         if self._config.checkpointing_enabled and self._dist.is_chief:
             self._checkpoint_manager()
             saver = ckpt.CheckpointSaver(
-                lambda step: self._save(step, position), self._config.save_checkpoints_steps,
+                lambda step: self._save(step, position, nans), self._config.save_checkpoints_steps,
                 self._config.save_checkpoints_secs, listeners,
             )
         try:
-            last_loss = self._train_loop(position if prefetcher is not None else batches, HookList([*hooks, *defaults]),
-                                         saver, already_saved=path is not None and self._synced is not None,
-                                         last_step=last_step)
+            last_loss = self._train_loop(position if prefetcher is not None else batches, hook_list, saver,
+                                         already_saved=path is not None and self._synced is not None,
+                                         last_step=last_step, nans=nans)
         except BaseException:
             with contextlib.suppress(OSError):  # the error that stopped training is the one to report
                 summary.flush_all()
             _close_progress_bars(defaults)
             raise
         finally:
+            if nans.broken:  # memory holds broken weights: restore from disk next time
+                self._synced = None
             if prefetcher is not None:
                 prefetcher.close()
         try:
@@ -782,7 +764,7 @@ class Estimator:
         return hooks
 
     def _train_loop(self, batches: Iterable[tuple[Any, Any, int]], hooks: HookList, saver: Any, already_saved: bool,
-                    last_step: float) -> float | None:
+                    last_step: float, nans: NanTracker) -> float | None:
         """The step loop: batches, one step, the hooks, maybe a save; until ``last_step`` (``steps`` or
         ``max_steps``; infinity for none), the input's end or an (agreed) stop.
 
@@ -794,18 +776,17 @@ class Estimator:
         context = RunContext(ModeKeys.TRAIN, self._global_step, self.model_dir)
         hooks.begin()
         self._model.train()
-        self._start_finite_tracking(hooks)
         hooks.after_restore(context)
         if saver is not None and saver.begin(self._global_step, already_saved):
             context.request_stop()
         self._synced, spec = None, None  # from here on, memory runs ahead of disk
         stop = self._stop_agreed(context, now=True)
-        start, pending, step_fn = self._global_step, self._pending_losses, self._step_function()
+        start, pending, buffer, step_fn = self._global_step, nans.losses, nans.buffer, self._step_function(nans.losses)
         save_step, save_time = saver.next_save() if saver is not None else (math.inf, math.inf)
         clock = time.monotonic if save_time != math.inf else None
         iteration = examples = 0
         due: float = 0  # the next iteration the hooks, the saver or the NaN check need (inf: none)
-        nan_check = lambda: self._finite_or_stop(context)  # noqa: E731
+        nan_check = functools.partial(nans.check, context)
         for features, labels, size in (() if stop or start >= last_step else self._units(batches)):
             if iteration < due and (clock is None or clock() < save_time):
                 spec = step_fn(features, labels)
@@ -830,12 +811,12 @@ class Estimator:
             # The host waits for a fetched loss anyway: the NaN check looks then, after the hooks before the
             # NanTensorHook (TF's order: they see the step whose loss is NaN).
             if not hooks.after_step(context, values, iteration - 1, nan_check if fetched_loss else None) and fetched_loss:
-                self._finite_or_stop(context)
+                nans.check(context)
             if first:  # the first step went through: TensorBoard's graph, once
                 self._write_graph(features[0][0] if self._config.gradient_accumulation_steps > 1 else features)
-            if len(pending) >= _LOSS_BUFFER:
-                self._finite_or_stop(context)
-            if saver is not None and saver.should_save(step) and self._finite_or_stop(context):
+            if len(pending) >= buffer:
+                nans.check(context)
+            if saver is not None and saver.should_save(step) and nans.check(context):
                 if saver.save(step):  # a listener asked to stop
                     context.request_stop()
                 save_step, save_time = saver.next_save()
@@ -843,11 +824,11 @@ class Estimator:
             if self._stop_agreed(context) or step >= last_step:
                 break
             due = min(
-                hooks.next_due(), iteration + _LOSS_BUFFER - len(pending), save_step - start - 1,
+                hooks.next_due(), iteration + buffer - len(pending), save_step - start - 1,
                 last_step - start - 1, self._next_stop_agreement(step) - start - 1,
                 due if due > iteration else math.inf,
             )
-        finite = self._finite_or_stop(context)
+        finite = nans.check(context)
         if saver is not None:
             saver.end(self._global_step, save=finite)
         last_loss = None if spec is None else float(_to_host(spec.loss))
@@ -895,24 +876,25 @@ class Estimator:
                 return
             yield micro, None, sum(b[2] for b in micro)
 
-    def _step_function(self) -> Callable[[Any, Any], EstimatorSpec]:
-        """``step(features, labels) -> spec``: one training step. The general one handles accumulation,
-        mixed precision, clipping and custom train_ops; the plain one (the default configuration) is the
-        hand-written loop plus the model_fn call and the loss kept for the NaN check."""
+    def _step_function(self, losses: list[torch.Tensor]) -> Callable[[Any, Any], EstimatorSpec]:
+        """``step(features, labels) -> spec``: one training step, whose detached loss it appends to ``losses``
+        (for the NaN check). The general one handles accumulation, mixed precision, clipping and custom
+        train_ops; the plain one (the default configuration) is the hand-written loop plus the model_fn call
+        and the loss kept."""
         config = self._config
         if config.gradient_accumulation_steps > 1:
-            return lambda micro, _labels: self._train_step(micro)
-        general = lambda features, labels: self._train_step([(features, labels, 0)])  # noqa: E731
+            return lambda micro, _labels: self._train_step(micro, losses)
+        general = lambda features, labels: self._train_step([(features, labels, 0)], losses)  # noqa: E731
         if (self._optimizer is None or self._scaler.is_enabled() or self._autocast_dtype is not None
                 or config.gradient_clip_norm is not None or config.gradient_clip_value is not None):
             return general
         model_fn, kwargs, takes_labels = self._model_fn, self._fn_kwargs[ModeKeys.TRAIN], "labels" in self._fn_args
         positional = self._positional_args(kwargs)  # model_fn(features, labels, *positional): no dict per call
-        zero_grad, optimizer_step, keep = self._optimizer.zero_grad, self._optimizer.step, self._pending_losses.append
+        zero_grad, optimizer_step, keep = self._optimizer.zero_grad, self._optimizer.step, losses.append
         scheduler_step = self._lr_scheduler.step if self._lr_scheduler is not None else None
         checked = self._checked_spec
         if self._cuda_graphs:
-            return lambda features, labels: self._train_step([(features, labels, 0)])
+            return general
 
         def step(features: Any, labels: Any) -> EstimatorSpec:
             zero_grad()
@@ -952,9 +934,10 @@ class Estimator:
             return None
         return tuple(kwargs[name] for name in names[2:])
 
-    def _train_step(self, micro_batches: list[tuple[Any, Any, int]]) -> EstimatorSpec:
+    def _train_step(self, micro_batches: list[tuple[Any, Any, int]], losses: list[torch.Tensor]) -> EstimatorSpec:
         """Forward and backward through model_fn for each micro-batch, then one update: the spec's train_op,
-        or the Estimator's optimizer (with unscaling, clipping and the scheduler)."""
+        or the Estimator's optimizer (with unscaling, clipping and the scheduler). The detached loss goes to
+        ``losses``."""
         if self._optimizer is not None:
             self._optimizer.zero_grad(set_to_none=True)
         if len(micro_batches) == 1:
@@ -966,7 +949,7 @@ class Estimator:
             self._apply_gradients()
         assert spec.loss is not None  # a TRAIN spec has one (EstimatorSpec checks)
         loss = spec.loss.detach()
-        self._pending_losses.append(loss.clone() if self._cuda_graphs else loss)
+        losses.append(loss.clone() if self._cuda_graphs else loss)
         return spec
 
     def _accumulate(self, micro_batches: list[tuple[Any, Any, int]]) -> EstimatorSpec:
@@ -1035,43 +1018,6 @@ class Estimator:
         hooks.extend(new)
         more = joined.before_run(context)
         return more if wanted is None else wanted | (more or set())
-
-    def _start_finite_tracking(self, hooks: HookList) -> None:
-        # Each step's detached loss is kept (a reference, no device work); the host looks at them, stacked,
-        # only where it waits anyway (a fetched loss, a save, the end) or after _LOSS_BUFFER steps.
-        self._pending_losses: list[torch.Tensor] = []
-        self._checked_step = self._global_step
-        self._diverged = False
-        policies = [h.fail_on_nan_loss for h in hooks.hooks if isinstance(h, NanTensorHook)]
-        self._fail_on_nan = not policies or any(policies)
-
-    def _all_finite(self) -> bool:
-        return not self._diverged and (
-            not self._pending_losses or bool(torch.isfinite(torch.stack(self._pending_losses)).all())
-        )
-
-    def _finite_or_stop(self, context: RunContext) -> bool:
-        """True while every loss so far was finite; else raise, or (``NanTensorHook(False)``) log and stop."""
-        if self._diverged:
-            return False
-        if not self._pending_losses:
-            return True
-        bad = ~torch.isfinite(torch.stack(self._pending_losses).float())
-        if not bool(bad.any()):
-            self._checked_step += len(self._pending_losses)
-            self._pending_losses.clear()
-            return True
-        self._synced = None  # memory holds broken weights: restore from disk next time
-        step = self._checked_step + int(bad.int().argmax()) + 1
-        if self._fail_on_nan:
-            raise NanLossDuringTrainingError(
-                f"NaN or infinite loss at global step {step} (the first bad step); training stopped and no "
-                f"checkpoint of the broken weights was written. Lower the learning rate or check the input."
-            )
-        logger.error("Model diverged with loss = NaN at global step %d; stopping without saving.", step)
-        self._diverged = True
-        context.request_stop()
-        return False
 
     # ------------------------------------------------------------------------------------------------
     # Evaluation and prediction.
