@@ -567,6 +567,23 @@ def test_hook_list_calls_every_hook_point_in_order():
     ]
 
 
+def test_hooks_joining_a_run_begin_and_see_this_steps_before_and_after_run():
+    calls = []
+    hooks = HookList([Wants(["loss"], calls, "a")])
+    context = RunContext("train", 0)
+    hooks.begin()
+    wanted = hooks.before_run(context)
+    wanted = hooks.join([Wants(["accuracy"], calls, "b")], context, wanted)
+    assert wanted == {"loss", "accuracy"}
+    hooks.after_run(context, {"loss": 1.0})
+    assert calls == [
+        ("begin", "a"), ("before_run", "a"), ("begin", "b"), ("before_run", "b"),
+        ("after_run", "a", {"loss": 1.0}), ("after_run", "b", {"loss": 1.0}),
+    ]
+    assert hooks.join([], context, None) is None
+    assert HookList().join([Wants(None)], context, None) is None
+
+
 def test_hook_list_after_restore_reaches_hooks():
     hook = StopAtStepHook(num_steps=2)
     HookList([hook]).after_restore(RunContext("train", 5))

@@ -184,6 +184,41 @@ def _check_positive(name: str, value: Any) -> None:
         raise ValueError(f"`{name}` must be an int > 0 or None; received {value!r}.")
 
 
+class _HookedRun:
+    """The hook-calling sequence that train, evaluate and predict share. Made at the start of a run: the hooks'
+    ``begin``, the model put in the mode's train/eval state, their ``after_restore``. After each step the hooks
+    observe, :meth:`values` fetches what they asked for; on the first step the hooks named in the spec join
+    first (in time for that step's ``after_run``). :meth:`end` gives them the run's results.
+
+    Between those, each loop calls ``before_run``/``after_run`` (training: ``before_step``/``after_step``,
+    at the steps the hooks need) itself.
+    """
+
+    def __init__(self, estimator: Estimator, hooks: HookList, mode: str) -> None:
+        self.hooks = hooks
+        self.context = RunContext(mode, estimator._global_step, estimator.model_dir)
+        self._fetch, self._is_chief, self._first = estimator._fetch, estimator._dist.is_chief, True
+        hooks.begin()
+        estimator._model.train(mode == ModeKeys.TRAIN)
+        hooks.after_restore(self.context)
+
+    def values(self, wanted: set[str] | None, spec: EstimatorSpec, global_step: int) -> Mapping[str, Any]:
+        """The values ``wanted`` (with those of the spec's hooks, on the first step), fetched from ``spec``."""
+        if self._first:
+            self._first = False
+            wanted = self.hooks.join(self._spec_hooks(spec), self.context, wanted)
+        return self._fetch(wanted, spec, global_step) if wanted else _NO_VALUES
+
+    def _spec_hooks(self, spec: EstimatorSpec) -> Sequence[HookLike]:
+        if spec.mode == ModeKeys.TRAIN:
+            return (*spec.training_hooks, *(spec.training_chief_hooks if self._is_chief else ()))
+        return spec.evaluation_hooks if spec.mode == ModeKeys.EVAL else spec.prediction_hooks
+
+    def end(self, results: dict[str, Any]) -> None:
+        self.context.results = results
+        self.hooks.end(self.context)
+
+
 class Estimator:
     """Trains, evaluates and predicts with a ``model_fn``, as ``tf.estimator.Estimator`` did.
 
@@ -773,10 +808,8 @@ class Estimator:
         a full loss buffer, the last step, a stop agreement between processes; a hook without a period makes
         every step one of them. A save every N seconds is the one thing checked on every step (a clock read).
         """
-        context = RunContext(ModeKeys.TRAIN, self._global_step, self.model_dir)
-        hooks.begin()
-        self._model.train()
-        hooks.after_restore(context)
+        run = _HookedRun(self, hooks, ModeKeys.TRAIN)
+        context = run.context
         if saver is not None and saver.begin(self._global_step, already_saved):
             context.request_stop()
         self._synced, spec = None, None  # from here on, memory runs ahead of disk
@@ -800,11 +833,7 @@ class Estimator:
             wanted = hooks.before_step(context, iteration)
             self._synced = None  # memory is about to be ahead of the last save (which set it)
             spec = step_fn(features, labels)
-            first = iteration == 0
-            if first:  # hooks named in the spec join on the first step
-                spec_hooks = (*spec.training_hooks, *(spec.training_chief_hooks if self._dist.is_chief else ()))
-                wanted = self._join_spec_hooks(hooks, spec_hooks, context, wanted)
-            values = self._fetch(wanted, spec, context.global_step) if wanted else _NO_VALUES
+            values = run.values(wanted, spec, context.global_step)
             iteration += 1
             context.global_step = self._global_step = step = start + iteration
             fetched_loss = "loss" in values
@@ -812,7 +841,7 @@ class Estimator:
             # NanTensorHook (TF's order: they see the step whose loss is NaN).
             if not hooks.after_step(context, values, iteration - 1, nan_check if fetched_loss else None) and fetched_loss:
                 nans.check(context)
-            if first:  # the first step went through: TensorBoard's graph, once
+            if iteration == 1:  # the first step went through: TensorBoard's graph, once
                 self._write_graph(features[0][0] if self._config.gradient_accumulation_steps > 1 else features)
             if len(pending) >= buffer:
                 nans.check(context)
@@ -832,8 +861,7 @@ class Estimator:
         if saver is not None:
             saver.end(self._global_step, save=finite)
         last_loss = None if spec is None else float(_to_host(spec.loss))
-        context.results = {"loss": last_loss, "global_step": self._global_step}
-        hooks.end(context)
+        run.end({"loss": last_loss, "global_step": self._global_step})
         return last_loss
 
     def _write_graph(self, features: Any) -> None:
@@ -1008,17 +1036,6 @@ class Estimator:
         if self._lr_scheduler is not None and stepped:
             self._lr_scheduler.step()
 
-    def _join_spec_hooks(self, hooks: HookList, new: Sequence[HookLike], context: RunContext, wanted: set[str] | None) -> set[str] | None:
-        """Hooks named in the first step's spec begin now, in time for this step's ``after_run``."""
-        if not new:
-            return wanted
-        joined = HookList(new)
-        joined.begin()
-        joined.after_restore(context)
-        hooks.extend(new)
-        more = joined.before_run(context)
-        return more if wanted is None else wanted | (more or set())
-
     # ------------------------------------------------------------------------------------------------
     # Evaluation and prediction.
 
@@ -1085,22 +1102,19 @@ class Estimator:
     def _evaluate_loop(self, batches: Iterable[tuple[Any, Any, int]], hooks: HookList, steps: int | None) -> dict[str, Any]:
         """Accumulate loss and metrics over this process's batches (no host sync per batch); sum the
         sufficient statistics over all processes; finalize once."""
-        context = RunContext(ModeKeys.EVAL, self._global_step, self.model_dir)
         accumulator, loss_sum, count = MetricAccumulator(), torch.zeros((), device=self._device), 0
-        hooks.begin()
-        self._model.eval()
-        hooks.after_restore(context)
+        run = _HookedRun(self, hooks, ModeKeys.EVAL)
+        context = run.context
         for features, labels, size in batches:
             context.batch_size = size
             wanted = hooks.before_run(context)
             spec = self._forward(features, labels, ModeKeys.EVAL)
             if count == 0:
-                wanted = self._join_spec_hooks(hooks, spec.evaluation_hooks, context, wanted)
                 self._check_metric_names(spec)
             assert spec.loss is not None  # an EVAL spec has one (EstimatorSpec checks)
             loss_sum = loss_sum + spec.loss.detach().float()
             accumulator.update(spec.eval_metric_ops or {})
-            hooks.after_run(context, self._fetch(wanted, spec, self._global_step) if wanted else _NO_VALUES)
+            hooks.after_run(context, run.values(wanted, spec, self._global_step))
             count += 1
             if steps is not None and count % max(1, steps // 10) == 0:
                 logger.info("Evaluation [%d/%d]", count, steps)
@@ -1117,8 +1131,7 @@ class Estimator:
         result["loss"] = _to_host(totals[0] / totals[1])
         result["global_step"] = self._global_step
         result = {name: _plain(value) for name, value in result.items()}
-        context.results = result
-        hooks.end(context)
+        run.end(result)
         return result
 
     @staticmethod
@@ -1171,19 +1184,14 @@ class Estimator:
 
     def _predict_loop(self, batches: Iterable[tuple[Any, Any, int]], hook_list: HookList, keys: list[str] | None,
                       yield_single_examples: bool, bar: ProgressBarHook | None) -> Iterator[Any]:
-        context = RunContext(ModeKeys.PREDICT, self._global_step, self.model_dir)
-        hook_list.begin()
-        self._model.eval()
-        hook_list.after_restore(context)
-        first = True
+        run = _HookedRun(self, hook_list, ModeKeys.PREDICT)
+        context = run.context
         for features, _labels, size in batches:
             context.batch_size = size
             wanted = hook_list.before_run(context)
             with torch.no_grad():
                 spec = self._forward(features, None, ModeKeys.PREDICT)
-            if first:
-                wanted, first = self._join_spec_hooks(hook_list, spec.prediction_hooks, context, wanted), False
-            hook_list.after_run(context, self._fetch(wanted, spec, self._global_step) if wanted else _NO_VALUES)
+            hook_list.after_run(context, run.values(wanted, spec, self._global_step))
             if bar is None:
                 yield from self._split_predictions(spec.predictions, keys, yield_single_examples)
             else:
@@ -1192,8 +1200,7 @@ class Estimator:
                     yield prediction
             if context.stop_requested:
                 break
-        context.results = {"global_step": self._global_step}
-        hook_list.end(context)
+        run.end({"global_step": self._global_step})
 
     # ------------------------------------------------------------------------------------------------
     # Export.

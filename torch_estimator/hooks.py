@@ -149,6 +149,19 @@ class HookList:
             elif before or after:
                 self._every_step = True
 
+    def join(self, hooks: Sequence[HookLike], run_context: RunContext, wanted: set[str] | None) -> set[str] | None:
+        """Add ``hooks`` during a run (those an ``EstimatorSpec`` names, after the first step): they begin,
+        see ``after_restore`` and this step's ``before_run`` now, in time for its ``after_run``. Returns
+        ``wanted`` with what they want."""
+        if not hooks:
+            return wanted
+        joined = HookList(hooks)
+        joined.begin()
+        joined.after_restore(run_context)
+        self.extend(hooks)
+        more = joined.before_run(run_context)
+        return more if wanted is None else wanted | (more or set())
+
     def begin(self) -> None:
         for hook in self.hooks:
             hook.begin()
