@@ -172,13 +172,22 @@ class EstimatorSpec:
         fetches: Mapping[str, torch.Tensor] | None = None,
         summaries: Mapping[str, Any] | None = None,
     ) -> None:
-        # Built on every step: the fields go straight into the instance dict (a frozen dataclass's generated
-        # __init__ makes one object.__setattr__ call per field), and a spec whose structure was validated
-        # before is not validated again field by field (see _structure_key).
+        # Built on every step. The usual training spec (a scalar loss and nothing else) stores only its two
+        # fields: the others keep the class's defaults, which are these same values. Otherwise the fields go
+        # straight into the instance dict (a frozen dataclass's generated __init__ makes one
+        # object.__setattr__ call per field), and a spec whose structure was validated before is not
+        # validated again field by field (see _structure_key).
         values = self.__dict__
         values["mode"] = mode
-        values["predictions"] = predictions
         values["loss"] = loss
+        if (
+            loss.__class__ is torch.Tensor and predictions is None and train_op is None and eval_metric_ops is None
+            and export_outputs is None and fetches is None and summaries is None and training_chief_hooks is _EMPTY
+            and training_hooks is _EMPTY and evaluation_hooks is _EMPTY and prediction_hooks is _EMPTY
+            and (mode == "train" or mode == "eval") and not loss.dim()
+        ):
+            return
+        values["predictions"] = predictions
         values["train_op"] = train_op
         values["eval_metric_ops"] = eval_metric_ops
         values["export_outputs"] = export_outputs
@@ -188,13 +197,6 @@ class EstimatorSpec:
         values["prediction_hooks"] = prediction_hooks
         values["fetches"] = fetches
         values["summaries"] = summaries
-        if (
-            loss.__class__ is torch.Tensor and predictions is None and train_op is None and eval_metric_ops is None
-            and export_outputs is None and fetches is None and summaries is None and training_chief_hooks is _EMPTY
-            and training_hooks is _EMPTY and evaluation_hooks is _EMPTY and prediction_hooks is _EMPTY
-            and (mode == "train" or mode == "eval") and not loss.dim()
-        ):
-            return  # the usual training spec: a scalar loss and nothing else
         key = self._structure_key()
         if key is None or key not in _VALID_STRUCTURES:
             self._validate()
