@@ -32,3 +32,18 @@ def test_encode_decode_round_trip(value):
 def test_unsupported_state_is_a_clear_error():
     with pytest.raises(TypeError, match="Cannot checkpoint 'x/f': values of type function"):
         ckpt.encode_state({"f": lambda: 0}, "x", {})
+
+
+def test_sequences_of_plain_values_encode_as_they_are_and_others_item_by_item():
+    tensors: dict[str, torch.Tensor] = {}
+    value = {"plain": (1, 2.5, None, "s", True), "mixed": [1, np.int64(2), (3,), torch.zeros(1)]}
+    assert json.dumps(ckpt.encode_state(value, "x", tensors)) == (
+        '{"plain": {"__tuple__": [1, 2.5, null, "s", true]}, '
+        '"mixed": [1, 2, {"__tuple__": [3]}, {"__tensor__": "x/mixed/3"}]}'
+    )
+    assert list(tensors) == ["x/mixed/3"]
+
+
+def test_a_sequence_holding_an_unsupported_value_names_its_position():
+    with pytest.raises(TypeError, match="Cannot checkpoint 'x/2': values of type object"):
+        ckpt.encode_state((1, 2, object()), "x", {})

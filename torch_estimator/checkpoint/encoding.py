@@ -22,6 +22,9 @@ import torch
 __all__ = ["encode_state", "decode_state", "rng_state", "set_rng_state"]
 
 
+_PLAIN = frozenset({bool, int, float, str, type(None)})  # what JSON holds as it is
+
+
 def encode_state(value: Any, key: str, tensors: dict[str, torch.Tensor]) -> Any:
     """Replace tensors and arrays in a nested structure by references into ``tensors``."""
     if isinstance(value, torch.Tensor):
@@ -34,10 +37,11 @@ def encode_state(value: Any, key: str, tensors: dict[str, torch.Tensor]) -> Any:
         return value.item()
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
-    if isinstance(value, tuple):
-        return {"__tuple__": [encode_state(v, f"{key}/{i}", tensors) for i, v in enumerate(value)]}
-    if isinstance(value, list):
-        return [encode_state(v, f"{key}/{i}", tensors) for i, v in enumerate(value)]
+    if isinstance(value, (tuple, list)):
+        # A sequence of plain values (Python's RNG state: 625 ints) is its own encoding: no call per item.
+        items = list(value) if _PLAIN.issuperset(map(type, value)) else [
+            encode_state(v, f"{key}/{i}", tensors) for i, v in enumerate(value)]
+        return {"__tuple__": items} if isinstance(value, tuple) else items
     if isinstance(value, Mapping):
         if all(isinstance(k, str) and not k.startswith("__") for k in value):
             return {k: encode_state(v, f"{key}/{k}", tensors) for k, v in value.items()}
