@@ -91,7 +91,11 @@ class RunConfig:
             made ahead of a stop requested by a hook are dropped; a checkpoint's input position counts only
             the batches consumed, so resuming stays exact. An input_fn drawing from the global random
             generators interleaves those draws with the step's when prefetched: give it its own generator
-            (as ``numpy_input_fn`` does) for reproducible runs.
+            (as ``numpy_input_fn`` does) for reproducible runs. Under glibc, the first prefetching thread
+            fixes malloc's mmap and trim thresholds at the ceiling of glibc's own adaptive heuristic (32 MB and
+            64 MB, process-wide), so that the thread's arena stops returning work buffers to the kernel after
+            every operation; setting ``MALLOC_TRIM_THRESHOLD_`` (or any ``MALLOC_*_`` variable, or a
+            ``glibc.malloc`` tunable in ``GLIBC_TUNABLES``) leaves malloc as configured.
         find_unused_parameters: DistributedDataParallel's option of that name.
         static_graph: DistributedDataParallel's option of that name.
         distributed_timeout_secs: How long a collective waits for the other processes before failing.
