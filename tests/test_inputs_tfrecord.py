@@ -338,3 +338,36 @@ def test_mnist_example_reads_its_data_from_tfrecords(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         mnist.main(["--data", f"tfrecord:{tmp_path}/records/train-*.tfrecord"])
     assert exit_.value.code == 2 and "with {split} in the pattern" in capsys.readouterr().err
+
+
+# -- framing in blocks ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("block_bytes", [1, 100, 1 << 22])
+@pytest.mark.parametrize("compression", [None, "GZIP"])
+def test_blocks_frame_fixed_and_mixed_lengths_and_stop_at_a_corrupt_record(tmp_path, block_bytes, compression):
+    from torch_estimator.tfrecord import read_record_blocks
+
+    records = [b"a" * 10] * 7 + [b"bb", b"ccc"] + [b"d" * 5] * 4
+    path = tmp_path / "a.tfrecord"
+    write_records(path, records, compression)
+    blocks = list(read_record_blocks(path, compression, block_bytes=block_bytes))
+    assert [block.record(i) for block in blocks for i in range(len(block))] == records
+    offsets = np.concatenate([block.offsets for block in blocks]).tolist()
+    assert offsets == [offset for offset, _ in read_records(path, compression)]
+    for block in blocks:
+        if block.stride:
+            assert [bytes(row) for row in block.rows()] == [block.record(i) for i in range(len(block))]
+    if compression:
+        return
+    data = bytearray(path.read_bytes())
+    data[offsets[5] + 12] ^= 1  # the data of record 5, inside the run of equal records
+    path.write_bytes(bytes(data))
+    seen = []
+    with pytest.raises(CorruptRecordError, match=rf"at offset {offsets[5]}: the data's checksum"):
+        for block in read_record_blocks(path, block_bytes=block_bytes):
+            seen.extend(block.record(i) for i in range(len(block)))
+    assert seen == records[:5]  # the records before it came first
+    skipped = []
+    kept = [d for _, d in read_records(path, on_corrupt=skipped.append)]
+    assert kept == records[:5] + records[6:] and len(skipped) == 1

@@ -51,6 +51,8 @@ LAYERS: dict[str, int] = {
     "inputs_tfrecord": 2,
     "tfrecord": 2,
     "tf_example": 2,
+    "example_layout": 2,
+    "row_shuffle": 2,
     "tf_checkpoint": 2,
     "tf_convert": 2,
     "hooks": 2,

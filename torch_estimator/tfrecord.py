@@ -20,20 +20,28 @@ Example:
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import gzip
 import io
+import mmap
 import os
 import struct
 import tempfile
+import threading
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, BinaryIO
+
+import numpy as np
 
 __all__ = [
     "CorruptRecordError",
     "COMPRESSION_TYPES",
     "masked_crc32c",
     "read_records",
+    "read_record_blocks",
+    "RecordBlock",
     "write_records",
     "check_compression_type",
 ]
@@ -42,7 +50,8 @@ COMPRESSION_TYPES = ("", "GZIP", "ZLIB")
 _HEADER = struct.Struct("<QI")
 _FOOTER = struct.Struct("<I")
 _MASK_DELTA = 0xA282EAD8
-_CHUNK = 1 << 20
+_CHUNK = 1 << 22
+_BLOCK = 1 << 22
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
@@ -133,12 +142,53 @@ def _open(path: str, compression_type: str) -> BinaryIO:
     return raw
 
 
-def _hint(path: str, compression_type: str, head: bytes) -> str:
+def _hint(compression_type: str, head: bytes) -> str:
     if not compression_type and head.startswith(_GZIP_MAGIC):
         return " (the file starts with gzip's magic bytes: pass compression_type='GZIP')"
     if not compression_type and head[:1] == b"\x78":
         return " (the file looks zlib-compressed: pass compression_type='ZLIB')"
     return ""
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordBlock:
+    """Consecutive checked records of one file, located in a byte buffer (no per-record objects).
+
+    Attributes:
+        path: The file.
+        data: A read-only uint8 array holding the records (a view of the file, or of decompressed bytes).
+        starts: Where each record's data begins in ``data`` (int64).
+        lengths: Each record's length in bytes (int64).
+        offsets: The byte offset of each record's header in the (uncompressed) stream (int64).
+        stride: When > 0, record ``i`` starts at ``starts[0] + i * stride`` (all records of the block have the
+            same length), so :meth:`rows` views them without copying.
+    """
+
+    path: str
+    data: np.ndarray
+    starts: np.ndarray
+    lengths: np.ndarray
+    offsets: np.ndarray
+    stride: int
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def record(self, i: int) -> bytes:
+        """The data of record ``i``."""
+        start = int(self.starts[i])
+        return self.data[start : start + int(self.lengths[i])].tobytes()
+
+    def rows(self) -> np.ndarray:
+        """The records as a read-only ``[len, length]`` uint8 view (only when ``stride`` > 0).
+
+        Raises:
+            ValueError: If the records are not at a fixed stride.
+        """
+        if not self.stride or not len(self):
+            raise ValueError("RecordBlock.rows() needs records at a fixed stride (stride > 0).")
+        return np.lib.stride_tricks.as_strided(self.data[int(self.starts[0]) :], shape=(len(self), int(self.lengths[0])),
+                                               strides=(self.stride, 1), writeable=False)
 
 
 def read_records(
@@ -159,74 +209,177 @@ def read_records(
         FileNotFoundError: If the file does not exist.
         ValueError: For a bad ``compression_type``, or compressed data that does not decompress.
     """
+    for block in read_record_blocks(path, compression_type, on_corrupt):
+        for i, offset in enumerate(block.offsets.tolist()):
+            yield offset, block.record(i)
+
+
+def read_record_blocks(
+    path: str | os.PathLike[str],
+    compression_type: str | None = None,
+    on_corrupt: Callable[[CorruptRecordError], None] | None = None,
+    block_bytes: int = _BLOCK,
+) -> Iterator[RecordBlock]:
+    """Yield the records of one TFRecord file in :class:`RecordBlock` s of about ``block_bytes`` each.
+
+    Every length and data checksum is checked, as :func:`read_records` (which reads through this). Runs of
+    records of one length are framed and checked with array operations (one CRC call per record, and one per
+    run for their identical headers); an uncompressed file is memory-mapped rather than read. The records
+    before a corrupt one are yielded before its error is raised (or passed to ``on_corrupt``).
+
+    Raises:
+        CorruptRecordError: A bad checksum or a truncated record, when ``on_corrupt`` is None.
+        FileNotFoundError: If the file does not exist.
+        ValueError: For a bad ``compression_type``.
+    """
     path = os.fspath(path)
     compression = check_compression_type(compression_type)
-    crc32c = _crc32c()
-    offset = 0  # of the current record in the (uncompressed) stream
-    with _open(path, compression) as stream:
-        reader = _Buffered(stream)
-        try:
+    framer = _Framer(path, compression, _crc32c(), on_corrupt, max(int(block_bytes), 1))
+    if not compression:
+        yield from framer.frame(_mapped(path), 0, True)
+        return
+    base = 0  # stream offset of pending[0]
+    pending = b""
+    try:
+        with _open(path, compression) as stream:
             while True:
-                header = reader.take(_HEADER.size)
-                if not header:
+                chunk = stream.read(_CHUNK)
+                final = not chunk
+                pending = pending + chunk if pending else chunk
+                yield from framer.frame(pending, base, final)
+                if framer.stopped or final:
                     return
-                length = 0
-                if len(header) < _HEADER.size:
-                    error = CorruptRecordError(path, offset, f"the file ends inside a record header ({len(header)} "
-                                               f"of {_HEADER.size} bytes)", True)
-                else:
-                    length, length_crc = _HEADER.unpack(header)
-                    if masked_crc32c(header[:8], crc32c) != length_crc:
-                        error = CorruptRecordError(
-                            path, offset, "the length's checksum does not match; this is not a TFRecord file of that "
-                            "compression type or it is damaged" + _hint(path, compression, header), True)
-                    else:
-                        body = reader.take(length + _FOOTER.size)
-                        if len(body) < length + _FOOTER.size:
-                            error = CorruptRecordError(
-                                path, offset, f"the file ends inside a record of {length} bytes (truncated file?)", True)
-                        else:
-                            data = body[:length]
-                            if masked_crc32c(data, crc32c) == _FOOTER.unpack_from(body, length)[0]:
-                                yield offset, data
-                                offset += _HEADER.size + length + _FOOTER.size
-                                continue
-                            error = CorruptRecordError(path, offset, f"the data's checksum does not match ({length} "
-                                                       "bytes)", False)
-                if on_corrupt is None:
-                    raise error
-                on_corrupt(error)
-                if error.rest_of_file:
-                    return
-                offset += _HEADER.size + length + _FOOTER.size
-        except (OSError, EOFError, zlib.error) as failure:
-            if isinstance(failure, FileNotFoundError):
-                raise
-            raise CorruptRecordError(path, offset, f"{compression or 'the file'} data does not decompress ({failure}); "
-                                     f"check compression_type", True) from failure
+                pending, base = pending[framer.consumed :], base + framer.consumed
+    except (OSError, EOFError, zlib.error) as failure:
+        if isinstance(failure, FileNotFoundError):
+            raise
+        raise CorruptRecordError(path, base + framer.consumed, f"{compression} data does not decompress ({failure}); "
+                                 f"check compression_type", True) from failure
 
 
-class _Buffered:
-    """Reads a stream in large chunks and hands out exact byte counts (fewer calls than one read per field)."""
+_MAPS: collections.OrderedDict[str, tuple[tuple[int, int, int], Any]] = collections.OrderedDict()
+_MAPS_KEPT = 16
+_MAPS_LOCK = threading.Lock()
 
-    def __init__(self, stream: BinaryIO) -> None:
-        self._stream, self._buffer, self._pos = stream, b"", 0
 
-    def take(self, n: int) -> bytes:
-        end = self._pos + n
-        if end > len(self._buffer):
-            parts = [self._buffer[self._pos :]]
-            have = len(parts[0])
-            while have < n:
-                chunk = self._stream.read(max(_CHUNK, n - have))
-                if not chunk:
+def _mapped(path: str) -> Any:
+    """The file memory-mapped read-only; the last few maps are kept (keyed by inode, size and mtime), so reading a
+    file again, as every epoch does, finds its pages already mapped."""
+    with open(path, "rb") as handle:
+        status = os.fstat(handle.fileno())
+        key = (status.st_ino, status.st_size, status.st_mtime_ns)
+        with _MAPS_LOCK:
+            kept = _MAPS.get(path)
+            if kept is not None and kept[0] == key:
+                _MAPS.move_to_end(path)
+                return kept[1]
+            view: Any = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) if status.st_size else b""
+            _MAPS[path] = (key, view)
+            while len(_MAPS) > _MAPS_KEPT:
+                _MAPS.popitem(last=False)  # unmapped when the last view of it goes
+            return view
+
+
+class _Framer:
+    """Splits a buffer of TFRecord framing into checked :class:`RecordBlock` s (see ``read_record_blocks``)."""
+
+    def __init__(self, path: str, compression: str, crc32c: Callable[[Any], int],
+                 on_corrupt: Callable[[CorruptRecordError], None] | None, block_bytes: int) -> None:
+        self._path, self._compression, self._crc32c, self._on_corrupt = path, compression, crc32c, on_corrupt
+        self._block_bytes = block_bytes
+        self.consumed = 0  # bytes of the last buffer framed (the rest waits for more data)
+        self.stopped = False  # the rest of the file is unreadable
+
+    def frame(self, buffer: Any, base: int, final: bool) -> Iterator[RecordBlock]:
+        """Frame ``buffer`` (whose first byte is at stream offset ``base``); ``final`` when no data follows."""
+        data = np.frombuffer(buffer, dtype=np.uint8)
+        end, pos = len(data), 0
+        self.consumed = 0
+        runs: list[tuple[int, int, int]] = []  # (header position, count, stride)
+        pending_bytes = 0
+        while True:
+            error: CorruptRecordError | None = None
+            skip = 0
+            if end - pos < _HEADER.size:
+                if end == pos or not final:
                     break
-                parts.append(chunk)
-                have += len(chunk)
-            self._buffer, self._pos, end = b"".join(parts), 0, min(n, have)
-        data = self._buffer[self._pos : end]
-        self._pos = end
-        return data
+                error = CorruptRecordError(self._path, base + pos, f"the file ends inside a record header "
+                                           f"({end - pos} of {_HEADER.size} bytes)", True)
+            else:
+                length, length_crc = _HEADER.unpack_from(buffer, pos)
+                stride = length + _HEADER.size + _FOOTER.size
+                if masked_crc32c(buffer[pos : pos + 8], self._crc32c) != length_crc:
+                    error = CorruptRecordError(
+                        self._path, base + pos, "the length's checksum does not match; this is not a TFRecord file of "
+                        "that compression type or it is damaged" + _hint(self._compression, bytes(buffer[pos : pos + 12])),
+                        True)
+                elif end - pos < stride:
+                    if not final:
+                        break
+                    error = CorruptRecordError(self._path, base + pos, f"the file ends inside a record of {length} "
+                                               f"bytes (truncated file?)", True)
+                else:
+                    count = self._run(data, buffer, pos, stride, (end - pos) // stride)
+                    good = self._check_data(data, buffer, pos, length, stride, count)
+                    if good:
+                        runs.append((pos, good, stride))
+                        pending_bytes += good * stride
+                        pos += good * stride
+                    if good < count:
+                        error = CorruptRecordError(self._path, base + pos, f"the data's checksum does not match "
+                                                   f"({length} bytes)", False)
+                        skip = stride
+            if runs and (error is not None or pending_bytes >= self._block_bytes):
+                yield self._block(data, base, runs)
+                runs, pending_bytes = [], 0
+            if error is not None:
+                self.consumed = pos
+                if self._on_corrupt is None:
+                    raise error
+                self._on_corrupt(error)
+                if error.rest_of_file:
+                    self.stopped = True
+                    return
+                pos += skip
+        if runs:
+            yield self._block(data, base, runs)
+        self.consumed = pos
+
+    def _run(self, data: np.ndarray, buffer: Any, pos: int, stride: int, fit: int) -> int:
+        """How many records from ``pos`` (at most ``fit``, and about a block's bytes) have this record's header."""
+        fit = min(fit, max(1, self._block_bytes // stride))
+        if fit < 2 or buffer[pos : pos + 12] != buffer[pos + stride : pos + stride + 12]:
+            return 1
+        headers = np.lib.stride_tricks.as_strided(data[pos:], shape=(fit, 12), strides=(stride, 1), writeable=False)
+        differs = (headers != headers[0]).any(axis=1)
+        first = int(differs.argmax())
+        return first if differs[first] else fit
+
+    def _check_data(self, data: np.ndarray, buffer: Any, pos: int, length: int, stride: int, count: int) -> int:
+        """The number of leading records of the run whose data checksum matches."""
+        start = pos + _HEADER.size
+        if count == 1:
+            crc = masked_crc32c(buffer[start : start + length], self._crc32c)
+            return int(crc == _FOOTER.unpack_from(buffer, start + length)[0])
+        rows = np.lib.stride_tricks.as_strided(data[start:], shape=(count, length), strides=(stride, 1),
+                                               writeable=False)
+        crcs = np.fromiter(map(self._crc32c, rows), dtype=np.uint64, count=count)
+        masked = (((crcs >> np.uint64(15)) | (crcs << np.uint64(17))) + np.uint64(_MASK_DELTA)) & np.uint64(0xFFFFFFFF)
+        stored = np.ndarray((count,), dtype="<u4", buffer=data, offset=start + length, strides=(stride,))
+        bad = masked != stored
+        first = int(bad.argmax())
+        return first if bad[first] else count
+
+    def _block(self, data: np.ndarray, base: int, runs: list[tuple[int, int, int]]) -> RecordBlock:
+        positions, counts, strides = (np.asarray(column, dtype=np.int64) for column in zip(*runs))
+        first = np.cumsum(counts) - counts  # index of each run's first record
+        within = np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(first, counts)
+        step = np.repeat(strides, counts)
+        headers = np.repeat(positions, counts) + within * step
+        lengths = step - (_HEADER.size + _FOOTER.size)
+        stride = int(strides[0])
+        fixed = bool(np.all(strides == stride) and np.all(np.diff(positions) == counts[:-1] * stride))
+        return RecordBlock(self._path, data, headers + _HEADER.size, lengths, headers + base, stride if fixed else 0)
 
 
 def write_records(
