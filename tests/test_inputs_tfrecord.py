@@ -371,3 +371,59 @@ def test_blocks_frame_fixed_and_mixed_lengths_and_stop_at_a_corrupt_record(tmp_p
     skipped = []
     kept = [d for _, d in read_records(path, on_corrupt=skipped.append)]
     assert kept == records[:5] + records[6:] and len(skipped) == 1
+
+
+def test_resuming_does_not_count_skipped_records_twice(tmp_path):
+    path = write_numbered(tmp_path / "a.tfrecord", 30)
+    offsets = [offset for offset, _ in read_records(path)]
+    data = bytearray(path.read_bytes())
+    data[offsets[15] + 14] ^= 0xFF  # the data of record 15
+    path.write_bytes(bytes(data))
+    input_fn = tfrecord_input_fn(str(path), NUMBERED, batch_size=4, num_epochs=2, shuffle=True, seed=1,
+                                 shuffle_buffer_size=6, on_corrupt="skip")
+    whole = input_fn()
+    uninterrupted = ids(whole)
+    first = input_fn()
+    iterator = iter(first)
+    head = [next(iterator)["i"].tolist() for _ in range(9)]  # into the second epoch
+    resumed = input_fn()
+    resumed.load_state_dict(first.state_dict())
+    assert head + ids(resumed) == uninterrupted
+    assert resumed.skipped_records == whole.skipped_records == 2
+
+
+def reference_deal(items, index, count, uneven):
+    """Sharding by record one item at a time (the definition the block version must match)."""
+    if uneven is None:
+        return items[index::count]
+    out, first, mine, seen = [], None, None, 0
+    for seen, item in enumerate(items, 1):
+        if (seen - 1) % count == index:
+            mine = item
+            first = item if first is None else first
+        if seen % count == 0:
+            out.append(mine)
+    if seen % count and uneven == "pad" and first is not None:
+        out.append(mine if index < seen % count else first)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_sharding_blocks_by_record_and_fitting_them_match_the_one_row_definitions(seed):
+    from torch_estimator.inputs_tfrecord import _deal, _fit
+    from torch_estimator.row_shuffle import Rows
+
+    rng = np.random.default_rng(seed)
+    n, count = int(rng.integers(0, 40)), int(rng.integers(1, 6))
+    bounds = [0, *sorted(rng.integers(0, n + 1, int(rng.integers(0, 5))).tolist()), n]
+    blocks = lambda: iter([Rows(b - a, {"i": np.arange(a, b)}, {}) for a, b in zip(bounds, bounds[1:])])  # noqa: E731
+    flat = lambda stream: [i for rows in stream for i in rows.columns["i"].tolist()]  # noqa: E731
+    for index in range(count):
+        for uneven in (None, "pad", "drop"):
+            assert flat(_deal(blocks(), index, count, uneven)) == reference_deal(list(range(n)), index, count, uneven)
+    target = int(rng.integers(0, 3 * n + 2))
+    if n:
+        assert flat(_fit(blocks(), blocks, target, "0 of 1")) == [k % n for k in range(target)]
+    elif target:
+        with pytest.raises(ValueError, match="has no records to repeat"):
+            flat(_fit(blocks(), blocks, target, "0 of 1"))

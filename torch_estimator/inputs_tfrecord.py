@@ -28,26 +28,27 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import itertools
 import logging
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Sequence as SequenceABC
 from typing import Any, cast
 
 import numpy as np
 import torch
 
 from .canned.feature_columns import MISSING, fingerprint
+from .example_layout import ExampleLayouts, fill_value, finish_variable, parse_records
 from .inputs import InputContext
+from .row_shuffle import Rows, shuffle_rows
 from .tf_example import (
     FeatureSpec,
     FixedLenFeature,
     FixedLenSequenceFeature,
     VarLenFeature,
     check_spec,
-    parse_example,
 )
-from .tfrecord import CorruptRecordError, check_compression_type, read_records
+from .tfrecord import CorruptRecordError, RecordBlock, check_compression_type, read_record_blocks
 
 __all__ = ["TFRecordInput", "tfrecord_input_fn", "FixedLenFeature", "VarLenFeature", "FixedLenSequenceFeature"]
 
@@ -86,8 +87,9 @@ class TFRecordInput:
 
     ``state_dict()`` / ``load_state_dict()`` save and restore the epoch and the number of records consumed in
     it; ``fingerprint`` identifies the files (paths and sizes), the spec and the batching, so a checkpoint
-    resumes the input exactly. Resuming re-reads the current epoch's records up to the position without
-    parsing them. ``skipped_records`` counts corrupt records skipped (with ``on_corrupt="skip"``).
+    resumes the input exactly. Resuming re-reads the current epoch's records up to the position (whole blocks
+    at a time) and drops them. ``skipped_records`` counts corrupt records skipped (with ``on_corrupt="skip"``),
+    each once even when a resume reads it again.
     """
 
     def __init__(
@@ -114,7 +116,11 @@ class TFRecordInput:
         self._file_counts = {} if file_counts is None else file_counts  # records per file, counted once
         self._epoch, self._offset = 0, 0
         self.skipped_records = 0
-        self._replaying = False
+        self._epoch_skipped = 0  # corrupt records met reading this epoch
+        self._checkpoint_skips = 0  # ... when the last batch was yielded
+        self._replayed_skips = 0  # ... at the position resumed from: met again, not counted again
+        self._layouts = ExampleLayouts(self._specs)
+        self._fills = {name: fill_value(spec) for name, spec in self._specs.items() if not isinstance(spec, FixedLenFeature)}
         self._strings: dict[str, int] = {}
         sizes = "\n".join(f"{path}:{os.path.getsize(path)}" for path in self._files)
         self._files_digest = hashlib.sha256(sizes.encode()).hexdigest()[:16]
@@ -136,7 +142,7 @@ class TFRecordInput:
     def state_dict(self) -> dict[str, Any]:
         """The resumable position: the epoch, records consumed in it, corrupt records skipped, the fingerprint."""
         return {"epoch": self._epoch, "offset": self._offset, "skipped": self.skipped_records,
-                "fingerprint": self.fingerprint}
+                "skipped_in_epoch": self._checkpoint_skips, "fingerprint": self.fingerprint}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Resume at ``state``'s position; a finished input starts a new pass, as TF re-read its input.
@@ -150,41 +156,39 @@ class TFRecordInput:
         finished = self._num_epochs is not None and epoch >= self._num_epochs
         self._epoch, self._offset = (0, 0) if finished else (epoch, offset)
         self.skipped_records = int(state.get("skipped", 0))
+        self._replayed_skips = 0 if finished else int(state.get("skipped_in_epoch", 0))
 
     # -- reading ---------------------------------------------------------------------------------------
 
     def _corrupt(self, error: CorruptRecordError) -> None:
-        if self._replaying:
+        self._epoch_skipped += 1
+        if self._epoch_skipped <= self._replayed_skips:
             return  # counted before the checkpoint
         self.skipped_records += 1
         logger.warning("Skipping a corrupt record (%d so far)%s: %s", self.skipped_records,
                        " and the rest of its file" if error.rest_of_file else "", error)
 
-    def _records(self, epoch: int) -> Iterator[tuple[bytes, tuple[str, int]]]:
-        """This shard's records of one epoch, in order: files (shuffled per epoch), shard, shuffle buffer."""
+    def _blocks(self, epoch: int) -> Iterator[Rows]:
+        """This shard's records of one epoch, parsed, in blocks: files (shuffled per epoch), shard, shuffle buffer."""
         files = self._files
         if self._shuffle:
             files = [files[i] for i in np.random.default_rng([self._seed, epoch]).permutation(len(files))]
         index, count = self._shard
         on_corrupt = self._corrupt if self._on_corrupt == "skip" else None
-        stream: Iterator[tuple[bytes, tuple[str, int]]]
+        stream: Iterator[Rows]
         if count > 1 and len(files) >= count:  # by file
-            stream = self._read(files[index::count], on_corrupt)
+            stream = self._parsed(files[index::count], on_corrupt)
             if self._uneven is not None:
                 sizes = [sum(self._count(path) for path in files[shard::count]) for shard in range(count)]
                 target = max(sizes) if self._uneven == "pad" else min(sizes)
-                stream = _fit(stream, lambda: self._read(files[index::count], _ignore), target, f"{index} of {count}")
+                stream = _fit(stream, lambda: self._parsed(files[index::count], _ignore), target, f"{index} of {count}")
         else:
-            stream = self._read(files, on_corrupt)
+            stream = self._parsed(files, on_corrupt)
             if count > 1:  # by record
                 stream = _deal(stream, index, count, self._uneven)
         if self._shuffle:
-            stream = _shuffle_buffer(stream, self._buffer_size, np.random.default_rng([self._seed, epoch, 1]))
+            stream = shuffle_rows(stream, self._buffer_size, np.random.default_rng([self._seed, epoch, 1]))
         return stream
-
-    def _read(self, files: Sequence[str], on_corrupt: Callable[[CorruptRecordError], None] | None
-              ) -> Iterator[tuple[bytes, tuple[str, int]]]:
-        return ((data, (path, offset)) for path in files for offset, data in read_records(path, self._compression, on_corrupt))
 
     def _count(self, path: str) -> int:
         """Records in ``path`` (corrupt ones skipped with ``on_corrupt="skip"``): read once, without parsing."""
@@ -192,51 +196,89 @@ class TFRecordInput:
         key = f"{path}:{status.st_size}:{status.st_mtime_ns}"  # a rewritten file is counted again
         if key not in self._file_counts:
             on_corrupt = _ignore if self._on_corrupt == "skip" else None
-            self._file_counts[key] = sum(1 for _ in read_records(path, self._compression, on_corrupt))
+            self._file_counts[key] = sum(len(block) for block in read_record_blocks(path, self._compression, on_corrupt))
         return self._file_counts[key]
 
-    def _batches(self) -> Iterator[list[tuple[bytes, tuple[str, int]]]]:
+    def _parsed(self, files: Sequence[str], on_corrupt: Callable[[CorruptRecordError], None] | None
+                ) -> Iterator[Rows]:
+        for path in files:
+            for block in read_record_blocks(path, self._compression, on_corrupt):
+                parsed = parse_records(block.data, block.starts, block.lengths, self._specs, _BlockSources(block),
+                                       self._layouts, block.stride, padded=True)
+                yield Rows(len(block), parsed, self._fills)
+
+    def _batches(self) -> Iterator[Rows]:
         epoch, skip = self._epoch, self._offset
-        batch: list[tuple[bytes, tuple[str, int]]] = []
+        pending: list[Rows] = []
+        have = 0
         while self._num_epochs is None or epoch < self._num_epochs:
             consumed = 0
-            self._replaying = skip > 0
-            for record in self._records(epoch):
-                consumed += 1
-                if skip:
-                    skip -= 1
-                    self._replaying = skip > 0
+            self._epoch_skipped = 0
+            for block in self._blocks(epoch):
+                start = min(skip, block.n)
+                skip -= start
+                consumed += start
+                if start == block.n:
                     continue
-                batch.append(record)
-                if len(batch) == self._batch_size:
-                    self._epoch, self._offset = epoch, consumed
-                    yield batch
-                    batch = []
+                block, start = self._as_tensors(block.slice(start, block.n)), 0  # once a block, not once a batch
+                while start < block.n:
+                    take = min(block.n - start, self._batch_size - have)
+                    pending.append(block.slice(start, start + take))
+                    have += take
+                    start += take
+                    consumed += take
+                    if have == self._batch_size:
+                        self._epoch, self._offset = epoch, consumed
+                        self._checkpoint_skips = self._epoch_skipped
+                        yield _batch(pending)
+                        pending, have = [], 0
             if consumed == 0:
                 index, count = self._shard
                 raise ValueError(f"tfrecord_input_fn: no records to read in {len(self._files)} file(s) "
                                  f"{self._files[:3]}{'...' if len(self._files) > 3 else ''}"
                                  + (f" for shard {index} of {count}" if count > 1 else "") + ".")
             skip = 0
+            self._replayed_skips = 0
             epoch += 1
-            if not batch:
-                self._epoch, self._offset = epoch, 0
-        if batch:
-            self._epoch, self._offset = epoch, 0
-            yield batch
+            if not pending:
+                self._epoch, self._offset, self._checkpoint_skips = epoch, 0, 0
+        if pending:
+            self._epoch, self._offset, self._checkpoint_skips = epoch, 0, 0
+            yield _batch(pending)
 
-    def _to_tensors(self, parsed: dict[str, Any]) -> dict[str, torch.Tensor]:
-        tensors = {}
-        for name, value in parsed.items():
-            spec = self._specs.get(name)
-            dtype = torch.int64 if spec is None else spec.dtype  # None: a padded VarLenFeature's lengths
-            if isinstance(value, list):  # VarLenFeature(output="nested")
-                tensors[name] = torch.nested.nested_tensor([torch.from_numpy(v).to(dtype) for v in value],
-                                                           layout=torch.jagged)
+    def _as_tensors(self, rows: Rows) -> Rows:
+        """``rows`` with its fixed-size columns made tensors (variable-length ones stay padded arrays until batched)."""
+        columns: dict[str, Any] = {}
+        for name, value in rows.columns.items():
+            dtype = self._specs[name].dtype
+            if name in self._fills:
+                columns[name] = value
             elif dtype is str:
-                tensors[name] = torch.from_numpy(self._fingerprints(value))
+                columns[name] = torch.from_numpy(self._fingerprints(value))
             else:
-                tensors[name] = torch.from_numpy(value).to(dtype)
+                columns[name] = torch.from_numpy(_writable(value)).to(dtype)
+        return Rows(rows.n, columns, self._fills)
+
+    def _to_tensors(self, rows: Rows) -> dict[str, torch.Tensor]:
+        tensors: dict[str, Any] = {}
+        for name, value in rows.columns.items():
+            if name not in self._fills:
+                tensors[name] = value
+                continue
+            parsed: dict[str, Any] = {}
+            finish_variable(parsed, name, self._specs[name], *value)
+            dtype = self._specs[name].dtype
+            for key, array in parsed.items():
+                if key != name:  # a padded VarLenFeature's lengths
+                    tensors[key] = torch.from_numpy(np.array(array))
+                elif isinstance(array, list):  # VarLenFeature(output="nested")
+                    tensors[key] = torch.nested.nested_tensor(
+                        [torch.from_numpy(self._fingerprints(v) if dtype is str else np.array(v)).to(
+                            torch.int64 if dtype is str else dtype) for v in array], layout=torch.jagged)
+                elif dtype is str:
+                    tensors[key] = torch.from_numpy(self._fingerprints(array))
+                else:
+                    tensors[key] = torch.from_numpy(np.array(array)).to(dtype)
         return tensors
 
     def _fingerprints(self, strings: np.ndarray) -> np.ndarray:
@@ -255,8 +297,7 @@ class TFRecordInput:
     def __iter__(self) -> Iterator[Any]:
         label_keys = [self._label_key] if isinstance(self._label_key, str) else list(self._label_key or [])
         for batch in self._batches():
-            records = [data for data, _ in batch]
-            features = self._to_tensors(parse_example(records, self._specs, [where for _, where in batch]))
+            features = self._to_tensors(batch)
             if not label_keys:
                 yield features
             elif isinstance(self._label_key, str):
@@ -265,61 +306,95 @@ class TFRecordInput:
                 yield features, {key: features.pop(key) for key in label_keys}
 
 
+class _BlockSources(SequenceABC[tuple[str, int]]):
+    """``(path, offset)`` of each record of a block, for error messages (made only when one is needed)."""
+
+    def __init__(self, block: RecordBlock) -> None:
+        self._path, self._offsets = block.path, block.offsets
+
+    def __len__(self) -> int:
+        return len(self._offsets)
+
+    def __getitem__(self, i: Any) -> Any:
+        return self._path, int(self._offsets[i])
+
+
 def _ignore(error: CorruptRecordError) -> None:
     """Skip a corrupt record silently (a second read of it: it was reported, and counted, the first time)."""
 
 
-def _fit(stream: Iterator[Any], again: Callable[[], Iterator[Any]], target: int, shard: str) -> Iterator[Any]:
-    """``stream`` cut to ``target`` items, or lengthened to it by repeating it from the start (``again()``)."""
+def _fit(stream: Iterator[Rows], again: Callable[[], Iterator[Rows]], target: int, shard: str) -> Iterator[Rows]:
+    """``stream`` cut to ``target`` rows, or lengthened to it by repeating it from the start (``again()``)."""
     have = 0
-    for item in itertools.islice(stream, target):
-        have += 1
-        yield item
+    for rows in stream:
+        if have + rows.n >= target:
+            if target > have:
+                yield rows.slice(0, target - have)
+            return
+        have += rows.n
+        yield rows
     while have < target:
         repeated = 0
-        for item in itertools.islice(again(), target - have):
-            repeated += 1
-            yield item
+        for rows in again():
+            take = min(rows.n, target - have - repeated)
+            yield rows.slice(0, take)
+            repeated += take
+            if have + repeated == target:
+                break
         if repeated == 0:
             raise ValueError(f"tfrecord_input_fn: shard {shard} has no records to repeat up to the {target} of the "
                              f"largest shard (its files are empty); remove empty files or pass uneven_shards='drop'.")
         have += repeated
 
 
-def _deal(stream: Iterator[Any], index: int, count: int, uneven: str | None) -> Iterator[Any]:
-    """Shard ``index`` of ``count``'s items of ``stream``: every count-th, as tf.data's sharding by record.
+def _deal(stream: Iterator[Rows], index: int, count: int, uneven: str | None) -> Iterator[Rows]:
+    """Shard ``index`` of ``count``'s rows of ``stream``: every count-th, as tf.data's sharding by record.
 
-    With ``uneven="pad"`` the last, incomplete round gives the shards left out their own first item again; with
-    ``"drop"`` it is dropped, so every shard gets the same number of items; None: as they come.
+    With ``uneven="pad"`` the last, incomplete round gives the shards left out their own first row again; with
+    ``"drop"`` it is dropped, so every shard gets the same number of rows; None: as they come.
     """
-    if uneven is None:
-        yield from itertools.islice(stream, index, None, count)
-        return
-    first = mine = None
-    seen = 0
-    for seen, item in enumerate(stream, 1):
-        if (seen - 1) % count == index:
-            mine = item
-            first = item if first is None else first
-        if seen % count == 0:  # a complete round: every shard has its item
+    seen = 0  # rows of the stream so far
+    first: Rows | None = None  # this shard's first row
+    held: Rows | None = None  # this shard's row of a round not yet complete, and where that round ends
+    held_end = 0
+    for rows in stream:
+        picked = np.arange((index - seen) % count, rows.n, count)
+        start, seen = seen, seen + rows.n
+        if held is not None and held_end <= seen:  # its round is complete
+            yield held
+            held = None
+        if not len(picked):
+            continue
+        mine = rows.take(picked)
+        if first is None:
+            first = mine.slice(0, 1)
+        if uneven is None:
             yield mine
-    if seen % count and uneven == "pad" and first is not None:
-        yield mine if index < seen % count else first
+            continue
+        ends = ((start + picked - index) // count + 1) * count  # where the round of each picked row ends
+        done = int(np.count_nonzero(ends <= seen))
+        if done:
+            yield mine.slice(0, done)
+        if done < mine.n:
+            held, held_end = mine.slice(done, mine.n), int(ends[done])
+    if uneven == "pad" and seen % count and first is not None:
+        yield held if held is not None else first
 
 
-def _shuffle_buffer(stream: Iterator[Any], size: int, rng: np.random.Generator) -> Iterator[Any]:
-    """tf.data's shuffle: fill a buffer, then emit a random element and put the next one in its place."""
-    buffer: list[Any] = list(itertools.islice(stream, size))
-    draws, used = rng.random(4096), 0
-    for item in stream:
-        if used == len(draws):
-            draws, used = rng.random(4096), 0
-        j = int(draws[used] * len(buffer))
-        used += 1
-        yield buffer[j]
-        buffer[j] = item
-    for j in rng.permutation(len(buffer)):
-        yield buffer[j]
+def _batch(parts: list[Rows]) -> Rows:
+    """One batch from the slices of blocks it spans (tensors for fixed-size columns, padded arrays for the rest)."""
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    padded = Rows.concat([Rows(part.n, {name: part.columns[name] for name in first.fills}, first.fills)
+                          for part in parts]).columns if first.fills else {}
+    columns = {name: padded[name] if name in first.fills else torch.cat([part.columns[name] for part in parts])
+               for name in first.columns}
+    return Rows(sum(part.n for part in parts), columns, first.fills)
+
+
+def _writable(array: np.ndarray) -> np.ndarray:
+    return array if array.flags.writeable else np.array(array)
 
 
 def _check_int(name: str, value: Any, allow_none: bool = False) -> None:
