@@ -167,14 +167,16 @@ class _Layout:
                 fixed[start : start + length] = False
         fixed[varint_bytes] = False
         self.values = values
-        self.fixed = np.flatnonzero(fixed)
-        self.fixed_bytes = template[self.fixed]
+        edges = np.flatnonzero(np.diff(np.concatenate([[False], fixed, [False]]).astype(np.int8)))
+        self.ranges = [(int(a), int(b), template[a:b]) for a, b in zip(edges[::2], edges[1::2])]  # fixed bytes
         self.varint_bytes = np.asarray(varint_bytes, dtype=np.int64)
         self.continuation = template[self.varint_bytes] & 0x80
 
     def matches(self, rows: np.ndarray) -> np.ndarray:
         """Which rows (a ``[n, length]`` uint8 array) have this layout."""
-        same = (rows[:, self.fixed] == self.fixed_bytes).all(axis=1)
+        same = np.ones(len(rows), dtype=bool)
+        for start, stop, expected in self.ranges:
+            same &= (rows[:, start:stop] == expected).all(axis=1)
         if len(self.varint_bytes):
             same &= ((rows[:, self.varint_bytes] & 0x80) == self.continuation).all(axis=1)
         return same
