@@ -221,17 +221,19 @@ class TFRecordInput:
                 if start == block.n:
                     continue
                 block, start = self._as_tensors(block.slice(start, block.n)), 0  # once a block, not once a batch
-                whole = (block.n - start) // self._batch_size if not have and not self._fills else 0
-                if whole:  # full batches straight out of the block: one split per column
-                    size = self._batch_size
-                    splits = {name: column[: whole * size].split(size) for name, column in block.columns.items()}
-                    for i in range(whole):
-                        consumed += size
-                        self._epoch, self._offset = epoch, consumed
-                        self._checkpoint_skips = self._epoch_skipped
-                        yield Rows(size, {name: parts[i] for name, parts in splits.items()}, self._fills)
-                    start = whole * size
                 while start < block.n:
+                    whole = (block.n - start) // self._batch_size if not have and not self._fills else 0
+                    if whole:  # full batches straight out of the block: one split per column
+                        size = self._batch_size
+                        splits = {name: column[start : start + whole * size].split(size)
+                                  for name, column in block.columns.items()}
+                        for i in range(whole):
+                            consumed += size
+                            self._epoch, self._offset = epoch, consumed
+                            self._checkpoint_skips = self._epoch_skipped
+                            yield Rows(size, {name: parts[i] for name, parts in splits.items()}, self._fills)
+                        start += whole * size
+                        continue
                     take = min(block.n - start, self._batch_size - have)
                     pending.append(block.slice(start, start + take))
                     have += take
