@@ -23,8 +23,14 @@ def test_checkpoint_saver_timing_and_listeners():
             calls.append(("end", step))
 
     saver = ckpt.CheckpointSaver(lambda step: saved.append(step) or f"ckpt-{step}", every_steps=10, listeners=[Listener()])
-    assert saver.begin(0, already_saved=False) is False
-    stops = [step for step in range(1, 26) if saver.should_save(step) and saver.save(step)]
+    saver.begin(0, already_saved=False)
+    assert saver.stop_requested is False
+    stops = []
+    for step in range(1, 26):
+        if saver.should_save(step):
+            saver.save(step)
+            if saver.stop_requested and not stops:
+                stops.append(step)
     saver.end(25)
     assert saved == [0, 10, 20, 25] and stops == [20]
     assert calls[-1] == ("end", 25)

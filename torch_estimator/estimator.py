@@ -810,8 +810,10 @@ class Estimator:
         """
         run = _HookedRun(self, hooks, ModeKeys.TRAIN)
         context = run.context
-        if saver is not None and saver.begin(self._global_step, already_saved):
-            context.request_stop()
+        if saver is not None:
+            saver.begin(self._global_step, already_saved)
+            if saver.stop_requested:
+                context.request_stop()
         self._synced, spec = None, None  # from here on, memory runs ahead of disk
         stop = self._stop_agreed(context, now=True)
         start, pending, buffer, step_fn = self._global_step, nans.losses, nans.buffer, self._step_function(nans.losses)
@@ -846,7 +848,8 @@ class Estimator:
             if len(pending) >= buffer:
                 nans.check(context)
             if saver is not None and saver.should_save(step) and nans.check(context):
-                if saver.save(step):  # a listener asked to stop
+                saver.save(step)
+                if saver.stop_requested:
                     context.request_stop()
                 save_step, save_time = saver.next_save()
                 due = iteration + 1  # the next step tells that memory is ahead of the save again
