@@ -70,6 +70,7 @@ LAYERS: dict[str, int] = {
     "checkpoint.saver": 2,
     "checkpoint.warm_start": 2,
     "checkpoint.parts": 2,
+    "checkpoint.renames": 2,
     "lock": 1,
     "metrics": 2,
     "summary": 2,

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from torch import nn
 
 import torch_estimator as te
@@ -236,3 +237,81 @@ def test_convert_checkpoint_without_a_model_keeps_tf_names(tmp_path, capsys):
     assert cli.main(["convert-checkpoint", "--tf_checkpoint", str(FIXTURES / "linear"), "--output", str(output)]) == 0
     assert sorted(load_file(str(output))) == ["linear/linear_model/bias_weights", "linear/linear_model/x/weights"]
     assert "optimizer state left out" in capsys.readouterr().out
+
+
+# -- Regex renames: a model of one's own from a TF model_dir --------------------------------------------------
+
+
+class MLP(nn.Module):
+    """TF's DNNClassifier(hidden_units=[8, 6], n_classes=3) over 4 inputs, under names of one's own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hidden = nn.ModuleList([nn.Linear(4, 8), nn.Linear(8, 6)])
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.hidden:
+            x = torch.relu(layer(x))
+        return self.head(x)
+
+
+DNN_RULES = [(r"dnn/hiddenlayer_(\d+)/kernel", r"hidden.\1.weight"), (r"dnn/hiddenlayer_(\d+)/bias", r"hidden.\1.bias"),
+             (r"dnn/logits/kernel", "head.weight"), (r"dnn/logits/bias", "head.bias")]
+
+
+def _probabilities(features, labels, mode, model):
+    return te.EstimatorSpec(mode, predictions={"probabilities": torch.softmax(model(features["x"]), dim=1)})
+
+
+def test_regex_renames_warm_start_a_model_of_ones_own_from_a_tf_dnn(tmp_path):
+    before = snapshot(FIXTURES)
+    with pytest.raises(ValueError, match=r"no TF variable matches a model tensor; TF has .*'dnn/hiddenlayer_0/bias'"):
+        te.checkpoint.warm_start(MLP(), te.WarmStartSettings(str(FIXTURES / "dnn")))
+    settings = te.WarmStartSettings(str(FIXTURES / "dnn"), rename=DNN_RULES)
+    estimator = te.Estimator(_probabilities, model=MLP(), model_dir=str(tmp_path / "model"), warm_start_from=settings)
+    inputs, expected = predictions("dnn")
+    got = [p["probabilities"] for p in estimator.predict(te.inputs.numpy_input_fn({"x": inputs}, shuffle=False))]
+    np.testing.assert_allclose(np.stack(got), expected, atol=1e-5)
+    assert snapshot(FIXTURES) == before
+
+
+@pytest.mark.parametrize(
+    ("rules", "message"),
+    [
+        ([(r"dnn/hidden_(\d+)/kernel", r"hidden.\1.weight")],
+         r"warm_start_from TF checkpoint .*model.ckpt-5: rename pattern 'dnn/hidden_\(\\\\d\+\)/kernel' matches no name in "
+         r"the checkpoint; it has \['dnn/hiddenlayer_0/bias', 'dnn/hiddenlayer_0/kernel', .*'dnn/logits/kernel'\]"),
+        ([(r"dnn/logits/(kernel|bias)", r"logits.\1")],
+         r"rename \('dnn/logits/\(kernel\|bias\)', 'logits.\\\\1'\) gives \['logits.bias', 'logits.kernel'\], none "
+         r"of them a model tensor; the model has \['head.bias', 'head.weight', 'hidden.0.bias'"),
+        ([(r"dnn/hiddenlayer_\d+/bias", "hidden.0.bias")],
+         r"model tensor 'hidden.0.bias' is renamed from two checkpoint names, 'dnn/hiddenlayer_0/bias' and "
+         r"'dnn/hiddenlayer_1/bias'"),
+        ([(r"dnn/hiddenlayer_0/kernel", "hidden.1.weight"), (r"dnn/hiddenlayer_1/kernel", "hidden.0.weight")],
+         r"shapes differ: hidden.1.weight \(6, 8\) vs TF 'dnn/hiddenlayer_0/kernel' \(4, 8\); hidden.0.weight \(8, 4\) "
+         r"vs TF 'dnn/hiddenlayer_1/kernel' \(8, 6\)"),
+    ],
+    ids=["matches-nothing", "gives-no-model-name", "mapped-twice", "shape-mismatch"],
+)
+def test_bad_renames_of_tf_names_are_clear_errors(rules, message):
+    with pytest.raises(ValueError, match=message):
+        te.checkpoint.warm_start(MLP(), te.WarmStartSettings(str(FIXTURES / "dnn"), rename=rules))
+
+
+def make_mlp() -> nn.Module:  # the --model callable of the test below
+    return MLP()
+
+
+def test_convert_checkpoint_renames_and_refuses_a_rename_that_matches_nothing(tmp_path, capsys):
+    output = tmp_path / "mlp.safetensors"
+    args = ["convert-checkpoint", "--tf_checkpoint", str(FIXTURES / "dnn"), "--output", str(output),
+            "--model", f"{__file__}:make_mlp"]
+    renames = [r"dnn/hiddenlayer_(\d+)/kernel=hidden.\1.weight", r"dnn/hiddenlayer_(\d+)/bias=hidden.\1.bias",
+               "dnn/logits/kernel=head.weight", "dnn/logits/bias=head.bias"]
+    assert cli.main([*args, *[f"--rename={rule}" for rule in renames]]) == 0
+    assert "hidden.1.weight [6, 8] <- dnn/hiddenlayer_1/kernel [8, 6]" in capsys.readouterr().out
+    assert sorted(te.checkpoint.read_checkpoint(str(output)).model) == sorted(MLP().state_dict())
+    assert cli.main([*args[:4], str(tmp_path / "none.safetensors"), *args[5:], "--rename", "dnn/nothing=head.bias"]) == 1
+    assert "--rename: rename pattern 'dnn/nothing' matches no name in the checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "none.safetensors").exists()

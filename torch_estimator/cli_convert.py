@@ -116,7 +116,7 @@ def _convert(args: argparse.Namespace) -> None:
     model = load_model(args.model)
     mapped = map_tf_variables(values, model, var_name_to_prev_var_name=dict(_pairs(args.map, "--map")),
                               rename=_pairs(args.rename, "--rename"), nhwc_flatten=not args.no_nhwc_flatten,
-                              unreadable=unreadable)
+                              unreadable=unreadable, where="--rename")
     if mapped.problems:
         raise ValueError("shapes differ: " + "; ".join(mapped.problems) + "; nothing was written.")
     if not mapped.tensors:

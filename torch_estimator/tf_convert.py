@@ -4,7 +4,8 @@ Names are matched, in order of precedence, by:
 
 1. ``var_name_to_prev_var_name`` (model name -> TF name), as TF's ``WarmStartSettings``;
 2. ``rename`` rules: ``(regex, replacement)`` pairs; a TF name that matches a regex in full becomes
-   ``re.sub``'s replacement, a model name (e.g. ``(r"net/fc(\\d+)/kernel", r"layers.\\1.weight")``);
+   ``re.sub``'s replacement, a model name (e.g. ``(r"net/fc(\\d+)/kernel", r"layers.\\1.weight")``); a rule that
+   matches no TF variable, gives no model name or gives one twice is an error (:mod:`.checkpoint.renames`);
 3. the canned estimators' names (``dnn/hiddenlayer_0/kernel`` -> ``hidden_layers.0.weight``, ``dnn/logits/...``,
    batch norm, embedding columns' ``embedding_weights``, ``linear/linear_model/<column>/weights``, ``baseline/bias``), matched against model names
    that equal the target or end with ``.<target>`` (so wide & deep's ``dnn.``/``linear.`` prefixes work);
@@ -41,6 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .checkpoint.renames import check_rules, renamed
 from .tf_checkpoint import TFCheckpoint
 
 __all__ = ["TFMapping", "map_tf_variables", "is_optimizer_variable", "warm_start_from_tf", "CANNED_RULES"]
@@ -180,6 +182,7 @@ def map_tf_variables(
     vars_to_warm_start: str | Sequence[str] = ".*",
     nhwc_flatten: bool = True,
     unreadable: Mapping[str, str] | None = None,
+    where: str = "rename",
 ) -> TFMapping:
     """Match TF variables to ``model``'s ``state_dict`` names and convert them to its layouts (module docstring).
 
@@ -192,12 +195,16 @@ def map_tf_variables(
         nhwc_flatten: Reorder the rows of the first dense kernel after a conv from NHWC to NCHW flatten order.
         unreadable: TF variables left out of ``tf_values`` -> why (:meth:`TFCheckpoint.read_all`), named when a
             ``var_name_to_prev_var_name`` entry asks for one.
+        where: What messages about ``rename`` start with.
 
     Raises:
-        ValueError: For an invalid regex, or a ``var_name_to_prev_var_name`` entry naming a TF variable
-            that does not exist or a model tensor that does not exist.
+        TypeError: If ``rename`` is not a list of pairs of strings.
+        ValueError: For an invalid regex, a ``var_name_to_prev_var_name`` entry naming a TF variable
+            that does not exist or a model tensor that does not exist, or a ``rename`` rule that matches no
+            TF variable, gives no model name, or gives one model name twice (see :mod:`.checkpoint.renames`).
     """
     own = model.state_dict()
+    rename = check_rules(rename, "rename")
     explicit = dict(var_name_to_prev_var_name or {})
     for name, tf_name in explicit.items():
         if name not in own:
@@ -211,25 +218,22 @@ def map_tf_variables(
                              f"{sorted(n for n in tf_values if not is_optimizer_variable(n))}.")
     patterns = [vars_to_warm_start] if isinstance(vars_to_warm_start, str) else list(vars_to_warm_start)
     try:
-        rules = [(re.compile(pattern), replacement) for pattern, replacement in rename]
         selected = {name for name in own if any(re.fullmatch(p, name) for p in patterns)}
     except re.error as error:
-        raise ValueError(f"Invalid regex in rename or vars_to_warm_start: {error}.") from error
+        raise ValueError(f"Invalid regex in vars_to_warm_start: {error}.") from error
 
     sources: dict[str, str] = {name: tf_name for name, tf_name in explicit.items()}
     used = set(sources.values())
     ignored = sorted(n for n in tf_values if is_optimizer_variable(n) and n not in used)
     pending = [n for n in tf_values if n not in used and n not in ignored]
-    for tf_name in list(pending):
-        target = None
-        for regex, replacement in rules:
-            if regex.fullmatch(tf_name):
-                target = regex.sub(replacement, tf_name)
-                break
-        if target is None:
-            target = _canned_target(tf_name, own)
-        if target is not None and target in own and target not in sources:
+    for target, tf_name in renamed(pending, own, rename, where=where).items():
+        if target not in sources:  # var_name_to_prev_var_name wins
             sources[target] = tf_name
+            pending.remove(tf_name)
+    for tf_name in list(pending):
+        canned = _canned_target(tf_name, own)
+        if canned is not None and canned in own and canned not in sources:
+            sources[canned] = tf_name
             pending.remove(tf_name)
     for tf_name, target in _layer_targets(pending, model, set(sources)).items():
         if target in own and target not in sources:
@@ -264,9 +268,10 @@ def warm_start_from_tf(model: nn.Module, settings: Any) -> list[str]:
     """
     reader = TFCheckpoint(settings.ckpt_to_initialize_from)
     values, unreadable = reader.read_all()
-    mapped = map_tf_variables(values, model, var_name_to_prev_var_name=settings.var_name_to_prev_var_name,
-                              vars_to_warm_start=settings.vars_to_warm_start, unreadable=unreadable)
     where = f"warm_start_from TF checkpoint {reader.prefix}"
+    mapped = map_tf_variables(values, model, var_name_to_prev_var_name=settings.var_name_to_prev_var_name,
+                              rename=settings.rename, vars_to_warm_start=settings.vars_to_warm_start,
+                              unreadable=unreadable, where=where)
     if mapped.problems:
         raise ValueError(f"{where}: shapes differ: " + "; ".join(mapped.problems) + ".")
     if not mapped.tensors:
