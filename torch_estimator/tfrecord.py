@@ -20,15 +20,12 @@ Example:
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import gzip
 import io
-import mmap
 import os
 import struct
 import tempfile
-import threading
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, BinaryIO
@@ -224,7 +221,8 @@ def read_record_blocks(
 
     Every length and data checksum is checked, as :func:`read_records` (which reads through this). Runs of
     records of one length are framed and checked with array operations (one CRC call per record, and one per
-    run for their identical headers); an uncompressed file is memory-mapped rather than read. The records
+    run for their identical headers). Files are read, never memory-mapped: a file truncated or rewritten in
+    place while it is read gives a clear error or the bytes that were checked, not a SIGBUS. The records
     before a corrupt one are yielded before its error is raised (or passed to ``on_corrupt``).
 
     Raises:
@@ -235,9 +233,6 @@ def read_record_blocks(
     path = os.fspath(path)
     compression = check_compression_type(compression_type)
     framer = _Framer(path, compression, _crc32c(), on_corrupt, max(int(block_bytes), 1))
-    if not compression:
-        yield from framer.frame(_mapped(path), 0, True)
-        return
     base = 0  # stream offset of pending[0]
     pending = b""
     try:
@@ -251,33 +246,10 @@ def read_record_blocks(
                     return
                 pending, base = pending[framer.consumed :], base + framer.consumed
     except (OSError, EOFError, zlib.error) as failure:
-        if isinstance(failure, FileNotFoundError):
+        if isinstance(failure, FileNotFoundError) or not compression:  # a read error of a plain file is its own
             raise
         raise CorruptRecordError(path, base + framer.consumed, f"{compression} data does not decompress ({failure}); "
                                  f"check compression_type", True) from failure
-
-
-_MAPS: collections.OrderedDict[str, tuple[tuple[int, int, int], Any]] = collections.OrderedDict()
-_MAPS_KEPT = 16
-_MAPS_LOCK = threading.Lock()
-
-
-def _mapped(path: str) -> Any:
-    """The file memory-mapped read-only; the last few maps are kept (keyed by inode, size and mtime), so reading a
-    file again, as every epoch does, finds its pages already mapped."""
-    with open(path, "rb") as handle:
-        status = os.fstat(handle.fileno())
-        key = (status.st_ino, status.st_size, status.st_mtime_ns)
-        with _MAPS_LOCK:
-            kept = _MAPS.get(path)
-            if kept is not None and kept[0] == key:
-                _MAPS.move_to_end(path)
-                return kept[1]
-            view: Any = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) if status.st_size else b""
-            _MAPS[path] = (key, view)
-            while len(_MAPS) > _MAPS_KEPT:
-                _MAPS.popitem(last=False)  # unmapped when the last view of it goes
-            return view
 
 
 class _Framer:
