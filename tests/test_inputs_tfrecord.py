@@ -427,3 +427,16 @@ def test_sharding_blocks_by_record_and_fitting_them_match_the_one_row_definition
     elif target:
         with pytest.raises(ValueError, match="has no records to repeat"):
             flat(_fit(blocks(), blocks, target, "0 of 1"))
+
+
+def test_a_file_truncated_in_place_while_it_is_read_is_a_clear_error_not_a_crash(tmp_path):
+    """Files are read, not memory-mapped: a mapped file cut short under the reader would kill it with SIGBUS."""
+    path = tmp_path / "big.tfrecord"
+    record = bytes(range(256)) * 40  # 10 KB records: the file spans several read chunks
+    write_records(path, [record] * 1000)
+    records = read_records(path)
+    assert next(records)[1] == record
+    os.truncate(path, 100_003)  # after the first chunk was read: inside a record further on
+    with pytest.raises(CorruptRecordError, match=r"big\.tfrecord at offset \d+: the file ends inside a record"):
+        for _, data in records:
+            assert data == record
