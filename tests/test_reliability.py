@@ -355,7 +355,7 @@ def test_run_evaluator_falls_back_past_a_damaged_newest_checkpoint(make_estimato
     newest = tmp_path / "model" / "model.ckpt-10.safetensors"
     _damage(str(newest))
     with caplog.at_level(logging.WARNING, logger="torch_estimator"):
-        result, _ = te.run_evaluator(make_estimator(), te.EvalSpec(_eval_fn(data), throttle_secs=0), poll_secs=0.05, timeout_secs=0.5)
+        result, _ = te.run_evaluator(make_estimator(), te.EvalSpec(_eval_fn(data), throttle_secs=0, start_delay_secs=0), poll_secs=0.05, timeout_secs=0.5)
     assert int(result["global_step"]) == 5
     assert re.search(re.escape(str(newest)) + r" is damaged: .* The evaluator uses the newest intact checkpoint instead: "
                      r".*model.ckpt-5.safetensors", caplog.text)
