@@ -175,7 +175,7 @@ class ExportWriter:
             self._fd = None
 
 
-def sync_and_record(directory: str, skip: tuple[str, ...] = ()) -> dict[str, dict[str, Any]]:
+def sync_and_record(directory: str) -> dict[str, dict[str, Any]]:
     """``fsync`` every regular file under ``directory`` and return its record for ``signature.json``:
     relative path (``/``-separated) -> ``{"bytes": size, "sha256": hex digest}``, in path order.
 
@@ -193,7 +193,7 @@ def sync_and_record(directory: str, skip: tuple[str, ...] = ()) -> dict[str, dic
         for name in sorted(files):
             path = os.path.join(root, name)
             relative = os.path.relpath(path, directory).replace(os.sep, "/")
-            if relative in skip or not os.path.isfile(path):
+            if not os.path.isfile(path):
                 continue
             digest, size = hashlib.sha256(), 0
             with open(path, "rb") as file:
