@@ -248,9 +248,77 @@ def test_non_finite_optimizer_state_is_named():
     optimizer = torch.optim.Adam(model.parameters())
     model(torch.ones(1, 2)).sum().backward()
     optimizer.step()
-    assert ckpt.non_finite_tensors(ckpt.training_state_tensors(model, optimizer)) == []
+    parts = {"model": model, "optimizer": optimizer}
+    assert ckpt.non_finite_tensors(ckpt.training_state_tensors(parts)) == []
     optimizer.state[model.bias]["exp_avg_sq"].fill_(float("inf"))
-    assert ckpt.non_finite_tensors(ckpt.training_state_tensors(model, optimizer)) == ["optimizer/1/exp_avg_sq"]
+    assert ckpt.non_finite_tensors(ckpt.training_state_tensors(parts)) == ["optimizer/1/exp_avg_sq"]
+
+
+class TwoOptimizers(te.Estimator):
+    """An Estimator whose checkpoints hold a second optimizer part, ``"optimizer_b"`` (the one place a part is
+    added), stepped with the first by the spec's ``train_op``."""
+
+    def __init__(self, second: torch.optim.Optimizer, **kwargs):
+        super().__init__(**kwargs)
+        self.second = second
+
+    def _checkpoint_parts(self):
+        return {**super()._checkpoint_parts(), "optimizer_b": self.second}
+
+
+class HugeGradient(torch.nn.Module):
+    """TinyNet plus ``b``, starting at zero, whose loss term is ``1e25 * b`` once ``armed``: the gradient squared overflows
+    Adam's second moment to infinity while ``b`` (update ``m / sqrt(inf)`` = 0) and the loss stay finite."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = TinyNet()
+        self.b = torch.nn.Parameter(torch.zeros(1))
+        self.armed = False
+
+    def forward(self, x):
+        return self.net(x)
+
+    def penalty(self):
+        return self.b.sum() * (1e25 if self.armed else 0.0)
+
+
+@pytest.mark.parametrize("holder", ["optimizer", "optimizer_b"])
+def test_non_finite_state_of_any_optimizer_part_is_never_checkpointed(data, tmp_path, holder):
+    model_dir = tmp_path / "model"
+    torch.manual_seed(0)
+    model = HugeGradient()
+    # `holder` updates b (the one whose state becomes infinite); the other part updates the rest.
+    b_params, net_params = [model.b], list(model.net.parameters())
+    first = torch.optim.Adam(b_params if holder == "optimizer" else net_params, lr=0.01)
+    second = torch.optim.Adam(net_params if holder == "optimizer" else b_params, lr=0.01)
+
+    def model_fn(features, labels, mode, model):
+        loss = torch.nn.functional.cross_entropy(model(features["x"]), labels) + model.penalty()
+
+        def train_op(loss):
+            first.zero_grad()
+            second.zero_grad()
+            loss.backward()
+            first.step()
+            second.step()
+
+        return te.EstimatorSpec(mode, loss=loss, train_op=train_op)
+
+    est = TwoOptimizers(second, model_fn=model_fn, model_dir=str(model_dir), model=model, optimizer=first,
+                        config=te.RunConfig(device="cpu", save_checkpoints_steps=3, log_step_count_steps=None,
+                                            save_summary_steps=None))
+    est.train(_train_fn(data), steps=3)
+    saved = ckpt.read_checkpoint(str(model_dir / "model.ckpt-3.safetensors"))
+    assert "optimizer_b" in saved.state  # the second part is saved, so it must be checked
+    before = {n: (model_dir / n).read_bytes() for n in os.listdir(model_dir)}
+    model.armed = True
+    with pytest.raises(te.NanLossDuringTrainingError, match=rf"became NaN or infinite between global steps 4 and 6 \(they "
+                                                           rf"were finite at step 3\), while the loss stayed finite.*"
+                                                           rf"Non-finite: \['{holder}/0/exp_avg_sq'\]"):
+        est.train(_train_fn(data), steps=3)
+    assert bool(torch.isfinite(model.b).all())  # only the optimizer state tells
+    assert {n: (model_dir / n).read_bytes() for n in os.listdir(model_dir)} == before
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -532,7 +532,7 @@ class Estimator:
 
     def _save(self, global_step: int, source: Any, nans: NanTracker) -> str:
         # One fused check and one wait for the device, at a save, where the host waits anyway.
-        nans.check_before_save(global_step, ckpt.non_finite_tensors(ckpt.training_state_tensors(self._model, self._optimizer)),
+        nans.check_before_save(global_step, ckpt.non_finite_tensors(ckpt.training_state_tensors(self._checkpoint_parts())),
                                self.model_dir)
         path = self._checkpoint_manager().save(global_step, {**self._checkpoint_parts(), "input": self._capture_input(source)})
         self._synced = ckpt.checkpoint_identity(path)

@@ -6,17 +6,34 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
+from .parts import Parts
+
 __all__ = ["training_state_tensors", "non_finite_tensors"]
 
 
-def training_state_tensors(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> dict[str, torch.Tensor]:
-    """The model's tensors (``model/<name>``) and the optimizer's slots (``optimizer/<param>/<slot>``), by name."""
-    named = {f"model/{k}": v for k, v in model.state_dict().items()}
-    if optimizer is not None:
-        for i, (_, slots) in enumerate(optimizer.state.items()):
-            for slot, value in slots.items():
-                if isinstance(value, torch.Tensor):
-                    named[f"optimizer/{i}/{slot}"] = value
+def training_state_tensors(parts: Parts) -> dict[str, torch.Tensor]:
+    """The weights and optimizer state among a checkpoint's parts (see :mod:`.parts`), by name.
+
+    Every ``torch.nn.Module`` part (the model, EMA weights) gives ``<part>/<name>`` for each tensor of its
+    ``state_dict()``; every ``torch.optim.Optimizer`` part (the optimizer, a second optimizer) gives
+    ``<part>/<i>/<slot>`` for the ``i``-th parameter's state. Other parts (a scheduler, a gradient scaler, a
+    mapping of state) are not weights: an infinity there can be meant (a best-so-far of ``-inf``).
+
+    Example:
+        >>> model = torch.nn.Linear(2, 1)
+        >>> second = torch.optim.Adam(model.parameters())
+        >>> model(torch.ones(1, 2)).sum().backward()
+        >>> second.step()
+        >>> sorted(training_state_tensors({"model": model, "optimizer": None, "optimizer_b": second}))
+        ['model/bias', 'model/weight', 'optimizer_b/0/exp_avg', 'optimizer_b/0/exp_avg_sq', 'optimizer_b/0/step', 'optimizer_b/1/exp_avg', 'optimizer_b/1/exp_avg_sq', 'optimizer_b/1/step']
+    """
+    named: dict[str, torch.Tensor] = {}
+    for part, value in parts.items():
+        if isinstance(value, torch.nn.Module):
+            named.update((f"{part}/{k}", v) for k, v in value.state_dict().items())
+        elif isinstance(value, torch.optim.Optimizer):
+            for i, slots in enumerate(value.state.values()):
+                named.update((f"{part}/{i}/{slot}", v) for slot, v in slots.items() if isinstance(v, torch.Tensor))
     return named
 
 
