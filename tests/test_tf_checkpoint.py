@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -228,6 +229,42 @@ def test_convert_checkpoint_lists_unmatched_names_and_refuses_to_overwrite(tmp_p
     assert cli.main([*args[:4], str(tmp_path / "y"), "--model", "no_such_module_here:f"]) == 1
     assert "cannot import 'no_such_module_here'" in capsys.readouterr().err
     assert not (tmp_path / "y").exists()
+
+
+@pytest.mark.parametrize("entry, message", [
+    ("logits.bias=dense_1/bia", r"--map 'logits.bias=dense_1/bia': 'dense_1/bia' is not in the TF checkpoint; it has "
+                                r"\['conv2d/bias', .*\]\. Give --map MODEL_NAME=TF_NAME with one of those TF names\."),
+    ("logit.bias=dense_1/bias", r"--map 'logit.bias=dense_1/bias': 'logit.bias' is not a model tensor; the model has "
+                                r"\['conv1.bias', .*\]\. Give --map MODEL_NAME=TF_NAME with one of those model names\."),
+], ids=["tf-name-missing", "model-name-missing"])
+def test_convert_checkpoint_map_errors_name_the_flag_and_the_entry(tmp_path, capsys, entry, message):
+    output = tmp_path / "out.safetensors"
+    args = ["convert-checkpoint", "--tf_checkpoint", str(FIXTURES / "cnn"), "--output", str(output),
+            "--model", f"{__file__}:make_cnn_with_extra", "--map", entry]
+    assert cli.main(args) == 1
+    err = capsys.readouterr().err
+    assert re.search(message, err), err
+    assert "var_name_to_prev_var_name" not in err  # the Python argument means nothing on the command line
+    assert not output.exists()
+
+
+def test_convert_checkpoint_an_invalid_rename_regex_names_the_flag(tmp_path, capsys):
+    output = tmp_path / "out.safetensors"
+    assert cli.main(["convert-checkpoint", "--tf_checkpoint", str(FIXTURES / "dnn"), "--output", str(output),
+                     "--model", f"{__file__}:make_mlp", "--rename", "dnn/(hidden=head.bias"]) == 1
+    assert re.search(r"error: --rename has an invalid regex 'dnn/\(hidden': missing \)", capsys.readouterr().err)
+    assert not output.exists()
+
+
+def test_the_python_api_names_its_own_argument():
+    values, _ = TFCheckpoint(FIXTURES / "cnn").read_all()
+    with pytest.raises(ValueError, match=r"^var_name_to_prev_var_name: 'nope' \(for 'dense.bias'\) is not in the TF "
+                                         r"checkpoint; it has \['conv2d/bias', .*\]\. Map 'dense.bias' to one of those "
+                                         r"TF names\.$"):
+        map_tf_variables(values, small_cnn(), var_name_to_prev_var_name={"dense.bias": "nope"})
+    with pytest.raises(ValueError, match=r"^var_name_to_prev_var_name: 'dense.bia' is not a model tensor; the model has "
+                                         r"\['conv1.bias', .*\]\. Use one of those names as the key\.$"):
+        map_tf_variables(values, small_cnn(), var_name_to_prev_var_name={"dense.bia": "dense/bias"})
 
 
 def test_convert_checkpoint_without_a_model_keeps_tf_names(tmp_path, capsys):

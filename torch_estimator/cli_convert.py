@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from . import checkpoint
+from .checkpoint.renames import check_rules
 from .tf_checkpoint import TFCheckpoint
 from .tf_convert import is_optimizer_variable, map_tf_variables
 
@@ -115,8 +116,8 @@ def _convert(args: argparse.Namespace) -> None:
         return
     model = load_model(args.model)
     mapped = map_tf_variables(values, model, var_name_to_prev_var_name=dict(_pairs(args.map, "--map")),
-                              rename=_pairs(args.rename, "--rename"), nhwc_flatten=not args.no_nhwc_flatten,
-                              unreadable=unreadable, where="--rename")
+                              rename=check_rules(_pairs(args.rename, "--rename"), "--rename"), nhwc_flatten=not args.no_nhwc_flatten,
+                              unreadable=unreadable, where="--rename", map_flag="--map")
     if mapped.problems:
         raise ValueError("shapes differ: " + "; ".join(mapped.problems) + "; nothing was written.")
     if not mapped.tensors:

@@ -183,6 +183,7 @@ def map_tf_variables(
     nhwc_flatten: bool = True,
     unreadable: Mapping[str, str] | None = None,
     where: str = "rename",
+    map_flag: str | None = None,
 ) -> TFMapping:
     """Match TF variables to ``model``'s ``state_dict`` names and convert them to its layouts (module docstring).
 
@@ -196,6 +197,8 @@ def map_tf_variables(
         unreadable: TF variables left out of ``tf_values`` -> why (:meth:`TFCheckpoint.read_all`), named when a
             ``var_name_to_prev_var_name`` entry asks for one.
         where: What messages about ``rename`` start with.
+        map_flag: The command-line flag that gave ``var_name_to_prev_var_name`` (``--map``, entries
+            ``MODEL_NAME=TF_NAME``): its messages then name the flag and the entry instead of the argument.
 
     Raises:
         TypeError: If ``rename`` is not a list of pairs of strings.
@@ -207,15 +210,21 @@ def map_tf_variables(
     rename = check_rules(rename, "rename")
     explicit = dict(var_name_to_prev_var_name or {})
     for name, tf_name in explicit.items():
+        # The messages name what the user typed: the Python argument, or the command line's flag and its entry.
+        entry = f"{map_flag} {f'{name}={tf_name}'!r}" if map_flag else "var_name_to_prev_var_name"
         if name not in own:
-            raise ValueError(f"var_name_to_prev_var_name: {name!r} is not a model tensor; the model has {sorted(own)}.")
+            fix = (f"Give {map_flag} MODEL_NAME=TF_NAME with one of those model names" if map_flag
+                   else "Use one of those names as the key")
+            raise ValueError(f"{entry}: {name!r} is not a model tensor; the model has {sorted(own)}. {fix}.")
         if tf_name not in tf_values and unreadable and tf_name in unreadable:
-            raise ValueError(f"var_name_to_prev_var_name: {tf_name!r} (for {name!r}) is a {unreadable[tf_name]} variable, "
-                             f"which is not read (only numeric and bool variables, unpartitioned, are); leave {name!r} "
-                             f"out of the mapping.")
+            fix = f"drop {map_flag} {name}={tf_name}" if map_flag else f"leave {name!r} out of the mapping"
+            raise ValueError(f"{entry}: {tf_name!r} (for {name!r}) is a {unreadable[tf_name]} variable, which is not "
+                             f"read (only numeric and bool variables, unpartitioned, are); {fix}.")
         if tf_name not in tf_values:
-            raise ValueError(f"var_name_to_prev_var_name: {tf_name!r} (for {name!r}) is not in the TF checkpoint; it has "
-                             f"{sorted(n for n in tf_values if not is_optimizer_variable(n))}.")
+            fix = (f"Give {map_flag} MODEL_NAME=TF_NAME with one of those TF names" if map_flag
+                   else f"Map {name!r} to one of those TF names")
+            raise ValueError(f"{entry}: {tf_name!r}{'' if map_flag else f' (for {name!r})'} is not in the TF "
+                             f"checkpoint; it has {sorted(n for n in tf_values if not is_optimizer_variable(n))}. {fix}.")
     patterns = [vars_to_warm_start] if isinstance(vars_to_warm_start, str) else list(vars_to_warm_start)
     try:
         selected = {name for name in own if any(re.fullmatch(p, name) for p in patterns)}
