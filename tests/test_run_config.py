@@ -100,39 +100,55 @@ def test_checkpointing_enabled_with_steps():
 # Validation: every field's error
 # ---------------------------------------------------------------------------
 
-INVALID = [
-    ("random_seed", -1, r"`random_seed` must be an int >= 0 or None; received -1"),
+# A value of the wrong kind is a TypeError, the right kind with a wrong value a ValueError (Python's convention,
+# and docs/bad_inputs.md's; TF's RunConfig raised ValueError for both where it checked at all).
+WRONG_TYPE = [
     ("random_seed", True, r"`random_seed` must be an int >= 0 or None; received True"),
     ("random_seed", 1.5, r"`random_seed` must be an int >= 0 or None; received 1.5"),
     ("random_seed", "42", r"`random_seed` must be an int >= 0 or None; received '42'"),
-    ("save_summary_steps", -1, r"`save_summary_steps` must be an int >= 0 or None; received -1"),
     ("save_summary_steps", True, r"`save_summary_steps` must be an int >= 0 or None; received True"),
     ("save_summary_steps", 10.0, r"`save_summary_steps` must be an int >= 0 or None; received 10.0"),
-    ("save_checkpoints_steps", 0, r"`save_checkpoints_steps` must be an int >= 1 or None; received 0"),
-    ("save_checkpoints_steps", -5, r"`save_checkpoints_steps` must be an int >= 1 or None; received -5"),
     ("save_checkpoints_steps", True, r"`save_checkpoints_steps` must be an int >= 1 or None; received True"),
     ("save_checkpoints_steps", 10.0, r"`save_checkpoints_steps` must be an int >= 1 or None; received 10.0"),
-    ("save_checkpoints_secs", 0, r"`save_checkpoints_secs` must be a number > 0 or None; received 0"),
-    ("save_checkpoints_secs", -1.5, r"`save_checkpoints_secs` must be a number > 0 or None; received -1.5"),
     ("save_checkpoints_secs", True, r"`save_checkpoints_secs` must be a number > 0 or None; received True"),
     ("save_checkpoints_secs", "60", r"`save_checkpoints_secs` must be a number > 0 or None; received '60'"),
-    ("keep_checkpoint_max", -1, r"`keep_checkpoint_max` must be an int >= 0 or None; received -1"),
     ("keep_checkpoint_max", False, r"`keep_checkpoint_max` must be an int >= 0 or None; received False"),
     ("keep_checkpoint_max", 2.0, r"`keep_checkpoint_max` must be an int >= 0 or None; received 2.0"),
-    ("keep_checkpoint_every_n_hours", 0, r"`keep_checkpoint_every_n_hours` must be a number > 0 or None; received 0"),
-    ("keep_checkpoint_every_n_hours", -2.0, r"`keep_checkpoint_every_n_hours` must be a number > 0 or None; received -2.0"),
     ("keep_checkpoint_every_n_hours", True, r"`keep_checkpoint_every_n_hours` must be a number > 0 or None; received True"),
     ("keep_checkpoint_every_n_hours", "1", r"`keep_checkpoint_every_n_hours` must be a number > 0 or None; received '1'"),
-    ("log_step_count_steps", 0, r"`log_step_count_steps` must be an int >= 1 or None; received 0"),
-    ("log_step_count_steps", -1, r"`log_step_count_steps` must be an int >= 1 or None; received -1"),
     ("log_step_count_steps", True, r"`log_step_count_steps` must be an int >= 1 or None; received True"),
     ("log_step_count_steps", 1.5, r"`log_step_count_steps` must be an int >= 1 or None; received 1.5"),
-    ("device", "", r"`device` must be 'auto' or a device string .*received ''"),
     ("device", 0, r"`device` must be 'auto' or a device string .*received 0"),
     ("device", None, r"`device` must be 'auto' or a device string .*received None"),
-    ("precision", "fp64", r"`precision` must be one of \('32', 'bf16', 'fp16'\); received 'fp64'"),
     ("precision", 32, r"`precision` must be one of \('32', 'bf16', 'fp16'\); received 32"),
     ("progress_bar", "yes", r"`progress_bar` must be True, False or None; received 'yes'"),
+    ("model_dir", 3, r"`model_dir` must be a path \(str or os.PathLike\) or None; received 3"),
+    ("deterministic", "yes", r"`deterministic` must be True or False; received 'yes'"),
+    ("deterministic", 1, r"`deterministic` must be True or False; received 1"),
+    ("progress_bar", 1, r"`progress_bar` must be True, False or None; received 1"),
+    ("gradient_accumulation_steps", 2.0, r"`gradient_accumulation_steps` must be an int >= 1; received 2.0"),
+    ("prefetch_batches", "2", r"`prefetch_batches` must be an int >= 0 or None; received '2'"),
+    ("gradient_clip_norm", "1.0", r"`gradient_clip_norm` must be a finite number > 0 or None; received '1.0'"),
+    ("distributed_timeout_secs", None, r"`distributed_timeout_secs` must be a finite number > 0; received None"),
+    ("compile", 1, r"`compile` must be True, False or one of torch.compile's modes"),
+    ("channels_last", "yes", r"`channels_last` must be True or False; received 'yes'"),
+    ("static_graph", 0, r"`static_graph` must be True or False; received 0"),
+    ("rank", 1.0, r"`rank` must be an int >= 0 or None; received 1.0"),
+]
+BAD_VALUE = [
+    ("random_seed", -1, r"`random_seed` must be an int >= 0 or None; received -1"),
+    ("save_summary_steps", -1, r"`save_summary_steps` must be an int >= 0 or None; received -1"),
+    ("save_checkpoints_steps", 0, r"`save_checkpoints_steps` must be an int >= 1 or None; received 0"),
+    ("save_checkpoints_steps", -5, r"`save_checkpoints_steps` must be an int >= 1 or None; received -5"),
+    ("save_checkpoints_secs", 0, r"`save_checkpoints_secs` must be a number > 0 or None; received 0"),
+    ("save_checkpoints_secs", -1.5, r"`save_checkpoints_secs` must be a number > 0 or None; received -1.5"),
+    ("keep_checkpoint_max", -1, r"`keep_checkpoint_max` must be an int >= 0 or None; received -1"),
+    ("keep_checkpoint_every_n_hours", 0, r"`keep_checkpoint_every_n_hours` must be a number > 0 or None; received 0"),
+    ("keep_checkpoint_every_n_hours", -2.0, r"`keep_checkpoint_every_n_hours` must be a number > 0 or None; received -2.0"),
+    ("log_step_count_steps", 0, r"`log_step_count_steps` must be an int >= 1 or None; received 0"),
+    ("log_step_count_steps", -1, r"`log_step_count_steps` must be an int >= 1 or None; received -1"),
+    ("device", "", r"`device` must be 'auto' or a device string .*received ''"),
+    ("precision", "fp64", r"`precision` must be one of \('32', 'bf16', 'fp16'\); received 'fp64'"),
     ("model_dir", "", r"`model_dir` must be a non-empty path or None; received ''"),
     ("random_seed", 2**70, r"`random_seed` must be < 2\*\*64; received 1180591620717411303424"),
     ("device", "meta", r"`device` 'meta' holds no data \(meta tensors have shapes only\)"),
@@ -143,13 +159,28 @@ INVALID = [
     ("gradient_clip_norm", float("inf"), r"`gradient_clip_norm` must be a finite number > 0 or None; received inf"),
     ("gradient_clip_value", float("nan"), r"`gradient_clip_value` must be a finite number > 0 or None; received nan"),
     ("distributed_timeout_secs", float("nan"), r"`distributed_timeout_secs` must be a finite number > 0; received nan"),
+    ("gradient_accumulation_steps", 0, r"`gradient_accumulation_steps` must be an int >= 1; received 0"),
+    ("prefetch_batches", -1, r"`prefetch_batches` must be an int >= 0 or None; received -1"),
+    ("compile", "fast", r"`compile` must be True, False or one of torch.compile's modes"),
+    ("world_size", 0, r"`world_size` must be an int >= 1 or None; received 0"),
 ]
 
 
-@pytest.mark.parametrize(("field", "value", "message"), INVALID, ids=[f"{f}={v!r}" for f, v, _ in INVALID])
-def test_invalid_value_is_rejected(field, value, message):
+@pytest.mark.parametrize(("field", "value", "message"), WRONG_TYPE, ids=[f"{f}={v!r}" for f, v, _ in WRONG_TYPE])
+def test_a_value_of_the_wrong_type_is_a_type_error(field, value, message):
+    with pytest.raises(TypeError, match=message):
+        RunConfig(**{field: value})
+
+
+@pytest.mark.parametrize(("field", "value", "message"), BAD_VALUE, ids=[f"{f}={v!r}" for f, v, _ in BAD_VALUE])
+def test_a_bad_value_of_the_right_type_is_a_value_error(field, value, message):
     with pytest.raises(ValueError, match=message):
         RunConfig(**{field: value})
+
+
+def test_replace_checks_types_too():
+    with pytest.raises(TypeError, match=r"`save_checkpoints_steps` must be an int >= 1 or None; received '5'"):
+        RunConfig().replace(save_checkpoints_steps="5")
 
 
 VALID = [
@@ -173,21 +204,6 @@ VALID = [
 @pytest.mark.parametrize(("field", "value"), VALID, ids=[f"{f}={v!r}" for f, v in VALID])
 def test_boundary_value_is_accepted(field, value):
     assert getattr(RunConfig(**{field: value}), field) == value
-
-
-def test_non_path_model_dir_error_names_the_argument():
-    with pytest.raises((TypeError, ValueError), match="`model_dir`"):
-        RunConfig(model_dir=123)
-
-
-def test_progress_bar_int_is_rejected():
-    with pytest.raises(ValueError, match="`progress_bar` must be True, False or None; received 1"):
-        RunConfig(progress_bar=1)
-
-
-def test_deterministic_non_bool_is_rejected():
-    with pytest.raises(ValueError, match="`deterministic` must be True or False"):
-        RunConfig(deterministic="yes")
 
 
 # ---------------------------------------------------------------------------

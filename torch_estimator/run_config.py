@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from collections.abc import Callable
 from typing import Any
 
 __all__ = ["RunConfig"]
@@ -46,9 +47,23 @@ _COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no
 def _check_int(name: str, value: Any, minimum: int, allow_none: bool) -> None:
     if value is None and allow_none:
         return
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    wrong_type = isinstance(value, bool) or not isinstance(value, int)
+    if wrong_type or value < minimum:
         bound = f"an int >= {minimum}{' or None' if allow_none else ''}"
-        raise ValueError(f"RunConfig `{name}` must be {bound}; received {value!r}.")
+        raise (TypeError if wrong_type else ValueError)(f"RunConfig `{name}` must be {bound}; received {value!r}.")
+
+
+def _check_number(name: str, value: Any, bound: str, ok: Callable[[float], bool]) -> None:
+    """A number (int or float, not bool) for which ``ok`` holds, else TypeError (not a number) or ValueError."""
+    wrong_type = isinstance(value, bool) or not isinstance(value, (int, float))
+    if wrong_type or not ok(value):
+        raise (TypeError if wrong_type else ValueError)(f"RunConfig `{name}` must be {bound}; received {value!r}.")
+
+
+def _check_bool(name: str, value: Any, allow_none: bool = False) -> None:
+    if not isinstance(value, bool) and not (allow_none and value is None):
+        raise TypeError(f"RunConfig `{name}` must be True{', False or None' if allow_none else ' or False'}; "
+                        f"received {value!r}.")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -104,7 +119,8 @@ class RunConfig:
         local_rank: This process's rank on its machine (picks its GPU); None = from ``LOCAL_RANK``.
 
     Raises:
-        ValueError: If a value is out of range or both checkpoint frequencies are given.
+        TypeError: If a value has the wrong type (``save_checkpoints_steps=10.0``, ``device=0``).
+        ValueError: If a value of the right type is out of range, or both checkpoint frequencies are given.
     """
 
     model_dir: str | None = None
@@ -148,7 +164,7 @@ class RunConfig:
         object.__setattr__(self, "save_checkpoints_secs", secs)
         if self.model_dir is not None:
             if not isinstance(self.model_dir, (str, os.PathLike)):
-                raise ValueError(f"RunConfig `model_dir` must be a path (str or os.PathLike) or None; received {self.model_dir!r}.")
+                raise TypeError(f"RunConfig `model_dir` must be a path (str or os.PathLike) or None; received {self.model_dir!r}.")
             model_dir = os.fspath(self.model_dir)
             if isinstance(model_dir, bytes):
                 model_dir = os.fsdecode(model_dir)
@@ -161,15 +177,15 @@ class RunConfig:
                 raise ValueError(f"RunConfig `random_seed` must be < 2**64; received {self.random_seed!r}.")
         _check_int("save_summary_steps", self.save_summary_steps, 0, allow_none=True)
         _check_int("save_checkpoints_steps", steps, 1, allow_none=True)
-        if secs is not None and (isinstance(secs, bool) or not isinstance(secs, (int, float)) or not secs > 0):
-            raise ValueError(f"RunConfig `save_checkpoints_secs` must be a number > 0 or None; received {secs!r}.")
+        if secs is not None:
+            _check_number("save_checkpoints_secs", secs, "a number > 0 or None", ok=lambda v: v > 0)
         _check_int("keep_checkpoint_max", self.keep_checkpoint_max, 0, allow_none=True)
         hours = self.keep_checkpoint_every_n_hours
-        if hours is not None and (isinstance(hours, bool) or not isinstance(hours, (int, float)) or not hours > 0):
-            raise ValueError(f"RunConfig `keep_checkpoint_every_n_hours` must be a number > 0 or None; received {hours!r}.")
+        if hours is not None:
+            _check_number("keep_checkpoint_every_n_hours", hours, "a number > 0 or None", ok=lambda v: v > 0)
         _check_int("log_step_count_steps", self.log_step_count_steps, 1, allow_none=True)
         if not isinstance(self.device, str) or not self.device:
-            raise ValueError(
+            raise (TypeError if not isinstance(self.device, str) else ValueError)(
                 f"RunConfig `device` must be 'auto' or a device string such as 'cpu' or 'cuda:0'; "
                 f"received {self.device!r}."
             )
@@ -179,32 +195,30 @@ class RunConfig:
                 f"evaluation and prediction need a real device: 'auto', 'cpu', 'cuda' or 'mps'."
             )
         if self.precision not in _PRECISIONS:
-            raise ValueError(f"RunConfig `precision` must be one of {_PRECISIONS}; received {self.precision!r}.")
-        if not isinstance(self.deterministic, bool):
-            raise ValueError(f"RunConfig `deterministic` must be True or False; received {self.deterministic!r}.")
+            raise (TypeError if not isinstance(self.precision, str) else ValueError)(
+                f"RunConfig `precision` must be one of {_PRECISIONS}; received {self.precision!r}.")
+        _check_bool("deterministic", self.deterministic)
         _check_int("gradient_accumulation_steps", self.gradient_accumulation_steps, 1, allow_none=False)
         _check_int("prefetch_batches", self.prefetch_batches, 0, allow_none=True)
         for name in ("gradient_clip_norm", "gradient_clip_value", "distributed_timeout_secs"):
             value = getattr(self, name)
             if value is None and name != "distributed_timeout_secs":
                 continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:  # NaN too
-                raise ValueError(f"RunConfig `{name}` must be a finite number > 0{' or None' if 'clip' in name else ''}; received {value!r}.")
+            _check_number(name, value, f"a finite number > 0{' or None' if 'clip' in name else ''}",
+                          ok=lambda v: 0 < v < math.inf)  # NaN too
         if not isinstance(self.compile, bool) and self.compile not in _COMPILE_MODES:
-            raise ValueError(
+            raise (TypeError if not isinstance(self.compile, str) else ValueError)(
                 f"RunConfig `compile` must be True, False or one of torch.compile's modes {_COMPILE_MODES} "
                 f"(\"reduce-overhead\" uses CUDA graphs); received {self.compile!r}."
             )
         for name in ("channels_last", "find_unused_parameters", "static_graph"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"RunConfig `{name}` must be True or False; received {getattr(self, name)!r}.")
+            _check_bool(name, getattr(self, name))
         _check_int("world_size", self.world_size, 1, allow_none=True)
         _check_int("rank", self.rank, 0, allow_none=True)
         _check_int("local_rank", self.local_rank, 0, allow_none=True)
         if self.rank is not None and self.world_size is not None and self.rank >= self.world_size:
             raise ValueError(f"RunConfig `rank` ({self.rank}) must be < `world_size` ({self.world_size}).")
-        if self.progress_bar is not None and not isinstance(self.progress_bar, bool):
-            raise ValueError(f"RunConfig `progress_bar` must be True, False or None; received {self.progress_bar!r}.")
+        _check_bool("progress_bar", self.progress_bar, allow_none=True)
 
     @property
     def is_chief(self) -> bool:
@@ -220,7 +234,8 @@ class RunConfig:
         """Return a copy with ``changes``; setting one checkpoint frequency clears the other (TF's rule).
 
         Raises:
-            ValueError: If a name is not a field, or the result is invalid.
+            ValueError: If a name is not a field (TF's error), or a value is out of range.
+            TypeError: If a value has the wrong type.
         """
         fields = {f.name for f in dataclasses.fields(self)}
         unknown = sorted(set(changes) - fields)
