@@ -197,16 +197,7 @@ def test_input_examples_with_an_unknown_feature_is_one_line(capsys, exported):
     assert "features ['y'] that the signature does not take" in err
 
 
-# The real command in a subprocess, as saved_model_cli is used.
-
-
-def _cli(*argv: str, cwd=None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(cli.__file__)))}
-    return subprocess.run([sys.executable, "-m", "torch_estimator.cli", *argv], capture_output=True, text=True,
-                          timeout=120, check=False, env=env, cwd=cwd)
-
-
-def test_saved_model_cli_flags_in_a_real_process(exported, tmp_path):
+def test_saved_model_cli_input_flags(capsys, exported, tmp_path):
     x, _ = data(3, seed=19)
     np.savez(tmp_path / "batch.npz", features=x.astype(np.float32), other=x[:1])
     (tmp_path / "batch.json").write_text(json.dumps({"x": x.tolist()}))
@@ -217,16 +208,17 @@ def test_saved_model_cli_flags_in_a_real_process(exported, tmp_path):
         "expr": ("--input_exprs", f"x=np.array({x.tolist()}, dtype=np.float32)"),
     }
     for label, flags in runs.items():
-        result = _cli("run", "--dir", exported[1], "--tag_set", "serve", "--signature_def", "serving_default", *flags)
-        assert result.returncode == 0, (label, result.stderr)
-        assert result.stdout.startswith(f"Result for output key classes:\n{expected}\n"), label
-    ones = _cli("run", "--dir", exported[1], "--tag_set", "serve", "--signature_def", "classify",
-                "--input_exprs", f"x=np.ones((2,{NUM_FEATURES}))")
-    assert ones.returncode == 0, ones.stderr
-    assert ones.stdout.startswith("Result for output key scores:\n[[")
+        status, out, err = _main(capsys, "run", "--dir", exported[1], "--tag_set", "serve", "--signature_def",
+                                 "serving_default", *flags)
+        assert status == 0, (label, err)
+        assert out.startswith(f"Result for output key classes:\n{expected}\n"), label
+    status, out, err = _main(capsys, "run", "--dir", exported[1], "--tag_set", "serve", "--signature_def", "classify",
+                             "--input_exprs", f"x=np.ones((2,{NUM_FEATURES}))")
+    assert status == 0, err
+    assert out.startswith("Result for output key scores:\n[[")
 
 
-def test_an_attack_expression_is_refused_and_never_run(exported, tmp_path):
+def test_an_attack_expression_is_refused_and_never_run(capsys, exported, tmp_path):
     marker = tmp_path / "pwned"
     attacks = [
         f"x=__import__('os').system('touch {marker}')",
@@ -236,21 +228,46 @@ def test_an_attack_expression_is_refused_and_never_run(exported, tmp_path):
         "x=np.lib.npyio.os.system('true')",
         "x=(lambda: 1)()",
     ]
-    for attack in attacks:
-        result = _cli("run", "--dir", exported[1], "--input_exprs", attack)
-        assert result.returncode == 1, attack
-        assert result.stderr.startswith("torch-estimator: error: Input 'x': --input_exprs does not allow"), result.stderr
-        assert result.stderr.count("\n") == 1 and result.stdout == ""
+    for attack in attacks:  # in this process: an expression that ran would act here, where the test looks
+        err = _one_line_error(capsys, "run", "--dir", exported[1], "--input_exprs", attack)
+        assert err.startswith("torch-estimator: error: Input 'x': --input_exprs does not allow"), (attack, err)
     assert not marker.exists()
 
 
-def test_an_unreadable_file_is_named_without_a_pickle_warning(exported, tmp_path):
+def test_an_unreadable_file_is_named_without_a_pickle_warning(capsys, exported, tmp_path):
     (tmp_path / "notes.npy").write_text("hello, this is not an array\n")
-    result = _cli("run", "--dir", exported[1], "--inputs", f"x={tmp_path / 'notes.npy'}")
+    err = _one_line_error(capsys, "run", "--dir", exported[1], "--inputs", f"x={tmp_path / 'notes.npy'}")
+    assert err.startswith(f"torch-estimator: error: Input 'x': '{tmp_path / 'notes.npy'}' is not a .npy, "
+                          f".npz or JSON file (it starts with b'hello, t'")
+    assert "pickle" not in err.lower()
+
+
+# The real command in a subprocess, as saved_model_cli is used: each one starts Python and imports torch (seconds
+# on a loaded machine), so the flags and errors above run in this process and only what needs a process of its
+# own runs in one.
+
+
+def _cli(*argv: str, environment: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, **(environment or {}),
+           "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(cli.__file__)))}
+    return subprocess.run([sys.executable, "-m", "torch_estimator.cli", *argv], capture_output=True, text=True,
+                          timeout=120, check=False, env=env)  # a hang guard
+
+
+def test_a_run_in_a_real_process_prints_its_results_and_exits_zero(exported, tmp_path):
+    x, _ = data(3, seed=19)
+    np.savez(tmp_path / "batch.npz", features=x.astype(np.float32))
+    result = _cli("run", "--dir", exported[1], "--tag_set", "serve", "--signature_def", "serving_default",
+                  "--inputs", f"x={tmp_path / 'batch.npz'}[features]")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"Result for output key classes:\n{predict(exported[0], x)['classes']}\n")
+
+
+def test_an_error_in_a_real_process_is_one_line_and_exit_status_1(exported):
+    result = _cli("run", "--dir", exported[1], "--input_exprs", "x=__import__('os').getcwd()")
     assert result.returncode == 1 and result.stdout == ""
-    assert result.stderr.startswith(f"torch-estimator: error: Input 'x': '{tmp_path / 'notes.npy'}' is not a .npy, "
-                                    f".npz or JSON file (it starts with b'hello, t'")
-    assert "pickle" not in result.stderr.lower() and result.stderr.count("\n") == 1
+    assert result.stderr.startswith("torch-estimator: error: Input 'x': --input_exprs does not allow")
+    assert result.stderr.count("\n") == 1, result.stderr
 
 
 def test_a_shape_mismatch_is_one_line(capsys, exported):
@@ -275,15 +292,15 @@ def test_the_console_script_is_installed(exported):
     script = os.path.join(os.path.dirname(sys.executable), "torch-estimator")
     if not os.path.isfile(script):
         pytest.skip(f"no console script at {script}: run pip install -e . to install it")
-    result = subprocess.run([script, "show", "--dir", exported[1]], capture_output=True, text=True, timeout=120, check=False)
+    result = subprocess.run([script, "show", "--dir", exported[1]], capture_output=True, text=True, timeout=120,
+                            check=False)  # a hang guard
     assert result.returncode == 0 and 'SignatureDef key: "serving_default"' in result.stdout
 
 
 def test_run_prints_no_deprecation_noise(exported):
-    environment = {**os.environ, "PYTHONWARNINGS": "always"}  # would show every warning torch raises
-    command = [sys.executable, "-m", "torch_estimator.cli", "run", "--dir", exported[1],
-               "--input_exprs", "x=[[1.0, 2.0, 3.0, 4.0]]"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False, env=environment)
+    # PYTHONWARNINGS=always would show every warning torch raises, at import too: hence a fresh process.
+    result = _cli("run", "--dir", exported[1], "--input_exprs", "x=[[1.0, 2.0, 3.0, 4.0]]",
+                  environment={"PYTHONWARNINGS": "always"})
     assert result.returncode == 0, result.stderr
     assert "Result for output key probabilities" in result.stdout
     assert "deprecated" not in result.stderr.lower() and "WARNING" not in result.stderr, result.stderr
