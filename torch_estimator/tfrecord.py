@@ -67,7 +67,7 @@ class CorruptRecordError(ValueError):
         super().__init__(f"Corrupt TFRecord in {path} at offset {offset}: {reason}.")
 
 
-def _crc32c() -> Callable[[bytes], int]:
+def _crc32c() -> Callable[[Any], int]:
     try:
         import google_crc32c
     except ImportError as error:
@@ -78,7 +78,7 @@ def _crc32c() -> Callable[[bytes], int]:
     return google_crc32c.value
 
 
-def masked_crc32c(data: bytes, crc32c: Callable[[bytes], int] | None = None) -> int:
+def masked_crc32c(data: bytes | np.ndarray, crc32c: Callable[[Any], int] | None = None) -> int:
     """TF's masked CRC32C of ``data``: the CRC rotated right by 15 bits plus a constant.
 
     Example:
@@ -233,23 +233,38 @@ def read_record_blocks(
     path = os.fspath(path)
     compression = check_compression_type(compression_type)
     framer = _Framer(path, compression, _crc32c(), on_corrupt, max(int(block_bytes), 1))
-    base = 0  # stream offset of pending[0]
-    pending = b""
+    base = 0  # stream offset of the buffer's first byte
+    left = np.empty(0, dtype=np.uint8)  # the end of the last buffer, not framed yet (a record's beginning)
     try:
         with _open(path, compression) as stream:
             while True:
-                chunk = stream.read(_CHUNK)
-                final = not chunk
-                pending = pending + chunk if pending else chunk
-                yield from framer.frame(pending, base, final)
+                # A fresh buffer each time (blocks handed out keep theirs); the file is read straight into it.
+                buffer = np.empty(len(left) + max(_CHUNK, len(left)), dtype=np.uint8)
+                buffer[: len(left)] = left
+                read = _read_into(stream, buffer[len(left) :].data)
+                final = not read
+                filled = buffer[: len(left) + read]
+                filled.flags.writeable = False
+                yield from framer.frame(filled.data, base, final)
                 if framer.stopped or final:
                     return
-                pending, base = pending[framer.consumed :], base + framer.consumed
+                left, base = filled[framer.consumed :], base + framer.consumed
     except (OSError, EOFError, zlib.error) as failure:
         if isinstance(failure, FileNotFoundError) or not compression:  # a read error of a plain file is its own
             raise
         raise CorruptRecordError(path, base + framer.consumed, f"{compression} data does not decompress ({failure}); "
                                  f"check compression_type", True) from failure
+
+
+def _read_into(stream: BinaryIO, target: memoryview) -> int:
+    """Fill ``target`` from ``stream`` as far as the stream goes; the bytes read (0 at its end)."""
+    done = 0
+    while done < len(target):
+        got = stream.readinto(target[done:])  # type: ignore[attr-defined]
+        if not got:
+            break
+        done += got
+    return done
 
 
 class _Framer:
@@ -280,7 +295,7 @@ class _Framer:
             else:
                 length, length_crc = _HEADER.unpack_from(buffer, pos)
                 stride = length + _HEADER.size + _FOOTER.size
-                if masked_crc32c(buffer[pos : pos + 8], self._crc32c) != length_crc:
+                if masked_crc32c(data[pos : pos + 8], self._crc32c) != length_crc:
                     error = CorruptRecordError(
                         self._path, base + pos, "the length's checksum does not match; this is not a TFRecord file of "
                         "that compression type or it is damaged" + _hint(self._compression, bytes(buffer[pos : pos + 12])),
@@ -323,7 +338,8 @@ class _Framer:
         if fit < 2 or buffer[pos : pos + 12] != buffer[pos + stride : pos + stride + 12]:
             return 1
         headers = np.lib.stride_tricks.as_strided(data[pos:], shape=(fit, 12), strides=(stride, 1), writeable=False)
-        differs = (headers != headers[0]).any(axis=1)
+        lengths, crcs = headers[:, :8].view("<u8")[:, 0], headers[:, 8:].view("<u4")[:, 0]
+        differs = (lengths != lengths[0]) | (crcs != crcs[0])
         first = int(differs.argmax())
         return first if differs[first] else fit
 
@@ -331,7 +347,7 @@ class _Framer:
         """The number of leading records of the run whose data checksum matches."""
         start = pos + _HEADER.size
         if count == 1:
-            crc = masked_crc32c(buffer[start : start + length], self._crc32c)
+            crc = masked_crc32c(data[start : start + length], self._crc32c)
             return int(crc == _FOOTER.unpack_from(buffer, start + length)[0])
         rows = np.lib.stride_tricks.as_strided(data[start:], shape=(count, length), strides=(stride, 1),
                                                writeable=False)
