@@ -167,18 +167,31 @@ class _Layout:
                 fixed[start : start + length] = False
         fixed[varint_bytes] = False
         self.values = values
-        edges = np.flatnonzero(np.diff(np.concatenate([[False], fixed, [False]]).astype(np.int8)))
-        self.ranges = [(int(a), int(b), template[a:b]) for a, b in zip(edges[::2], edges[1::2])]  # fixed bytes
         self.varint_bytes = np.asarray(varint_bytes, dtype=np.int64)
-        self.continuation = template[self.varint_bytes] & 0x80
+        # What a matching record has: the fixed bytes, and the continuation bit of each varint byte; checked
+        # as masked little-endian words of up to 8 bytes (one comparison per word and record, no reductions).
+        mask = np.where(fixed, 0xFF, 0).astype(np.uint8)
+        mask[self.varint_bytes] = 0x80
+        self.words: list[tuple[int, np.dtype[Any], Any, Any]] = []
+        position, length = 0, len(record)
+        while position < length:
+            if not mask[position]:
+                position += 1
+                continue
+            size = next(size for size in (8, 4, 2, 1) if size <= length - position)
+            dtype = np.dtype(f"<u{size}")
+            word_mask = mask[position : position + size].view(dtype)[0]
+            expected = (template[position : position + size] & mask[position : position + size]).view(dtype)[0]
+            full = word_mask == np.iinfo(dtype).max
+            self.words.append((position, dtype, None if full else word_mask, expected))
+            position += size
 
     def matches(self, rows: np.ndarray) -> np.ndarray:
         """Which rows (a ``[n, length]`` uint8 array) have this layout."""
         same = np.ones(len(rows), dtype=bool)
-        for start, stop, expected in self.ranges:
-            same &= (rows[:, start:stop] == expected).all(axis=1)
-        if len(self.varint_bytes):
-            same &= ((rows[:, self.varint_bytes] & 0x80) == self.continuation).all(axis=1)
+        for start, dtype, mask, expected in self.words:
+            words = rows[:, start : start + dtype.itemsize].view(dtype)[:, 0]
+            same &= (words if mask is None else words & mask) == expected
         return same
 
     def extract(self, rows: np.ndarray) -> dict[str, Any]:
