@@ -42,9 +42,11 @@ def test_same_order_as_the_one_row_loop(seed):
     n = int(rng.integers(0, 9000 if seed % 8 == 0 else 300))
     size = int(rng.integers(1, 12000 if seed % 3 == 0 else 40))
     blocks = blocks_of(n, rng.integers(0, n + 1, int(rng.integers(0, 6))).tolist())
-    emitted = list(shuffle_rows(iter(blocks), size, np.random.default_rng(seed)))
+    pop = [None, 1, 7, 100_000][seed % 4]  # rows emitted at a time: the order must not depend on it
+    emitted = list(shuffle_rows(iter(blocks), size, np.random.default_rng(seed), pop=pop))
     got = [i for rows in emitted for i in rows.columns["i"].tolist()]
     assert got == list(reference(iter(range(n)), size, np.random.default_rng(seed)))
+    assert all(rows.n <= (pop or 2048) for rows in emitted)
     for rows in emitted:  # each row's padded values travel with it, padded to the block's widest
         values, lengths = rows.columns["v"]
         for i, row, length in zip(rows.columns["i"].tolist(), values.tolist(), lengths.tolist()):
@@ -71,3 +73,11 @@ def test_blocks_viewing_one_file_merge_and_shuffle_their_rows(tmp_path):
     order = list(reference(iter(range(n)), 64, np.random.default_rng(3)))
     np.testing.assert_array_equal(np.concatenate([rows.columns["x"] for rows in emitted]), x[order])
     assert np.concatenate([rows.columns["i"] for rows in emitted]).tolist() == [i % 100 for i in order]
+
+
+def test_a_buffer_larger_than_65536_rows_keeps_the_order():
+    """Slot numbers are sorted as 16-bit integers when they fit; a larger buffer sorts them as they are."""
+    n, size = 90_000, 70_000
+    blocks = blocks_of(n, [30_000, 60_000])
+    got = np.concatenate([rows.columns["i"] for rows in shuffle_rows(iter(blocks), size, np.random.default_rng(5))])
+    assert got.tolist() == list(reference(iter(range(n)), size, np.random.default_rng(5)))

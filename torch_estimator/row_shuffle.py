@@ -149,7 +149,8 @@ def shuffle_order(incoming: np.ndarray, buffer: np.ndarray, draws: np.ndarray) -
         ([0, 2, 1], [3, 4])
     """
     slots = (draws * len(buffer)).astype(np.int64)
-    order = np.argsort(slots, kind="stable")
+    # A stable sort of small integers is a radix sort (several times faster than sorting int64).
+    order = np.argsort(slots.astype(np.uint16) if len(buffer) <= 1 << 16 else slots, kind="stable")
     ordered = slots[order]
     same = ordered[1:] == ordered[:-1]
     previous = np.full(len(slots), -1, dtype=np.int64)  # the last earlier incoming id put in the same slot
@@ -205,12 +206,15 @@ class _Store:
         return taken
 
 
-def shuffle_rows(blocks: Iterator[Rows], size: int, rng: np.random.Generator) -> Iterator[Rows]:
+def shuffle_rows(blocks: Iterator[Rows], size: int, rng: np.random.Generator, pop: int | None = None
+                 ) -> Iterator[Rows]:
     """The rows of ``blocks`` in the order of tf.data's shuffle buffer of ``size`` seeded by ``rng``.
 
     Rows stay in their blocks until emitted (a block is dropped once all its rows are), so memory holds the
-    blocks with buffered rows rather than a copy of each row.
+    blocks with buffered rows rather than a copy of each row. ``pop``: rows emitted at a time (at most; the
+    order does not depend on it), default 2048.
     """
+    pop = pop or _POP
     store = _Store()
     buffer = np.empty(0, dtype=np.int64)
     draws: _Draws | None = None
@@ -224,11 +228,11 @@ def shuffle_rows(blocks: Iterator[Rows], size: int, rng: np.random.Generator) ->
             if len(buffer) < size:
                 continue
             draws = _Draws(rng)
-        for start in range(0, len(ids), _POP):
-            piece = ids[start : start + _POP]
+        for start in range(0, len(ids), pop):
+            piece = ids[start : start + pop]
             yield store.pop(shuffle_order(piece, buffer, draws.take(len(piece))))
     if draws is None:
         draws = _Draws(rng)
     rest = buffer[rng.permutation(len(buffer))]
-    for start in range(0, len(rest), _POP):
-        yield store.pop(rest[start : start + _POP])
+    for start in range(0, len(rest), pop):
+        yield store.pop(rest[start : start + pop])
