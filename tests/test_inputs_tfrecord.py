@@ -247,7 +247,7 @@ def test_spec_mismatches_name_the_feature_and_the_record(tmp_path):
     path = write_numbered(tmp_path / "a.tfrecord", 2)
     records = [d for _, d in read_records(path)]
     sources = [(str(path), 0), (str(path), 99)]
-    with pytest.raises(ParseError, match=r"'i' in the record at offset 0 of .*a\.tfrecord is a int64_list.*dtype torch.float32"):
+    with pytest.raises(ParseError, match=r"'i' in the record at offset 0 of .*a\.tfrecord is an int64_list.*dtype torch.float32"):
         parse_example(records, {"i": FixedLenFeature([], torch.float32)}, sources)
     with pytest.raises(ParseError, match="'x' in record 0 has 2 values; FixedLenFeature shape \\[3\\] needs 3"):
         parse_example(records, {"x": FixedLenFeature([3], torch.float32)})

@@ -393,8 +393,8 @@ def parse_example(
                 which = feature.WhichOneof("kind")
                 if which is not None and which != kind:
                     raise ParseError(
-                        f"Feature {name!r} in {_where(sources, i)} is a {which}, but the spec's dtype "
-                        f"{_dtype_name(spec.dtype)} reads a {kind}; give a matching dtype ({_dtype_hint(which)})."
+                        f"Feature {name!r} in {_where(sources, i)} is {_a(which)}, but the spec's dtype "
+                        f"{_dtype_name(spec.dtype)} reads {_a(kind)}; give a matching dtype ({_dtype_hint(which)})."
                     )
             rows.append(values)
         if isinstance(spec, FixedLenFeature):
@@ -406,6 +406,11 @@ def parse_example(
 
 def _dtype_name(dtype: Any) -> str:
     return "str" if dtype is str else str(dtype)
+
+
+def _a(kind: str) -> str:
+    """``kind`` with its article: "an int64_list", "a float_list"."""
+    return f"{'an' if kind[0] in 'aeiou' else 'a'} {kind}"
 
 
 def _dtype_hint(which: str) -> str:
