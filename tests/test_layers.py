@@ -53,6 +53,7 @@ LAYERS: dict[str, int] = {
     "tf_example": 2,
     "example_layout": 2,
     "row_shuffle": 2,
+    "example_cache": 2,
     "tf_checkpoint": 2,
     "tf_convert": 2,
     "hooks": 2,

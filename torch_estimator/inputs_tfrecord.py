@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from .canned.feature_columns import MISSING, fingerprint
+from .example_cache import ExampleCache
 from .example_layout import ExampleLayouts, fill_value, finish_variable, parse_records
 from .inputs import InputContext
 from .prefetch import _settle_malloc
@@ -56,6 +57,8 @@ __all__ = ["TFRecordInput", "tfrecord_input_fn", "FixedLenFeature", "VarLenFeatu
 logger = logging.getLogger(__name__)
 
 _ON_CORRUPT = ("error", "skip")
+_ID = "\0row"  # the one column of a stream of row numbers of cached examples (gathered once shuffled)
+_ID_BLOCK = 1 << 16  # row numbers per block of such a stream
 _UNEVEN_SHARDS = ("pad", "drop")
 
 
@@ -108,6 +111,7 @@ class TFRecordInput:
         on_corrupt: str = "error",
         uneven_shards: str | None = None,
         file_counts: dict[str, int] | None = None,
+        cache: ExampleCache | None = None,
     ) -> None:
         self._files, self._specs, self._label_key = list(files), dict(features), label_key
         self._batch_size, self._num_epochs, self._shuffle, self._seed = batch_size, num_epochs, shuffle, seed
@@ -115,6 +119,7 @@ class TFRecordInput:
         # Equal shards ("pad"/"drop") with several processes; None: each shard as it comes (evaluation).
         self._uneven = uneven_shards if shard[1] > 1 else None
         self._file_counts = {} if file_counts is None else file_counts  # records per file, counted once
+        self._cache = cache
         self._epoch, self._offset = 0, 0
         self.skipped_records = 0
         self._epoch_skipped = 0  # corrupt records met reading this epoch
@@ -176,23 +181,37 @@ class TFRecordInput:
             files = [files[i] for i in np.random.default_rng([self._seed, epoch]).permutation(len(files))]
         index, count = self._shard
         on_corrupt = self._corrupt if self._on_corrupt == "skip" else None
+        by_file = count > 1 and len(files) >= count
+        joined = self._cache.joined(files[index::count] if by_file else files) if self._cache is not None else None
+        source: Callable[[Sequence[str], Callable[[CorruptRecordError], None] | None], Iterator[Rows]]
+        if joined is not None:  # every file is in memory: row numbers go through sharding and shuffling
+            rows, spans = joined
+            source = lambda paths, _: _row_numbers(paths, spans)  # noqa: E731
+        else:
+            source = self._parsed
         stream: Iterator[Rows]
-        if count > 1 and len(files) >= count:  # by file
-            stream = self._parsed(files[index::count], on_corrupt)
+        if by_file:
+            stream = source(files[index::count], on_corrupt)
             if self._uneven is not None:
                 sizes = [sum(self._count(path) for path in files[shard::count]) for shard in range(count)]
                 target = max(sizes) if self._uneven == "pad" else min(sizes)
-                stream = _fit(stream, lambda: self._parsed(files[index::count], _ignore), target, f"{index} of {count}")
+                stream = _fit(stream, lambda: source(files[index::count], _ignore), target, f"{index} of {count}")
         else:
-            stream = self._parsed(files, on_corrupt)
+            stream = source(files, on_corrupt)
             if count > 1:  # by record
                 stream = _deal(stream, index, count, self._uneven)
         if self._shuffle:
-            stream = shuffle_rows(stream, self._buffer_size, np.random.default_rng([self._seed, epoch, 1]))
+            stream = shuffle_rows(stream, self._buffer_size, np.random.default_rng([self._seed, epoch, 1]),
+                                  pop=_ID_BLOCK if joined is not None else None)
+        if joined is not None:
+            stream = _gathered(stream, rows, self._batch_size)
         return stream
 
     def _count(self, path: str) -> int:
         """Records in ``path`` (corrupt ones skipped with ``on_corrupt="skip"``): read once, without parsing."""
+        cached = self._cache.get(path) if self._cache is not None else None
+        if cached is not None:
+            return cached.n
         status = os.stat(path)
         key = f"{path}:{status.st_size}:{status.st_mtime_ns}"  # a rewritten file is counted again
         if key not in self._file_counts:
@@ -203,10 +222,23 @@ class TFRecordInput:
     def _parsed(self, files: Sequence[str], on_corrupt: Callable[[CorruptRecordError], None] | None
                 ) -> Iterator[Rows]:
         for path in files:
+            cached = self._cache.get(path) if self._cache is not None else None
+            if cached is not None:
+                for start in range(0, cached.n, _ID_BLOCK):
+                    yield cached.slice(start, min(start + _ID_BLOCK, cached.n))
+                continue
+            parts: list[Rows] | None = None
+            if self._cache is not None:
+                key, parts = self._cache.key(path), []
             for block in read_record_blocks(path, self._compression, on_corrupt):
                 parsed = parse_records(block.data, block.starts, block.lengths, self._specs, _BlockSources(block),
                                        self._layouts, block.stride, padded=True)
-                yield Rows(len(block), parsed, self._fills)
+                rows = Rows(len(block), parsed, self._fills)
+                if parts is not None:
+                    parts.append(rows)
+                yield rows
+            if self._cache is not None and parts is not None:  # read to its end: later passes read memory
+                self._cache.put(path, key, parts, self._fills)
 
     def _batches(self) -> Iterator[Rows]:
         epoch, skip = self._epoch, self._offset
@@ -335,6 +367,37 @@ class _BlockSources(SequenceABC[tuple[str, int]]):
         return self._path, int(self._offsets[i])
 
 
+def _row_numbers(paths: Sequence[str], spans: Mapping[str, tuple[int, int]]) -> Iterator[Rows]:
+    """The numbers of the cached rows of ``paths`` (in the files' order) in the joined columns, in blocks."""
+    for path in paths:
+        first, n = spans[path]
+        for start in range(first, first + n, _ID_BLOCK):
+            stop = min(start + _ID_BLOCK, first + n)
+            yield Rows(stop - start, {_ID: np.arange(start, stop, dtype=np.int64)}, {})
+
+
+def _gathered(numbers: Iterator[Rows], rows: Rows, batch_size: int) -> Iterator[Rows]:
+    """The rows at the row numbers of ``numbers``, gathered a whole number of batches (about 4 MiB) at a time."""
+    size = sum(np.dtype(array.dtype).itemsize * int(np.prod(array.shape[1:]))
+               for value in rows.columns.values() for array in (value if isinstance(value, tuple) else (value,)))
+    chunk = batch_size * max(1, (4 << 20) // max(1, size * batch_size))
+    pending: list[np.ndarray] = []
+    have = 0
+    for block in numbers:
+        ids = block.columns[_ID]
+        start = 0
+        while have + len(ids) - start >= chunk:
+            stop = start + chunk - have
+            pending.append(ids[start:stop])
+            yield rows.take(np.concatenate(pending) if len(pending) > 1 else pending[0])
+            pending, have, start = [], 0, stop
+        if start < len(ids):
+            pending.append(ids[start:])
+            have += len(ids) - start
+    if have:
+        yield rows.take(np.concatenate(pending) if len(pending) > 1 else pending[0])
+
+
 def _ignore(error: CorruptRecordError) -> None:
     """Skip a corrupt record silently (a second read of it: it was reported, and counted, the first time)."""
 
@@ -434,6 +497,7 @@ def tfrecord_input_fn(
     compression_type: str | None = None,
     on_corrupt: str = "error",
     uneven_shards: str = "pad",
+    cache: bool = False,
 ) -> Callable[..., TFRecordInput]:
     """An ``input_fn`` over TFRecord files of ``tf.Example`` records (TF's ``TFRecordDataset`` + ``parse_example``).
 
@@ -459,6 +523,15 @@ def tfrecord_input_fn(
             no record is read twice. Sharding by file needs every file's record count: each process reads all
             files once (without parsing) at its first epoch. Evaluation is not evened out (no example counts
             twice); predictions are not sharded.
+        cache: Keep the parsed examples of every file read to its end in memory, and read them from there in
+            later passes (as tf.data's ``Dataset.cache()``), shared by every input this ``input_fn`` makes (a
+            train() after another, evaluations). Batches are the same as without it, and are copies. Memory
+            holds the examples of the files this process reads (every file, when there are fewer files than
+            processes); a file changed on disk is read again. Corrupt records skipped with
+            ``on_corrupt="skip"`` are met, and counted, only when a file is read.
+
+    Reading sets glibc's malloc thresholds once per process, as the prefetcher does (see
+    ``RunConfig.prefetch_batches``; the environment's own malloc settings are left alone).
 
     Returns:
         An ``input_fn(mode=None, config=None, input_context=None)`` returning a :class:`TFRecordInput`.
@@ -478,6 +551,8 @@ def tfrecord_input_fn(
     compression = check_compression_type(compression_type, "tfrecord_input_fn `compression_type`")
     if on_corrupt not in _ON_CORRUPT:
         raise ValueError(f"tfrecord_input_fn `on_corrupt` must be 'error' or 'skip'; received {on_corrupt!r}.")
+    if not isinstance(cache, bool):
+        raise ValueError(f"tfrecord_input_fn `cache` must be True or False; received {cache!r}.")
     if uneven_shards not in _UNEVEN_SHARDS:
         raise ValueError(f"tfrecord_input_fn `uneven_shards` must be 'pad' (repeat records of the shorter shards) or "
                          f"'drop' (cut the longer ones); received {uneven_shards!r}.")
@@ -493,6 +568,7 @@ def tfrecord_input_fn(
         raise ValueError("tfrecord_input_fn: every feature is a label; leave at least one feature.")
     files = list_files(file_patterns)
     counts: dict[str, int] = {}  # records per file, shared by the inputs this makes (the files are read once)
+    examples = ExampleCache() if cache else None
 
     def input_fn(mode: str | None = None, config: Any = None, input_context: InputContext | None = None) -> TFRecordInput:
         chosen = seed
@@ -509,6 +585,6 @@ def tfrecord_input_fn(
         # Training evens out the shards (every process takes the same steps); evaluation counts each example once.
         uneven = None if mode == "eval" else uneven_shards
         return TFRecordInput(files, specs, label_key, batch_size, num_epochs, shuffle, chosen, shuffle_buffer_size,
-                             compression, shard, on_corrupt, uneven, counts)
+                             compression, shard, on_corrupt, uneven, counts, examples)
 
     return input_fn
