@@ -331,8 +331,10 @@ def tfrecord_inputs(data: str, batch_size: int, predict: int) -> tuple[Any, Any,
             return te.inputs.tfrecord_input_fn(pattern.replace("{split}", split), TFRECORD_FEATURES, label_key="label",
                                                **kwargs)
 
-        train_input_fn = make("train", batch_size=batch_size, num_epochs=None, shuffle=True)
-        eval_input_fn = make("eval", batch_size=batch_size, num_epochs=1, shuffle=False)
+        # cache=True: the examples stay in memory after the first read (the numpy path holds them too), so the
+        # next train() and every evaluation of train_and_evaluate read memory, not the files.
+        train_input_fn = make("train", batch_size=batch_size, num_epochs=None, shuffle=True, cache=True)
+        eval_input_fn = make("eval", batch_size=batch_size, num_epochs=1, shuffle=False, cache=True)
         first = next(iter(make("eval", batch_size=max(predict, 1), num_epochs=1, shuffle=False)()))
     except (ValueError, OSError) as error:
         print(f"mnist.py: error: {error}", file=sys.stderr)
