@@ -54,6 +54,7 @@ LAYERS: dict[str, int] = {
     "example_layout": 2,
     "row_shuffle": 2,
     "example_cache": 2,
+    "crc_runs": 2,
     "tf_checkpoint": 2,
     "tf_convert": 2,
     "hooks": 2,

@@ -32,6 +32,8 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from .crc_runs import run_checksums_match
+
 __all__ = [
     "CorruptRecordError",
     "COMPRESSION_TYPES",
@@ -220,8 +222,9 @@ def read_record_blocks(
     """Yield the records of one TFRecord file in :class:`RecordBlock` s of about ``block_bytes`` each.
 
     Every length and data checksum is checked, as :func:`read_records` (which reads through this). Runs of
-    records of one length are framed and checked with array operations (one CRC call per record, and one per
-    run for their identical headers). Files are read, never memory-mapped: a file truncated or rewritten in
+    records of one length are framed and checked with array operations: one CRC pass over the run's bytes
+    checks every record's data checksum (:mod:`~torch_estimator.crc_runs`; a mismatch is then looked for record
+    by record, to name it), and one CRC call the run's identical headers. Files are read, never memory-mapped: a file truncated or rewritten in
     place while it is read gives a clear error or the bytes that were checked, not a SIGBUS. The records
     before a corrupt one are yielded before its error is raised (or passed to ``on_corrupt``).
 
@@ -346,6 +349,8 @@ class _Framer:
     def _check_data(self, data: np.ndarray, buffer: Any, pos: int, length: int, stride: int, count: int) -> int:
         """The number of leading records of the run whose data checksum matches."""
         start = pos + _HEADER.size
+        if count > 1 and run_checksums_match(data, start, length, stride, count):
+            return count  # every record's checksum, checked in one pass (see crc_runs); else find the bad one
         if count == 1:
             crc = masked_crc32c(data[start : start + length], self._crc32c)
             return int(crc == _FOOTER.unpack_from(buffer, start + length)[0])
