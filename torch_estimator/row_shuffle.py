@@ -38,8 +38,8 @@ class Rows:
 
     def take(self, index: np.ndarray) -> Rows:
         """The rows at ``index`` (a copy)."""
-        return Rows(len(index), {name: (value[0][index], value[1][index]) if name in self.fills else value[index]
-                                 for name, value in self.columns.items()}, self.fills)
+        return Rows(len(index), {name: (_take(value[0], index), _take(value[1], index)) if name in self.fills
+                                 else _take(value, index) for name, value in self.columns.items()}, self.fills)
 
     def slice(self, start: int, stop: int) -> Rows:
         """Rows ``start:stop`` (a view)."""
@@ -80,6 +80,12 @@ class Rows:
             else:
                 columns[name] = np.concatenate([part.columns[name] for part in parts])
         return Rows(sum(part.n for part in parts), columns, first.fills)
+
+
+def _take(array: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """``array[index]``: ``np.take`` gathers rows of a contiguous array several times faster than fancy indexing,
+    but copies a strided one whole first (a view of records in a file buffer), which fancy indexing does not."""
+    return np.take(array, index, axis=0) if array.flags.c_contiguous else array[index]
 
 
 def _widen(array: np.ndarray, width: int, fill: Any) -> np.ndarray:
