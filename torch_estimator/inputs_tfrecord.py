@@ -258,13 +258,13 @@ class TFRecordInput:
                     whole = (block.n - start) // self._batch_size if not have and not self._fills else 0
                     if whole:  # full batches straight out of the block: one split per column
                         size = self._batch_size
-                        splits = {name: column[start : start + whole * size].split(size)
-                                  for name, column in block.columns.items()}
-                        for i in range(whole):
+                        names = list(block.columns)
+                        splits = [column[start : start + whole * size].split(size) for column in block.columns.values()]
+                        for parts in zip(*splits):
                             consumed += size
                             self._epoch, self._offset = epoch, consumed
                             self._checkpoint_skips = self._epoch_skipped
-                            yield Rows(size, {name: parts[i] for name, parts in splits.items()}, self._fills)
+                            yield Rows(size, dict(zip(names, parts)), self._fills)
                         start += whole * size
                         continue
                     take = min(block.n - start, self._batch_size - have)
@@ -305,6 +305,8 @@ class TFRecordInput:
         return Rows(rows.n, columns, self._fills)
 
     def _to_tensors(self, rows: Rows) -> dict[str, torch.Tensor]:
+        if not self._fills:  # every column is a tensor already (a batch's own dict: the caller may change it)
+            return rows.columns
         tensors: dict[str, Any] = {}
         for name, value in rows.columns.items():
             if name not in self._fills:
