@@ -185,3 +185,45 @@ def test_joined_columns_are_read_only_views_held_once(tmp_path):
     assert cached is not None and np.shares_memory(cached.columns["x"], rows.columns["x"])
     with pytest.raises(ValueError, match="read-only"):
         rows.columns["x"][0] = 5
+
+
+def test_an_estimator_alternating_train_and_evaluate_reads_each_file_once_and_sees_the_same_batches(tmp_path,
+                                                                                                    monkeypatch):
+    import torch_estimator as te
+
+    train_file, eval_file = write(tmp_path / "train.tfrecord", 0, 30), write(tmp_path / "eval.tfrecord", 100, 9)
+    spec = {"i": FixedLenFeature([], torch.int64), "x": FixedLenFeature([2], torch.float32)}
+    opened: list[str] = []
+    real = inputs_tfrecord.read_record_blocks
+    monkeypatch.setattr(inputs_tfrecord, "read_record_blocks",
+                        lambda path, *a, **k: (opened.append(os.path.basename(path)), real(path, *a, **k))[1])
+
+    def run(cache: bool, model_dir: Path) -> tuple[list[int], dict]:
+        seen: list[int] = []
+
+        def model_fn(features, labels, mode, model):
+            if mode == "train":
+                seen.extend(zip(labels.tolist(), features["x"].tolist()))
+            loss = (model(features["x"]).squeeze(1) - labels.float()).pow(2).mean()
+            return te.EstimatorSpec(mode, loss=loss)
+
+        train = tfrecord_input_fn(str(train_file), spec, batch_size=4, num_epochs=None, shuffle=True, seed=2,
+                                  label_key="i", shuffle_buffer_size=8, cache=cache)
+        evaluate = tfrecord_input_fn(str(eval_file), spec, batch_size=4, num_epochs=1, shuffle=False, label_key="i",
+                                     cache=cache)
+        torch.manual_seed(0)  # the same initial weights in both runs
+        estimator = te.Estimator(model_fn, model_dir=str(model_dir), model=torch.nn.Linear(2, 1),
+                                 optimizer=lambda p: torch.optim.SGD(p, lr=1e-4), config=te.RunConfig(random_seed=0))
+        metrics = {}
+        for _ in range(4):  # 4 x 10 steps: past the end of the 30 records, then evaluation
+            estimator.train(train, steps=10)
+            metrics = estimator.evaluate(evaluate)
+        return seen, metrics
+
+    read_seen, read_metrics = run(False, tmp_path / "read")
+    files_read = len(opened)
+    opened.clear()
+    cached_seen, cached_metrics = run(True, tmp_path / "cached")
+    assert cached_seen == read_seen and len(read_seen) == 160
+    assert cached_metrics == read_metrics
+    assert sorted(opened) == ["eval.tfrecord", "train.tfrecord"] and files_read > 2
