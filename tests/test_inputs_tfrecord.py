@@ -440,3 +440,16 @@ def test_a_file_truncated_in_place_while_it_is_read_is_a_clear_error_not_a_crash
     with pytest.raises(CorruptRecordError, match=r"big\.tfrecord at offset \d+: the file ends inside a record"):
         for _, data in records:
             assert data == record
+
+
+def test_a_fifo_is_refused_at_once_not_read_forever(tmp_path):
+    """Opening a FIFO blocks until a writer comes: a pattern matching one, or reading one, is a clear error."""
+    write_numbered(tmp_path / "a.tfrecord", 3)
+    os.mkfifo(tmp_path / "b.tfrecord")
+    with pytest.raises(ValueError, match=r"'.*b\.tfrecord' is not a regular file \(a FIFO, socket or device\)"):
+        tfrecord_input_fn(str(tmp_path / "*.tfrecord"), NUMBERED, shuffle=False)
+    with pytest.raises(ValueError, match=r"b\.tfrecord is not a regular file \(a FIFO, socket or device\)"):
+        list(read_records(tmp_path / "b.tfrecord"))
+    with pytest.raises(ValueError, match=r"is not a regular file \(a directory\)"):
+        list(read_records(tmp_path))
+    assert [offset for offset, _ in read_records(tmp_path / "a.tfrecord", compression_type=None)] == [0, 49, 98]

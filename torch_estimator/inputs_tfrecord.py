@@ -30,6 +30,7 @@ import glob
 import hashlib
 import logging
 import os
+import stat
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from collections.abc import Sequence as SequenceABC
 from typing import Any, cast
@@ -82,6 +83,9 @@ def list_files(file_patterns: str | os.PathLike[str] | Sequence[str | os.PathLik
             if os.path.isdir(match):
                 raise ValueError(f"tfrecord_input_fn: {match!r} is a directory; give files or a pattern such as "
                                  f"{os.path.join(match, '*.tfrecord')!r}.")
+            if os.path.exists(match) and not stat.S_ISREG(os.stat(match).st_mode):
+                raise ValueError(f"tfrecord_input_fn: {match!r} is not a regular file (a FIFO, socket or device); "
+                                 f"TFRecord files are read from regular files.")
             files.add(os.path.abspath(match))
     return sorted(files)
 

@@ -24,6 +24,7 @@ import dataclasses
 import gzip
 import io
 import os
+import stat
 import struct
 import tempfile
 import zlib
@@ -132,10 +133,44 @@ class _ZlibReader(io.RawIOBase):
         super().close()
 
 
+class _GzipReader(gzip.GzipFile):
+    """A GzipFile that closes the file it reads (one given a file object leaves it open)."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        super().__init__(fileobj=raw, mode="rb")
+        self._raw = raw
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._raw.close()
+
+
+def open_regular(path: str) -> BinaryIO:
+    """``path`` opened for reading, refusing anything but a regular file without blocking: opening a FIFO
+    blocks until a writer comes, and a device never ends.
+
+    Raises:
+        FileNotFoundError: If it does not exist.
+        ValueError: If it is a directory, FIFO, socket or device.
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a directory" if stat.S_ISDIR(mode) else "a FIFO, socket or device"
+            raise ValueError(f"{path} is not a regular file ({kind}); TFRecord files are read from regular files.")
+        return os.fdopen(fd, "rb", buffering=_CHUNK)  # O_NONBLOCK does nothing to a regular file's reads
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def _open(path: str, compression_type: str) -> BinaryIO:
-    if compression_type == "GZIP":  # gzip.open closes the file it opens (a GzipFile given one leaves it open)
-        return gzip.open(path, "rb")  # type: ignore[return-value]
-    raw = open(path, "rb", buffering=_CHUNK)  # noqa: SIM115 (closed by the caller)
+    raw = open_regular(path)
+    if compression_type == "GZIP":
+        return _GzipReader(raw)  # type: ignore[return-value]
     if compression_type == "ZLIB":
         return io.BufferedReader(_ZlibReader(raw), buffer_size=_CHUNK)
     return raw
@@ -231,7 +266,7 @@ def read_record_blocks(
     Raises:
         CorruptRecordError: A bad checksum or a truncated record, when ``on_corrupt`` is None.
         FileNotFoundError: If the file does not exist.
-        ValueError: For a bad ``compression_type``.
+        ValueError: For a bad ``compression_type``, or a path that is not a regular file (a FIFO would block).
     """
     path = os.fspath(path)
     compression = check_compression_type(compression_type)
