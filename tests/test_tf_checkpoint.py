@@ -352,3 +352,21 @@ def test_convert_checkpoint_renames_and_refuses_a_rename_that_matches_nothing(tm
     assert cli.main([*args[:4], str(tmp_path / "none.safetensors"), *args[5:], "--rename", "dnn/nothing=head.bias"]) == 1
     assert "--rename: rename pattern 'dnn/nothing' matches no name in the checkpoint" in capsys.readouterr().err
     assert not (tmp_path / "none.safetensors").exists()
+
+
+def test_a_fifo_in_place_of_an_index_or_a_data_shard_is_refused_not_read_forever(tmp_path):
+    model_dir = tmp_path / "cnn"
+    shutil.copytree(FIXTURES / "cnn", model_dir)
+    data = model_dir / "model.ckpt-5.data-00000-of-00001"
+    reader = TFCheckpoint(model_dir)
+    data.unlink()
+    os.mkfifo(data)
+    with pytest.raises(TFCheckpointError, match=r"data-00000-of-00001 is not a regular file \(a FIFO, socket or device\); "
+                                                r"a TF checkpoint data shard must be a regular file"):
+        reader.read("dense/kernel")
+    index = model_dir / "model.ckpt-5.index"
+    index.unlink()
+    os.mkfifo(index)
+    with pytest.raises(TFCheckpointError, match=r"model.ckpt-5.index is not a regular file \(a FIFO, socket or device\); "
+                                                r"a TF checkpoint index must be a regular file"):
+        TFCheckpoint(model_dir)

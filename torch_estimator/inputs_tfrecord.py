@@ -85,7 +85,7 @@ def list_files(file_patterns: str | os.PathLike[str] | Sequence[str | os.PathLik
                                  f"{os.path.join(match, '*.tfrecord')!r}.")
             if os.path.exists(match) and not stat.S_ISREG(os.stat(match).st_mode):
                 raise ValueError(f"tfrecord_input_fn: {match!r} is not a regular file (a FIFO, socket or device); "
-                                 f"TFRecord files are read from regular files.")
+                                 f"a TFRecord file must be a regular file.")
             files.add(os.path.abspath(match))
     return sorted(files)
 

@@ -25,11 +25,11 @@ import os
 import re
 import struct
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
-from .tfrecord import masked_crc32c
+from .tfrecord import masked_crc32c, open_regular
 
 __all__ = ["TFCheckpoint", "TFCheckpointError", "is_tf_checkpoint", "resolve_tf_checkpoint"]
 
@@ -95,7 +95,7 @@ def resolve_tf_checkpoint(path: str | os.PathLike[str]) -> str:
                                                           if indexes else " and no .index file: not a TF model_dir") + ".")
     else:
         prefix = path[: -len(".index")] if path.endswith(".index") else path
-    if not os.path.isfile(prefix + ".index"):
+    if not os.path.exists(prefix + ".index"):
         raise TFCheckpointError(f"TF checkpoint {prefix!r} has no index file {prefix + '.index'!r}.")
     return prefix
 
@@ -162,12 +162,20 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
         shift += 7
 
 
+def _open_regular(path: str, what: str) -> BinaryIO:
+    """``path`` opened for reading if it is a regular file (a FIFO would block the read forever)."""
+    try:
+        return open_regular(path, what)
+    except ValueError as error:
+        raise TFCheckpointError(str(error)) from None
+
+
 class _Table:
     """A read-only SSTable (LevelDB's format, as TF's ``table.cc`` writes it): footer, index block, data blocks."""
 
     def __init__(self, path: str) -> None:
         self.path = path
-        with open(path, "rb") as file:
+        with _open_regular(path, "a TF checkpoint index") as file:
             self._data = file.read()
         if len(self._data) < _FOOTER_SIZE or struct.unpack_from("<Q", self._data, len(self._data) - 8)[0] != _TABLE_MAGIC:
             raise TFCheckpointError(f"{path} is not a TF checkpoint index (no table magic number at its end; "
@@ -290,7 +298,7 @@ class TFCheckpoint:
                                     f"bool variables are read.")
         shard = self._shard(entry.shard_id)
         try:
-            with open(shard, "rb") as file:
+            with _open_regular(shard, "a TF checkpoint data shard") as file:
                 file.seek(entry.offset)
                 raw = file.read(entry.size)
         except FileNotFoundError as error:

@@ -147,9 +147,9 @@ class _GzipReader(gzip.GzipFile):
             self._raw.close()
 
 
-def open_regular(path: str) -> BinaryIO:
+def open_regular(path: str, what: str = "a TFRecord file") -> BinaryIO:
     """``path`` opened for reading, refusing anything but a regular file without blocking: opening a FIFO
-    blocks until a writer comes, and a device never ends.
+    blocks until a writer comes, and a device never ends. ``what`` the file should be, for the message.
 
     Raises:
         FileNotFoundError: If it does not exist.
@@ -160,7 +160,7 @@ def open_regular(path: str) -> BinaryIO:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
             kind = "a directory" if stat.S_ISDIR(mode) else "a FIFO, socket or device"
-            raise ValueError(f"{path} is not a regular file ({kind}); TFRecord files are read from regular files.")
+            raise ValueError(f"{path} is not a regular file ({kind}); {what} must be a regular file.")
         return os.fdopen(fd, "rb", buffering=_CHUNK)  # O_NONBLOCK does nothing to a regular file's reads
     except BaseException:
         os.close(fd)
