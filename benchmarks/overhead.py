@@ -8,8 +8,10 @@ same seed, on the CPU:
 
 The hand-written loop is::
 
-    for x, y in batches:
+    for step, (x, y) in enumerate(batches, 1):
         opt.zero_grad(); loss = F.cross_entropy(model(x), y); loss.backward(); opt.step()
+        if step % 1000 == 0:
+            save_file(model.state_dict(), path)  # safetensors, as the Estimator's checkpoint every 1000 steps
 
 and the Estimator runs ``est.train(lambda: batches, steps=N)`` with a ``model_fn`` doing the same
 forward/loss, ``RunConfig(device="cpu", save_checkpoints_steps=1000, progress_bar=False)`` and the default
@@ -35,10 +37,12 @@ MLP, and ``import torch_estimator`` adding <= 0.3 s to ``import torch`` (fresh i
 **Further rows** (``--rows``, all by default; paired rounds, medians; wall time for prefetching, whose gain
 is overlap, process CPU time of all threads for the others, whose question is cost):
 
-* ``instructions``: the valgrind counts below, run by the script itself (two at a time, several minutes;
-  skipped with ``--quick``): hand loop, Estimator with the default hooks (target <= 1.03x the hand loop's
-  instructions per step) and with the hooks off (``log_step_count_steps=None, save_summary_steps=None``;
-  target <= 1.01x);
+* ``instructions``: the valgrind counts below, run by the script itself (two at a time; skipped with
+  ``--quick``): hand loop, Estimator with the default hooks (target <= 1.03x the hand loop's instructions
+  per step) and with the hooks off (``log_step_count_steps=None, save_summary_steps=None``; target <=
+  1.01x), marginal from N to 2N steps (``--steps``, default 2000), ``--instruction-runs`` counts of each
+  (default 3, the median taken; a single run varies by up to ~10-20k instructions per step between
+  processes), both ratios printed against their targets. 18 processes of a few minutes each;
 * ``prefetch``: the CNN on an input that decompresses and augments images with zlib and torch (calibrated
   to cost about one step of CPU time) and on a cheap one (pre-built tensors), a serial hand loop against the
   Estimator with its default prefetching ("auto") and with ``prefetch_batches=2`` (targets: >= 1.3
@@ -83,7 +87,11 @@ which is enough for a thousand or two MLP steps or a few CNN steps; pin what var
     # likewise --steps 2000, and --only hand; per step = (I refs(2000) - I refs(1000)) / 1000
 
 (Give valgrind the interpreter itself, not a pyenv shim, which is a shell script. Use N >= 1000 for the MLP:
-without the two variables, counts of 200 and 400 steps differed by noise of a few hundred million.)
+without the two variables, counts of 200 and 400 steps differed by noise of a few hundred million.) The
+``instructions`` row does this for 2000 and 4000 steps, several times. To see where a difference goes,
+``valgrind --tool=callgrind`` of each side at N and 2N steps, and ``callgrind_annotate`` of each file: the
+difference of a C function's cost between 2N and N, divided by N, is its marginal cost per step
+(``THPVariable_detach``, ``_int_malloc``, ``gc_collect_main``, ...).
 """
 
 from __future__ import annotations
@@ -181,20 +189,34 @@ clock: Callable[[], float] = time.process_time
 progress_bar = False
 
 
+SAVE_EVERY = 1000  # both sides save the weights every 1000 steps (RunConfig.save_checkpoints_steps)
+
+
 def run_hand(case: Case, batches: Batches, steps: int, seed: int) -> float:
+    """The hand-written loop, saving the weights with ``safetensors.torch.save_file`` every SAVE_EVERY steps
+    as the Estimator checkpoints (the same work; the Estimator's save also writes the optimizer and RNG
+    states, a content hash and an index, durably)."""
+    from safetensors.torch import save_file
+
     torch.manual_seed(seed)
     model = case.build()
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=_lr())
     data = batches[:steps]
-    gc.collect()
-    start = clock()
-    for x, y in data:
-        opt.zero_grad()
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-    return clock() - start
+    save_dir = tempfile.mkdtemp(prefix="te_overhead_hand_")
+    try:
+        gc.collect()
+        start = clock()
+        for step, (x, y) in enumerate(data, 1):
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            if step % SAVE_EVERY == 0:
+                save_file(model.state_dict(), os.path.join(save_dir, f"model-{step}.safetensors"))
+        return clock() - start
+    finally:
+        shutil.rmtree(save_dir, ignore_errors=True)
 
 
 def run_estimator(case: Case, batches: Batches, steps: int, seed: int, **options: Any) -> float:
@@ -205,7 +227,7 @@ def run_estimator(case: Case, batches: Batches, steps: int, seed: int, **options
         est = te.Estimator(
             model_fn, model_dir=model_dir, model=model,
             optimizer=lambda p: torch.optim.SGD(p, lr=_lr()),
-            config=te.RunConfig(**{"device": "cpu", "save_checkpoints_steps": 1000, "progress_bar": progress_bar, **options}),
+            config=te.RunConfig(**{"device": "cpu", "save_checkpoints_steps": SAVE_EVERY, "progress_bar": progress_bar, **options}),
         )
         gc.collect()
         start = clock()
@@ -399,24 +421,27 @@ def measure_import(runs: int) -> float | None:
 # Instructions: valgrind counts of N and 2N steps of each side, in subprocesses (immune to the machine's noise).
 
 
-def measure_instructions(n: int) -> dict[str, float] | None:
+def measure_instructions(n: int, runs: int = 3) -> dict[str, float] | None:
     """Per-step instructions of the hand loop, the Estimator (default hooks) and the bare Estimator (hooks
-    off), marginal from N to 2N MLP steps under valgrind; runs the six counts two at a time."""
+    off), marginal from N to 2N MLP steps under valgrind: ``runs`` counts of each side at N and at 2N steps
+    (two processes at a time), the median of the ``runs`` paired differences per side. Prints each side's
+    figures and both ratios against the targets (1.03x default hooks, 1.01x hooks off)."""
     valgrind = shutil.which("valgrind")
     if valgrind is None:
         print("[instructions] valgrind is not installed (apt-get install valgrind); skipped")
         return None
     env = {**os.environ, "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    jobs = {(side, steps): [valgrind, "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
-                            os.path.realpath(sys.executable), str(Path(__file__).resolve()), "--case", "mlp",
-                            "--only", side, "--steps", str(steps)]
-            for side in ("hand", "estimator", "bare") for steps in (n, 2 * n)}
-    counts: dict[tuple[str, int], int] = {}
-    pending = list(jobs.items())
-    print(f"[instructions] valgrind, MLP, {n} and {2 * n} steps per side (several minutes)...", flush=True)
-    while pending:
-        batch, pending = pending[:2], pending[2:]
+    sides = ("hand", "estimator", "bare")
+    jobs = [((side, steps, run), [valgrind, "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
+                                  os.path.realpath(sys.executable), str(Path(__file__).resolve()), "--case", "mlp",
+                                  "--only", side, "--steps", str(steps)])
+            for run in range(runs) for side in sides for steps in (n, 2 * n)]
+    counts: dict[tuple[str, int, int], int] = {}
+    print(f"[instructions] valgrind, MLP, {n} and {2 * n} steps per side, {runs} runs each "
+          f"({len(jobs)} processes, two at a time: many minutes)...", flush=True)
+    while jobs:
+        batch, jobs = jobs[:2], jobs[2:]
         running = [(key, subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
                    for key, cmd in batch]
         for key, process in running:
@@ -426,12 +451,14 @@ def measure_instructions(n: int) -> dict[str, float] | None:
                 print(f"[instructions] valgrind failed for {key}:\n{out[-2000:]}")
                 return None
             counts[key] = int(refs[-1].split(":")[1].replace(",", ""))
-    per_step = {side: (counts[(side, 2 * n)] - counts[(side, n)]) / n for side in ("hand", "estimator", "bare")}
+    marginals = {side: [(counts[(side, 2 * n, r)] - counts[(side, n, r)]) / n for r in range(runs)] for side in sides}
+    per_step = {side: statistics.median(values) for side, values in marginals.items()}
     hand = per_step["hand"]
-    print(f"[instructions] per step (marginal {n} -> {2 * n} steps): hand {hand / 1e3:,.1f}k")
-    for side, label in (("estimator", "Estimator, default hooks"), ("bare", "Estimator, hooks off")):
-        print(f"  {label:26}: {per_step[side] / 1e3:,.1f}k  ratio {per_step[side] / hand:.3f}  "
-              f"({per_step[side] - hand:+,.0f} instructions per step)")
+    print(f"[instructions] per step, marginal {n} -> {2 * n} steps, median of {runs} runs [min, max]:")
+    for side, label in (("hand", "hand loop"), ("estimator", "Estimator, default hooks"), ("bare", "Estimator, hooks off")):
+        values = marginals[side]
+        ratio = "" if side == "hand" else f"  ratio {per_step[side] / hand:.3f}  ({per_step[side] - hand:+,.0f} per step)"
+        print(f"  {label:26}: {per_step[side] / 1e3:8,.1f}k  [{min(values) / 1e3:,.1f}k, {max(values) / 1e3:,.1f}k]{ratio}")
     return per_step
 
 
@@ -746,6 +773,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help=f"also measure variants on the MLP (all when none named): {', '.join(VARIANTS)}")
     parser.add_argument("--rows", nargs="*", metavar="ROW", choices=list(ROWS),
                         help=f"which of the further rows to run (default all): {', '.join(ROWS)}")
+    parser.add_argument("--instruction-runs", type=int, default=3,
+                        help="valgrind counts per side and step count for the instructions row (default 3; median)")
     parser.add_argument("--only", choices=sorted(SIDES),
                         help="run one side once for --steps steps and exit (for perf stat; see the docstring)")
     args = parser.parse_args(argv)
@@ -799,12 +828,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         measure_variants(cases["mlp"], 200 if args.quick else 1000, 2 if args.quick else 7, args.seed, names)
     rows = ROWS if args.rows is None else args.rows
     if "instructions" in rows and not args.quick:  # minutes under valgrind: not in the smoke run
-        per_step = measure_instructions(args.steps or 1000)
+        per_step = measure_instructions(args.steps or 2000, args.instruction_runs)
         if per_step is not None:
             for side, target in (("estimator", 1.03), ("bare", 1.01)):
                 verdict = per_step[side] / per_step["hand"] <= target
                 ok &= verdict
-                print(f"  {side} instructions <= {target}x hand: {_verdict(verdict)}")
+                print(f"  {side} instructions {per_step[side] / per_step['hand']:.3f}x hand <= {target}x: {_verdict(verdict)}")
     if "prefetch" in rows:
         ratios = measure_prefetch(cases["cnn"], 8 if args.quick else 12, 2 if args.quick else 5, args.seed,
                                   batch_size=25 if args.quick else 100)
