@@ -32,6 +32,51 @@ def test_a_nan_loss_raises_naming_the_first_bad_step():
     assert tracker.broken
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_host_values_name_the_first_bad_step_as_tensors_do(bad):
+    tracker = NanTracker(global_step=10)  # the step on the CPU keeps loss.item()
+    tracker.losses.extend([1.0, 2.0, bad, float("nan")])
+    assert not tracker.all_finite()
+    with pytest.raises(NanLossDuringTrainingError, match=r"NaN or infinite loss at global step 13 \(the first bad step\)"):
+        tracker.check(RunContext("train", 14))
+
+
+def test_host_values_whose_sum_overflows_are_finite():
+    tracker, context = NanTracker(global_step=0), RunContext("train", 0)
+    tracker.losses.extend([1e308, 1e308, 3])  # their sum is inf; each one is finite
+    assert tracker.all_finite()
+    assert tracker.check(context) is True and tracker.losses == [] and not tracker.broken
+
+
+def test_the_cpu_step_keeps_host_values_and_stops_at_the_first_nan(tmp_path):
+    import torch_estimator as te
+
+    def model_fn(features, labels, mode, model):
+        loss = torch.nn.functional.mse_loss(model(features).squeeze(1), labels)
+        return te.EstimatorSpec(mode, loss=loss / features.sum().clamp(max=0).abs().gt(0).float().sub(1).abs())
+
+    batches = [(torch.ones(4, 2), torch.zeros(4))] * 3 + [(-torch.ones(4, 2), torch.zeros(4))] + [(torch.ones(4, 2), torch.zeros(4))] * 3
+    est = te.Estimator(model_fn, model=torch.nn.Linear(2, 1), model_dir=str(tmp_path),
+                       optimizer=lambda p: torch.optim.SGD(p, lr=0.01),
+                       config=te.RunConfig(device="cpu", log_step_count_steps=None, save_summary_steps=None))
+    seen = []
+    original = est._step_function
+
+    def spying(losses):
+        step = original(losses)
+
+        def wrapped(features, labels):
+            spec = step(features, labels)
+            seen.append(type(losses[-1]))
+            return spec
+        return wrapped
+
+    est._step_function = spying
+    with pytest.raises(NanLossDuringTrainingError, match=r"at global step 4 \(the first bad step\)"):
+        est.train(lambda: batches)
+    assert seen and set(seen) == {float}
+
+
 def test_log_and_stop_policy_requests_a_stop_once(caplog):
     tracker, context = NanTracker(global_step=0, fail_on_nan_loss=False), RunContext("train", 0)
     tracker.losses.extend(_losses(float("nan")))

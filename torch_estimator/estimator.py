@@ -907,9 +907,9 @@ class Estimator:
                 return
             yield micro, None, sum(b[2] for b in micro)
 
-    def _step_function(self, losses: list[torch.Tensor]) -> Callable[[Any, Any], EstimatorSpec]:
-        """``step(features, labels) -> spec``: one training step, whose detached loss it appends to ``losses``
-        (for the NaN check). The general one handles accumulation, mixed precision, clipping and custom
+    def _step_function(self, losses: list[Any]) -> Callable[[Any, Any], EstimatorSpec]:
+        """``step(features, labels) -> spec``: one training step, whose detached loss (on the CPU, its value)
+        it appends to ``losses`` (for the NaN check). The general one handles accumulation, mixed precision, clipping and custom
         train_ops; the plain one (the default configuration) is the hand-written loop plus the model_fn call
         and the loss kept."""
         config = self._config
@@ -922,6 +922,9 @@ class Estimator:
         model_fn, kwargs, takes_labels = self._model_fn, self._fn_kwargs[ModeKeys.TRAIN], "labels" in self._fn_args
         positional = self._positional_args(kwargs)  # model_fn(features, labels, *positional): no dict per call
         zero_grad, optimizer_step, keep = self._optimizer.zero_grad, self._optimizer.step, losses.append
+        # On the CPU the loss's value is read at once (no device to wait for): cheaper than keeping the
+        # detached tensor alive and stacking the kept ones for the check.
+        on_cpu = self._device.type == "cpu"
         scheduler_step = self._lr_scheduler.step if self._lr_scheduler is not None else None
         checked = self._checked_spec
         if self._cuda_graphs:
@@ -947,7 +950,7 @@ class Estimator:
                     scheduler_step()
             else:
                 spec.train_op(loss)
-            keep(loss.detach())
+            keep(loss.item() if on_cpu else loss.detach())
             return spec
 
         return step

@@ -1,9 +1,10 @@
 """The NaN policy of one ``train`` call, in one object: which steps' losses are known finite, and what to do
 when one is not (:class:`NanTensorHook` says: raise, TF's default, or log and stop).
 
-Each step's detached loss is kept (a reference, no device work); the host looks at them, stacked, only where
-it waits anyway (a step whose loss a hook fetched, a save, the end of the run) or when ``buffer`` of them are
-pending. Before a save, the weights and optimizer state are checked too (a finite loss can hide a NaN
+Each step's detached loss is kept (a reference, no device work), or on the CPU its value (``loss.item()``: a
+host read, no device to wait for, cheaper than keeping the tensor and stacking it later); the host looks at
+them only where it waits anyway (a step whose loss a hook fetched, a save, the end of the run) or when
+``buffer`` of them are pending. Before a save, the weights and optimizer state are checked too (a finite loss can hide a NaN
 gradient), so no checkpoint of non-finite values is ever written.
 
 Example:
@@ -14,12 +15,18 @@ Example:
     >>> tracker.losses.extend([torch.tensor(0.5), torch.tensor(float("nan"))])
     >>> tracker.check(context), context.stop_requested, tracker.broken
     (False, True, True)
+    >>> tracker = NanTracker(global_step=0)
+    >>> tracker.losses.extend([0.5, 0.25])  # host values, as the step on the CPU keeps them
+    >>> tracker.check(context)
+    True
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 
@@ -29,6 +36,17 @@ from .protocols import HookLike
 __all__ = ["NanTracker"]
 
 logger = logging.getLogger("torch_estimator")
+
+
+def _first_bad(losses: Sequence[Any]) -> int | None:
+    """The index of the first non-finite loss among ``losses`` (tensors, or host numbers), None when every
+    one is finite."""
+    if isinstance(losses[0], torch.Tensor):
+        bad = ~torch.isfinite(torch.stack(list(losses)).float())
+        return int(bad.int().argmax()) if bool(bad.any()) else None
+    if math.isfinite(sum(losses)):  # NaN and infinity propagate; an overflow of the sum alone looks below
+        return None
+    return next((i for i, value in enumerate(losses) if not math.isfinite(value)), None)
 
 
 class NanTracker:
@@ -42,13 +60,14 @@ class NanTracker:
         buffer: Look at the pending losses once this many are kept, at the latest.
 
     Attributes:
-        losses: The detached losses of the steps not looked at yet; the step appends to it.
+        losses: The detached losses (or, on the CPU, their values) of the steps not looked at yet; the step
+            appends to it.
         broken: Whether memory holds non-finite weights (the Estimator restores from disk next time).
     """
 
     def __init__(self, global_step: int, fail_on_nan_loss: bool = True, finite_step: int | None = None,
                  buffer: int = 1024) -> None:
-        self.losses: list[torch.Tensor] = []
+        self.losses: list[Any] = []  # tensors, or host numbers (the step on the CPU)
         self.buffer = buffer
         self.broken = False
         self._checked_step = global_step
@@ -66,7 +85,7 @@ class NanTracker:
 
     def all_finite(self) -> bool:
         """Whether every loss so far was finite (without acting on it)."""
-        return not self._diverged and (not self.losses or bool(torch.isfinite(torch.stack(self.losses)).all()))
+        return not self._diverged and (not self.losses or _first_bad(self.losses) is None)
 
     def check(self, context: RunContext) -> bool:
         """True while every loss so far was finite; else raise, or (``fail_on_nan_loss=False``) log and stop.
@@ -79,13 +98,13 @@ class NanTracker:
         losses = self.losses
         if not losses:
             return True
-        bad = ~torch.isfinite(torch.stack(losses).float())
-        if not bool(bad.any()):
+        first_bad = _first_bad(losses)
+        if first_bad is None:
             self._checked_step += len(losses)
             losses.clear()
             return True
         self.broken = True
-        step = self._checked_step + int(bad.int().argmax()) + 1
+        step = self._checked_step + first_bad + 1
         if self._fail:
             raise NanLossDuringTrainingError(
                 f"NaN or infinite loss at global step {step} (the first bad step); training stopped and no "
