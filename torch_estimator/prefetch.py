@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import collections
 import ctypes
+import itertools
 import logging
 import os
 import threading
@@ -165,7 +166,15 @@ class Prefetcher:
     # -- the consumer's side ------------------------------------------------------------------------
 
     def __iter__(self) -> Iterator[Any]:
+        if self._depth is None:
+            # "auto": the measured batches, then the rest. When it decides against a thread, the rest is the
+            # batch iterator itself, which chain pulls from directly: no generator layer per batch.
+            return itertools.chain.from_iterable(self._phases())
         return self._iterate()
+
+    def _phases(self) -> Iterator[Iterator[Any]]:
+        yield self._measure()
+        yield self._batches if self._depth is None else self._iterate()
 
     def __enter__(self) -> Prefetcher:
         return self
@@ -180,11 +189,7 @@ class Prefetcher:
         return self._consumed
 
     def _iterate(self) -> Iterator[Any]:
-        if self._depth is None:
-            yield from self._measure()
-            if self._depth is None:  # not worth a thread: the rest is made on demand, as without a prefetcher
-                yield from self._batches
-                return
+        """The batches the thread makes (started at the first one)."""
         self._start()
         items, cond, cuda = self._items, self._cond, self._cuda
         while True:
