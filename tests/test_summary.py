@@ -107,3 +107,43 @@ def test_read_scalars_keeps_what_precedes_a_torn_write(tmp_path):
 def test_read_scalars_of_a_directory_without_events_is_empty(tmp_path):
     assert summary.read_scalars(str(tmp_path)) == {}
     assert summary.read_scalars(str(tmp_path / "missing")) == {}
+
+
+def _record_writer(writer):
+    return writer.file_writer.event_writer._async_writer._writer
+
+
+@pytest.mark.parametrize("data", [b"", b"x", bytes(range(256)) * 3, b"\x00" * 17])
+def test_records_checksummed_in_c_are_byte_identical_to_tensorboards(data):
+    import io
+
+    google_crc32c = pytest.importorskip("google_crc32c")
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    theirs, ours = io.BytesIO(), io.BytesIO()
+    RecordWriter(theirs).write(data)
+    summary._write_record(ours, google_crc32c.value, data)
+    assert ours.getvalue() == theirs.getvalue()
+
+
+def test_event_files_checksummed_in_c_read_back_in_tensorboard(tmp_path):
+    pytest.importorskip("google_crc32c")
+    logdir = str(tmp_path)
+    writer = summary.writer_for(logdir)
+    assert _record_writer(writer).write.func is summary._write_record  # the C checksum is in use
+    summary.write_summaries(logdir, {"loss": 0.5, "weights": torch.arange(6.0), "note": summary.Text("hi")}, step=3)
+    summary.write_summaries(logdir, {"loss": 0.25}, step=4)
+    events = _events(logdir)  # tensorboard's reader checks every record's CRCs
+    assert [(e.step, e.value) for e in events.Scalars("loss")] == [(3, 0.5), (4, 0.25)]
+    assert [e.step for e in events.Histograms("weights")] == [3]
+    assert summary.read_scalars(logdir) == {3: {"loss": 0.5}, 4: {"loss": 0.25}}
+
+
+def test_without_google_crc32c_tensorboards_own_checksum_is_kept(tmp_path, monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "google_crc32c", None)  # an import of it fails
+    logdir = str(tmp_path)
+    writer = summary.writer_for(logdir)
+    assert "write" not in vars(_record_writer(writer))
+    summary.write_summaries(logdir, {"loss": 1.5}, step=1)
+    summary.flush_all()
+    assert summary.read_scalars(logdir) == {1: {"loss": 1.5}}
