@@ -41,8 +41,10 @@ is overlap, process CPU time of all threads for the others, whose question is co
   ``--quick``): hand loop, Estimator with the default hooks (target <= 1.03x the hand loop's instructions
   per step) and with the hooks off (``log_step_count_steps=None, save_summary_steps=None``; target <=
   1.01x), marginal from N to 2N steps (``--steps``, default 2000), ``--instruction-runs`` counts of each
-  (default 3, the median taken; a single run varies by up to ~10-20k instructions per step between
-  processes), both ratios printed against their targets. 18 processes of a few minutes each;
+  (default 3, the median taken), both ratios printed against their targets. A count also depends on the
+  process's heap layout, which moves malloc's and CPython's caches by several thousand instructions per step
+  between configurations: differences under ~1% of a step are within the method's noise. 18 processes of a
+  few minutes each;
 * ``prefetch``: the CNN on an input that decompresses and augments images with zlib and torch (calibrated
   to cost about one step of CPU time) and on a cheap one (pre-built tensors), a serial hand loop against the
   Estimator with its default prefetching ("auto") and with ``prefetch_batches=2`` (targets: >= 1.3
