@@ -959,19 +959,25 @@ def test_training_killed_at_random_moments_resumes_exactly(tmp_path):
         cycles += 1
         events_path = tmp_path / f"events.{cycles}"
         process = _start(model_dir, events_path)
-        killed = sum(kills.values()) < KILLS + 6 and (kills["training"] + kills["saving"] < KILLS or cycles % 2)
+        killed = kills["training"] + kills["saving"] < KILLS  # startup kills come on top
         if killed:
             if rng.random() < 0.15:  # during startup: imports, restore, temp-file cleanup
                 time.sleep(rng.uniform(0.0, 2.0))
-            else:  # during training: a random moment after it resumed, spread so that the run lasts
-                deadline = time.time() + 60
+            else:  # during training: at a random step after it resumed, spread so that the run lasts (counted in
+                # steps, not seconds: a machine whose load changes makes any pace estimate wrong), then a moment
+                # later, in a step or in a save
+                deadline = time.time() + 120
                 while not any(e[0] == "R" for e in _events(events_path)) and process.poll() is None:
                     assert time.time() < deadline, "the training subprocess never started"
                     time.sleep(0.005)
                 done = max((e[1] for e in _events(events_path)), default=0)
                 remaining_kills = max(1, KILLS - kills["training"] - kills["saving"])
-                budget = (KILL_MAX_STEPS - done) / (remaining_kills + 2) / (pace or 100.0)
-                time.sleep(rng.uniform(0.0, 2 * budget))
+                span = max(1, (KILL_MAX_STEPS - done) // (remaining_kills + 2))
+                target = done + rng.randint(1, 2 * span)
+                while max((e[1] for e in _events(events_path)), default=0) < target and process.poll() is None:
+                    assert time.time() < deadline, "the training subprocess stopped making progress"
+                    time.sleep(0.002)
+                time.sleep(rng.uniform(0.0, 1.0 / (pace or 100.0)))
             process.send_signal(signal.SIGKILL)
         _, stderr = process.communicate(timeout=120)
         events = _events(events_path)
