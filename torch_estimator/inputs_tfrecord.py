@@ -42,7 +42,7 @@ from .canned.feature_columns import MISSING, fingerprint
 from .example_cache import ExampleCache
 from .example_layout import ExampleLayouts, fill_value, finish_variable, parse_records
 from .inputs import InputContext
-from .prefetch import _settle_malloc
+from .prefetch import settle_malloc
 from .row_shuffle import Rows, shuffle_rows
 from .tf_example import (
     FeatureSpec,
@@ -348,7 +348,7 @@ class TFRecordInput:
     def __iter__(self) -> Iterator[Any]:
         # Blocks of megabytes are allocated and freed all the time: with glibc's adaptive thresholds most of
         # them came as fresh pages from the kernel (page faults cost more than the parsing). Set once per process.
-        _settle_malloc()
+        settle_malloc()
         label_keys = [self._label_key] if isinstance(self._label_key, str) else list(self._label_key or [])
         for batch in self._batches():
             features = self._to_tensors(batch)

@@ -44,7 +44,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["Prefetcher"]
+__all__ = ["Prefetcher", "settle_malloc"]
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def _should_tune_malloc(environ: Mapping[str, str], libc: str) -> bool:
     return "glibc.malloc." not in environ.get("GLIBC_TUNABLES", "")
 
 
-def _settle_malloc() -> None:
+def settle_malloc() -> None:
     """Fix glibc's malloc thresholds once per process (see the module docstring)."""
     global _malloc_settled
     if _malloc_settled:
@@ -249,7 +249,7 @@ class Prefetcher:
         if self._limit is not None and self._pulled >= self._limit:
             self._items.append(_END)
             return
-        _settle_malloc()
+        settle_malloc()
         side_stream = torch.cuda.Stream(self._device) if self._cuda else None
         self._thread = threading.Thread(target=self._produce, args=(side_stream,), name="torch_estimator-prefetch", daemon=True)
         self._thread.start()

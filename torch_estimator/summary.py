@@ -27,7 +27,6 @@ import glob
 import io
 import logging
 import os
-import struct
 import threading
 import warnings
 from collections.abc import Callable, Mapping
@@ -35,6 +34,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from .tfrecord import frame_record
 
 logger = logging.getLogger("torch_estimator")
 
@@ -80,17 +81,9 @@ def writer_for(logdir: str) -> Any:
         return writer
 
 
-def _masked_crc(data: bytes, crc32c: Callable[[bytes], int]) -> bytes:
-    """TFRecord's masked CRC-32C of ``data``, 4 bytes little-endian."""
-    crc = crc32c(data)
-    return struct.pack("<I", ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF)
-
-
 def _write_record(file: Any, crc32c: Callable[[bytes], int], data: bytes) -> None:
-    """One TFRecord of ``data`` into ``file``, as tensorboard's ``RecordWriter.write`` frames it: length,
-    masked CRC of the length, data, masked CRC of the data."""
-    header = struct.pack("<Q", len(data))
-    file.write(header + _masked_crc(header, crc32c) + data + _masked_crc(data, crc32c))
+    """One TFRecord of ``data`` into ``file``, framed as tensorboard's ``RecordWriter.write`` frames it."""
+    file.write(frame_record(data, crc32c))
 
 
 def _checksum_in_c(writer: Any) -> None:

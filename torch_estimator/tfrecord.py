@@ -38,6 +38,7 @@ from .crc_runs import run_checksums_match
 __all__ = [
     "CorruptRecordError",
     "COMPRESSION_TYPES",
+    "frame_record",
     "masked_crc32c",
     "read_records",
     "read_record_blocks",
@@ -90,6 +91,18 @@ def masked_crc32c(data: bytes | np.ndarray, crc32c: Callable[[Any], int] | None 
     """
     crc = (crc32c or _crc32c())(data)
     return (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF
+
+
+def frame_record(data: bytes, crc32c: Callable[[Any], int] | None = None) -> bytes:
+    """``data`` framed as one TFRecord: its length, the length's masked CRC, the data, the data's masked CRC.
+
+    Example:
+        >>> len(frame_record(b"abc"))
+        19
+    """
+    crc32c = crc32c or _crc32c()
+    length = struct.pack("<Q", len(data))
+    return length + _FOOTER.pack(masked_crc32c(length, crc32c)) + data + _FOOTER.pack(masked_crc32c(data, crc32c))
 
 
 def check_compression_type(compression_type: str | None, where: str = "`compression_type`") -> str:
@@ -435,10 +448,7 @@ def write_records(
             for record in records:
                 if not isinstance(record, (bytes, bytearray, memoryview)):
                     raise TypeError(f"write_records: record {count} must be bytes; received {type(record).__name__}.")
-                data = bytes(record)
-                length = struct.pack("<Q", len(data))
-                sink.write(length + _FOOTER.pack(masked_crc32c(length, crc32c)) + data
-                           + _FOOTER.pack(masked_crc32c(data, crc32c)))
+                sink.write(frame_record(bytes(record), crc32c))
                 count += 1
             if sink is not raw:
                 sink.close()
