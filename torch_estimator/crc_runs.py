@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import functools
 import struct
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -58,8 +60,9 @@ class _Linear:
         return _Linear(self(self.images))
 
 
-def _crc32c() -> tuple[object, object]:
-    import google_crc32c  # the reader checked that it is installed
+def _crc32c() -> tuple[Callable[[Any], int], Callable[[int, Any], int]]:
+    """google-crc32c's ``value(data)`` and ``extend(crc, data)`` (the reader checked that it is installed)."""
+    import google_crc32c
 
     return google_crc32c.value, google_crc32c.extend
 
@@ -69,16 +72,16 @@ def _shift(n: int) -> _Linear:
     """``c -> shift(c, n)``: the CRC state ``c`` advanced over ``n`` zero bytes, less the zeros' own CRC."""
     value, extend = _crc32c()
     zeros = bytes(n)
-    base = value(zeros)  # type: ignore[operator]
-    return _Linear(np.array([extend(1 << j, zeros) ^ base for j in range(32)], dtype=np.uint64))  # type: ignore[operator]
+    base = value(zeros)
+    return _Linear(np.array([extend(1 << j, zeros) ^ base for j in range(32)], dtype=np.uint64))
 
 
 @functools.lru_cache(maxsize=1)
 def _footer_map() -> _Linear:
     """``F -> crc(F + 12 zero bytes) ^ crc(16 zero bytes)``: the linear part of a footer's CRC before a header."""
     value, _ = _crc32c()
-    base = value(bytes(16))  # type: ignore[operator]
-    return _Linear(np.array([value(struct.pack("<I", 1 << j) + bytes(12)) ^ base for j in range(32)],  # type: ignore[operator]
+    base = value(bytes(16))
+    return _Linear(np.array([value(struct.pack("<I", 1 << j) + bytes(12)) ^ base for j in range(32)],
                             dtype=np.uint64))
 
 
@@ -116,14 +119,14 @@ def run_checksums_match(data: np.ndarray, start: int, length: int, stride: int, 
     rotated = stored - np.uint32(_MASK_DELTA)  # unmask: subtract the constant, rotate left by 15 bits
     crcs = (rotated << np.uint32(15)) | (rotated >> np.uint32(17))
     end = start + (count - 1) * stride + length
-    actual = value(data[start:end])  # type: ignore[operator]
+    actual = value(data[start:end])
     if count == 1:
         return bool(actual == int(crcs[0]))
     header = data[start - 12 : start].tobytes() if start >= 12 else None
     if header is None or len(header) != 12:
         raise ValueError("run_checksums_match: the run's first record must follow its 12-byte header in `data`.")
     # The CRC of each piece "data, footer, next header" (16 + length bytes) from the stored values alone.
-    constant = np.uint32(value(bytes(4) + header))  # type: ignore[operator]
+    constant = np.uint32(value(bytes(4) + header))
     pieces = _shift(16)(crcs[:-1]) ^ _footer_map()(stored[:-1]) ^ constant
     expected = int(_shift(length)(np.array([_fold(pieces, stride)], dtype=np.uint32))[0]) ^ int(crcs[-1])
     return bool(actual == expected)
