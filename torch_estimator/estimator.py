@@ -74,6 +74,8 @@ _EXPORT = "export"  # the model_fn arguments used when tracing an export
 _RESERVED_METRICS = ("loss", "global_step")
 _NO_VALUES: Mapping[str, Any] = {}
 _NO_CONTEXT = contextlib.nullcontext()
+_END = object()  # the end of the training input
+_StepRunner = Callable[[Iterator[tuple[Any, Any, int]], "int | None"], "tuple[int, int, EstimatorSpec | None]"]
 
 
 def _partial_keywords(fn: Callable[..., Any]) -> frozenset[str]:
@@ -816,14 +818,31 @@ class Estimator:
                 context.request_stop()
         self._synced, spec = None, None  # from here on, memory runs ahead of disk
         stop = self._stop_agreed(context, now=True)
-        start, pending, buffer, step_fn = self._global_step, nans.losses, nans.buffer, self._step_function(nans.losses)
+        start, pending, buffer = self._global_step, nans.losses, nans.buffer
+        step_fn, run_steps = self._step_function(nans.losses)
         save_step, save_time = saver.next_save() if saver is not None else (math.inf, math.inf)
         clock = time.monotonic if save_time != math.inf else None
         iteration = examples = 0
         due: float = 0  # the next iteration the hooks, the saver or the NaN check need (inf: none)
         nan_check = functools.partial(nans.check, context)
-        for features, labels, size in (() if stop or start >= last_step else self._units(batches)):
-            if iteration < due and (clock is None or clock() < save_time):
+        units = iter(() if stop or start >= last_step else self._units(batches))
+        while True:
+            if iteration < due and clock is None:
+                # The bare steps before the next one anything observes, in one call (no per-step bookkeeping).
+                wanted_steps = due - iteration
+                done, size, last = run_steps(units, None if wanted_steps == math.inf else int(wanted_steps))
+                if done:
+                    iteration += done
+                    examples += size
+                    spec = last
+                    self._global_step = start + iteration
+                if done < wanted_steps:  # the input ended
+                    break
+            item: Any = next(units, _END)
+            if item is _END:
+                break
+            features, labels, size = item
+            if iteration < due and clock() < save_time:  # type: ignore[misc]  # a clock when iteration < due here
                 spec = step_fn(features, labels)
                 iteration += 1
                 examples += size
@@ -907,18 +926,22 @@ class Estimator:
                 return
             yield micro, None, sum(b[2] for b in micro)
 
-    def _step_function(self, losses: list[Any]) -> Callable[[Any, Any], EstimatorSpec]:
+    def _step_function(self, losses: list[Any]) -> tuple[Callable[[Any, Any], EstimatorSpec], _StepRunner]:
         """``step(features, labels) -> spec``: one training step, whose detached loss (on the CPU, its value)
-        it appends to ``losses`` (for the NaN check). The general one handles accumulation, mixed precision, clipping and custom
-        train_ops; the plain one (the default configuration) is the hand-written loop plus the model_fn call
-        and the loss kept."""
+        it appends to ``losses`` (for the NaN check); and ``run(batches, count) -> (steps, examples, last
+        spec)``: up to ``count`` (None: all) steps over the next ``(features, labels, size)`` of ``batches``, the
+        steps no hook, save or check observes, in one call. The general step handles accumulation, mixed
+        precision, clipping and custom train_ops; the plain one (the default configuration) is the
+        hand-written loop plus the model_fn call and the loss kept, and its runner has it inline."""
         config = self._config
         if config.gradient_accumulation_steps > 1:
-            return lambda micro, _labels: self._train_step(micro, losses)
+            accumulating: Callable[[Any, Any], EstimatorSpec] = lambda micro, _labels: self._train_step(micro, losses)  # noqa: E731
+            return accumulating, self._runner(accumulating)
         general = lambda features, labels: self._train_step([(features, labels, 0)], losses)  # noqa: E731
         if (self._optimizer is None or self._scaler.is_enabled() or self._autocast_dtype is not None
-                or config.gradient_clip_norm is not None or config.gradient_clip_value is not None):
-            return general
+                or config.gradient_clip_norm is not None or config.gradient_clip_value is not None
+                or self._cuda_graphs):
+            return general, self._runner(general)
         model_fn, kwargs, takes_labels = self._model_fn, self._fn_kwargs[ModeKeys.TRAIN], "labels" in self._fn_args
         positional = self._positional_args(kwargs)  # model_fn(features, labels, *positional): no dict per call
         zero_grad, optimizer_step, keep = self._optimizer.zero_grad, self._optimizer.step, losses.append
@@ -927,19 +950,27 @@ class Estimator:
         on_cpu = self._device.type == "cpu"
         scheduler_step = self._lr_scheduler.step if self._lr_scheduler is not None else None
         checked = self._checked_spec
-        if self._cuda_graphs:
-            return general
+
+        def call(features: Any, labels: Any) -> Any:
+            if takes_labels:
+                return model_fn(features=features, labels=labels, **kwargs)
+            if labels is None:
+                return model_fn(features=features, **kwargs)
+            raise ValueError("model_fn does not declare `labels`, but input_fn returns labels.")
+
+        # model_fn(features, labels, mode, model)-like signatures (the usual one) are called with their
+        # values in place: no argument tuple built per step.
+        first, second = (positional + (None, None))[:2] if positional is not None else (None, None)
+        two = positional is not None and len(positional) == 2
 
         def step(features: Any, labels: Any) -> EstimatorSpec:
             zero_grad()
-            if positional is not None:
+            if two:
+                spec = model_fn(features, labels, first, second)
+            elif positional is not None:
                 spec = model_fn(features, labels, *positional)
-            elif takes_labels:
-                spec = model_fn(features=features, labels=labels, **kwargs)
-            elif labels is None:
-                spec = model_fn(features=features, **kwargs)
             else:
-                raise ValueError("model_fn does not declare `labels`, but input_fn returns labels.")
+                spec = call(features, labels)
             if spec.__class__ is not EstimatorSpec or spec.mode != "train":
                 spec = checked(spec, ModeKeys.TRAIN)
             loss: torch.Tensor = spec.loss  # type: ignore[assignment]  # a TRAIN spec has one (EstimatorSpec checks)
@@ -953,7 +984,56 @@ class Estimator:
             keep(loss.item() if on_cpu else loss.detach())
             return spec
 
-        return step
+        def run(batches: Iterator[tuple[Any, Any, int]], count: int | None) -> tuple[int, int, EstimatorSpec | None]:
+            # step() inline: the same statements, without a call per step.
+            done = examples = 0
+            spec = None
+            try:
+                for features, labels, size in itertools.islice(batches, count):
+                    zero_grad()
+                    if two:
+                        spec = model_fn(features, labels, first, second)
+                    elif positional is not None:
+                        spec = model_fn(features, labels, *positional)
+                    else:
+                        spec = call(features, labels)
+                    if spec.__class__ is not EstimatorSpec or spec.mode != "train":
+                        spec = checked(spec, ModeKeys.TRAIN)
+                    loss: torch.Tensor = spec.loss  # type: ignore[assignment]  # a TRAIN spec has one
+                    if spec.train_op is None:
+                        loss.backward()
+                        optimizer_step()
+                        if scheduler_step is not None:
+                            scheduler_step()
+                    else:
+                        spec.train_op(loss)
+                    keep(loss.item() if on_cpu else loss.detach())
+                    done += 1
+                    examples += size
+            except BaseException:
+                self._global_step += done  # the steps that went through
+                raise
+            return done, examples, spec
+
+        return step, run
+
+    def _runner(self, step: Callable[[Any, Any], EstimatorSpec]) -> _StepRunner:
+        """The runner (see :meth:`_step_function`) calling ``step`` once per step."""
+
+        def run(batches: Iterator[tuple[Any, Any, int]], count: int | None) -> tuple[int, int, EstimatorSpec | None]:
+            done = examples = 0
+            spec = None
+            try:
+                for features, labels, size in itertools.islice(batches, count):
+                    spec = step(features, labels)
+                    done += 1
+                    examples += size
+            except BaseException:
+                self._global_step += done  # the steps that went through
+                raise
+            return done, examples, spec
+
+        return run
 
     def _positional_args(self, kwargs: Mapping[str, Any]) -> tuple[Any, ...] | None:
         """The values after ``features, labels`` when model_fn's parameters are exactly ``features, labels``
