@@ -730,6 +730,23 @@ def test_events_on_a_real_full_disk_are_a_clear_oserror(small_disk):
     assert te.summary.read_scalars(str(logdir))[100] == {"loss": 0.25}
 
 
+
+def test_scalars_on_a_real_full_disk_are_a_clear_oserror_at_once(small_disk):
+    logdir = small_disk / "scalars"
+    te.summary.write_summaries(str(logdir), {"loss": 1.0}, 0)  # the event file exists
+    te.summary.flush_all()
+    _leave_free(small_disk, 0)
+    with pytest.raises(OSError, match=r"Could not write TensorBoard events to .*scalars: No space left on device. Checkpoints "
+                                      r"are written separately and are unaffected; free disk space") as caught:
+        for step in range(1, 2000):  # scalars alone: written in this thread, so the first failing write raises
+            te.summary.write_summaries(str(logdir), {"loss": 0.5, "lr": 0.1}, step)
+    assert caught.value.errno == errno.ENOSPC
+    os.remove(small_disk / "filler")
+    te.summary.write_summaries(str(logdir), {"loss": 0.25}, 5000)
+    te.summary.flush_all()
+    scalars = te.summary.read_scalars(str(logdir))  # every record before the failure reads back whole
+    assert scalars[0] == {"loss": 1.0} and scalars[5000] == {"loss": 0.25}
+
 @pytest.mark.parametrize("fmt", ["torchscript", "pt2"])
 def test_an_export_onto_a_real_full_disk_is_a_clear_oserror_not_an_abort(make_estimator, data, tmp_path, small_disk, fmt):
     est = make_estimator(save_checkpoints_steps=5)

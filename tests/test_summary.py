@@ -114,23 +114,24 @@ def _record_writer(writer):
 
 
 @pytest.mark.parametrize("data", [b"", b"x", bytes(range(256)) * 3, b"\x00" * 17])
-def test_records_checksummed_in_c_are_byte_identical_to_tensorboards(data):
+def test_records_checksummed_in_c_are_byte_identical_to_tensorboards(data, tmp_path):
     import io
 
     google_crc32c = pytest.importorskip("google_crc32c")
     from tensorboard.summary.writer.record_writer import RecordWriter
 
-    theirs, ours = io.BytesIO(), io.BytesIO()
+    theirs, ours = io.BytesIO(), tmp_path / "records"
     RecordWriter(theirs).write(data)
-    summary._write_record(ours, google_crc32c.value, data)
-    assert ours.getvalue() == theirs.getvalue()
+    ours.write_bytes(b"")
+    summary._RecordSink(str(ours), google_crc32c.value).write(data)
+    assert ours.read_bytes() == theirs.getvalue()
 
 
 def test_event_files_checksummed_in_c_read_back_in_tensorboard(tmp_path):
     pytest.importorskip("google_crc32c")
     logdir = str(tmp_path)
     writer = summary.writer_for(logdir)
-    assert _record_writer(writer).write.func is summary._write_record  # the C checksum is in use
+    assert _record_writer(writer).write.__self__ is summary._sinks[writer]  # the C checksum is in use
     summary.write_summaries(logdir, {"loss": 0.5, "weights": torch.arange(6.0), "note": summary.Text("hi")}, step=3)
     summary.write_summaries(logdir, {"loss": 0.25}, step=4)
     events = _events(logdir)  # tensorboard's reader checks every record's CRCs
@@ -147,3 +148,57 @@ def test_without_google_crc32c_tensorboards_own_checksum_is_kept(tmp_path, monke
     summary.write_summaries(logdir, {"loss": 1.5}, step=1)
     summary.flush_all()
     assert summary.read_scalars(logdir) == {1: {"loss": 1.5}}
+
+
+def test_scalars_are_written_in_the_callers_thread_as_one_event_per_step(tmp_path, monkeypatch):
+    pytest.importorskip("google_crc32c")
+    from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
+    from tensorboard.compat.proto.event_pb2 import Event
+
+    logdir = str(tmp_path)
+    writer = summary.writer_for(logdir)
+
+    def queued(data):
+        raise AssertionError("scalars are not queued for the writer thread")
+
+    monkeypatch.setattr(writer.file_writer.event_writer._async_writer, "write", queued)
+    summary.write_summaries(logdir, {"loss": np.float32(0.5), "lr": 0.125, "steps": 7, "big": 1e300, "bad": np.nan}, step=12)
+    (path,) = glob.glob(os.path.join(logdir, "events.out.tfevents.*"))
+    events = [e for e in map(Event.FromString, RawEventFileLoader(path).Load()) if e.HasField("summary")]  # CRCs checked
+    assert len(events) == 1 and events[0].step == 12 and events[0].wall_time > 0
+    values = {v.tag: v.simple_value for v in events[0].summary.value}
+    assert values["loss"] == 0.5 and values["lr"] == 0.125 and values["steps"] == 7 and values["big"] == float("inf")
+    assert np.isnan(values["bad"])
+
+
+def test_scalars_and_queued_events_of_one_file_stay_whole(tmp_path):
+    pytest.importorskip("google_crc32c")
+    import threading
+
+    logdir = str(tmp_path)
+    summary.writer_for(logdir)
+
+    def histograms():
+        for step in range(200):
+            summary.write_summaries(logdir, {"weights": np.arange(50.0) * step}, step=step)
+
+    thread = threading.Thread(target=histograms)
+    thread.start()
+    for step in range(200):
+        summary.write_summaries(logdir, {"loss": step / 8}, step=step)
+    thread.join()
+    events = _events(logdir)  # tensorboard's reader checks every record's CRCs
+    assert [(e.step, e.value) for e in events.Scalars("loss")] == [(step, step / 8) for step in range(200)]
+    assert [e.step for e in events.Histograms("weights")] == list(range(200))
+
+
+
+def test_an_event_file_removed_between_writes_is_written_again(tmp_path):
+    logdir = str(tmp_path)
+    summary.write_summaries(logdir, {"loss": 1.0}, step=1)
+    summary.flush_all()
+    (path,) = glob.glob(os.path.join(logdir, "events.out.tfevents.*"))
+    os.remove(path)  # as tensorboard's own writer, which appends to the path, the next write makes it again
+    summary.write_summaries(logdir, {"loss": 2.0}, step=2)
+    summary.flush_all()
+    assert summary.read_scalars(logdir) == {2: {"loss": 2.0}}

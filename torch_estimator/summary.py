@@ -2,7 +2,9 @@
 
 Training events go to ``model_dir``, evaluation events to ``model_dir/eval`` or ``eval_<name>``. One writer
 per directory per process, created on first use (TF's ``FileWriterCache``); ``tensorboard`` is imported only
-then, so ``import torch_estimator`` stays fast.
+then, so ``import torch_estimator`` stays fast. Where ``google-crc32c`` is installed (the ``tfrecord``
+extra), records are checksummed in C and the scalars of one ``write_summaries`` call are written as one
+event, at once, in the caller's thread; histograms, images, text and graphs go through tensorboard's writer.
 
 ``model_fn`` adds its own summaries through ``EstimatorSpec(summaries={tag: value})``: a 0-dimensional or
 one-element tensor is a scalar, any other tensor a histogram, :class:`Image` an image, :class:`Text` text.
@@ -22,13 +24,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
-import functools
 import glob
 import io
 import logging
 import os
 import threading
+import time
 import warnings
+import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -67,6 +70,9 @@ def writer_for(logdir: str) -> Any:
     Raises:
         OSError: If the directory or the event file cannot be created (see :func:`write_summaries`).
     """
+    writer = _writers.get(logdir)  # the directory as the key spells it: no path arithmetic
+    if writer is not None:
+        return writer
     key = os.path.abspath(logdir)
     with _lock:
         writer = _writers.get(key)
@@ -81,26 +87,70 @@ def writer_for(logdir: str) -> Any:
         return writer
 
 
-def _write_record(file: Any, crc32c: Callable[[bytes], int], data: bytes) -> None:
-    """One TFRecord of ``data`` into ``file``, framed as tensorboard's ``RecordWriter.write`` frames it."""
-    file.write(frame_record(data, crc32c))
+class _RecordSink:
+    """Where the records of one writer's event file go, checksummed by ``google-crc32c`` (C): tensorboard's
+    writer thread hands its records here (tensorboard computes CRCs in pure Python, byte by byte: tens of
+    thousands of instructions per event), and :func:`write_summaries` writes its scalars here directly, in
+    the caller's thread (no protobuf built by ``add_scalar``, no thread woken). Each write appends to the
+    file with plain ``os`` calls and closes it again, as tensorboard's local writes do (no file is held
+    open: a disk can still be unmounted or remounted read-only between writes). A lock keeps the two
+    writers' records whole. The records are byte for byte those of tensorboard's ``RecordWriter``."""
+
+    def __init__(self, path: str, crc32c: Callable[[bytes], int]) -> None:
+        self._path, self._crc32c, self._lock = path, crc32c, threading.Lock()
+
+    def write(self, data: bytes) -> None:
+        """One record of ``data`` (the writer thread's ``RecordWriter.write``)."""
+        self.write_records([data])
+
+    def write_records(self, records: list[bytes]) -> None:
+        view = memoryview(b"".join(frame_record(data, self._crc32c) for data in records))
+        with self._lock:
+            fd = os.open(self._path, _APPEND, 0o666)
+            try:
+                while view:
+                    view = view[os.write(fd, view):]
+            finally:
+                os.close(fd)
+
+
+_APPEND = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)  # as tensorboard's "ab"
+_sinks: weakref.WeakKeyDictionary[Any, _RecordSink] = weakref.WeakKeyDictionary()
 
 
 def _checksum_in_c(writer: Any) -> None:
-    """Let ``writer``'s event records be checksummed by ``google-crc32c`` (C) where it is installed (the
-    ``tfrecord`` extra): tensorboard computes them in pure Python, byte by byte, in its writer thread (tens of
-    thousands of instructions per event). The records are byte for byte the same; with another tensorboard
-    whose writer is not laid out as expected, nothing changes."""
+    """Give ``writer``'s event file a :class:`_RecordSink` where ``google-crc32c`` is installed (the
+    ``tfrecord`` extra), the file is local and tensorboard's writer is laid out as expected; else nothing
+    changes (records checksummed in Python, scalars written through ``add_scalar``)."""
     try:
         import google_crc32c
+        from tensorboard.compat.tensorflow_stub.io.gfile import LocalFileSystem
         from tensorboard.summary.writer.record_writer import RecordWriter
     except ImportError:
         return
     event_writer = getattr(getattr(writer, "file_writer", None), "event_writer", None)
     record_writer: Any = getattr(getattr(event_writer, "_async_writer", None), "_writer", None)
-    file = getattr(record_writer, "_writer", None)
-    if type(record_writer) is RecordWriter and file is not None:
-        record_writer.write = functools.partial(_write_record, file, google_crc32c.value)
+    gfile: Any = getattr(record_writer, "_writer", None)
+    if type(record_writer) is not RecordWriter or not isinstance(getattr(gfile, "fs", None), LocalFileSystem):
+        return
+    sink = _sinks[writer] = _RecordSink(os.fsdecode(gfile.filename), google_crc32c.value)
+    record_writer.write = sink.write
+
+
+_EVENT_PROTOS: Any = None
+
+
+def _scalar_event(scalars: list[tuple[str, float]], step: int) -> bytes:
+    """One serialized ``Event`` at ``step`` whose summary holds ``scalars`` as simple values (TF 1's
+    ``SummarySaverHook`` wrote a step's scalars as one summary too)."""
+    global _EVENT_PROTOS
+    if _EVENT_PROTOS is None:
+        from tensorboard.compat.proto import event_pb2, summary_pb2
+
+        _EVENT_PROTOS = event_pb2.Event, summary_pb2.Summary
+    event, summary = _EVENT_PROTOS
+    values = [summary.Value(tag=tag, simple_value=value) for tag, value in scalars]
+    return event(wall_time=time.time(), step=step, summary=summary(value=values)).SerializeToString()
 
 
 def _write_error(logdir: str, error: OSError) -> OSError:
@@ -172,17 +222,20 @@ def write_summaries(logdir: str, summaries: Mapping[str, Any], step: int) -> Non
 
 
 def _write(writer: Any, summaries: Mapping[str, Any], step: int) -> None:
+    scalars: list[tuple[str, float]] = []
     for tag, value in summaries.items():
         if value is None:
             continue
-        if isinstance(value, Image):
+        if value.__class__ is float:
+            scalars.append((tag, value))
+        elif isinstance(value, Image):
             writer.add_image(tag, np.asarray(value.tensor), step, dataformats=value.dataformats)
         elif isinstance(value, Text):
             writer.add_text(tag, value.text, step)
         elif isinstance(value, str):
             writer.add_text(tag, value, step)
         elif isinstance(value, (bool, int, float, np.number)) or (isinstance(value, np.ndarray) and value.size == 1):
-            writer.add_scalar(tag, float(np.asarray(value).reshape(())), step)
+            scalars.append((tag, float(np.asarray(value).reshape(()))))
         elif isinstance(value, (np.ndarray, torch.Tensor)):
             writer.add_histogram(tag, np.asarray(value), step)
         else:
@@ -190,6 +243,14 @@ def _write(writer: Any, summaries: Mapping[str, Any], step: int) -> None:
                 f"Summary {tag!r}: cannot write a {type(value).__name__}; give a number, a tensor (scalar or "
                 f"histogram), torch_estimator.summary.Image or Text."
             )
+    if not scalars:
+        return
+    sink = _sinks.get(writer)
+    if sink is not None:
+        sink.write_records([_scalar_event(scalars, step)])
+        return
+    for tag, scalar in scalars:
+        writer.add_scalar(tag, scalar, step)
 
 
 def _graph_inputs(features: Any) -> list[tuple[Any, ...]]:
