@@ -43,8 +43,10 @@ is overlap, process CPU time of all threads for the others, whose question is co
   1.01x), marginal from N to 2N steps (``--steps``, default 2000), ``--instruction-runs`` counts of each
   (default 3, the median taken), both ratios printed against their targets. A count also depends on the
   process's heap layout, which moves malloc's and CPython's caches by several thousand instructions per step
-  between configurations: differences under ~1% of a step are within the method's noise. 18 processes of a
-  few minutes each;
+  between configurations: differences under ~1% of a step are within the method's noise. Repeats of one
+  layout agree within a thousand instructions, so each run gets its own layout (an environment variable of
+  another length, the same for every side of that run), and [min, max] shows the spread over layouts. 18
+  processes of a few minutes each;
 * ``prefetch``: the CNN on an input that decompresses and augments images with zlib and torch (calibrated
   to cost about one step of CPU time) and on a cheap one (pre-built tensors), a serial hand loop against the
   Estimator with its default prefetching ("auto") and with ``prefetch_batches=2`` (targets: >= 1.3
@@ -444,7 +446,11 @@ def measure_instructions(n: int, runs: int = 3) -> dict[str, float] | None:
           f"({len(jobs)} processes, two at a time: many minutes)...", flush=True)
     while jobs:
         batch, jobs = jobs[:2], jobs[2:]
-        running = [(key, subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        # Each run gets its own heap layout (an environment variable of another length shifts what the
+        # interpreter allocates first), the same for every side and size of that run: the median is then
+        # taken over layouts, not over repeats of one layout, which agree within a thousand instructions.
+        running = [(key, subprocess.Popen(cmd, env={**env, "OVERHEAD_LAYOUT": "." * (4099 * key[2])},
+                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
                    for key, cmd in batch]
         for key, process in running:
             out, _ = process.communicate()
