@@ -276,11 +276,32 @@ def test_listener_returning_true_stops_training(make_estimator, data):
 def test_checkpoints_every_n_seconds(make_estimator, data, monkeypatch):
     clock = iter(range(0, 10_000, 7))
     monkeypatch.setattr(ckpt_saver.time, "monotonic", lambda: float(next(clock)))
-    est = make_estimator(save_checkpoints_secs=20)
+    est = make_estimator(save_checkpoints_secs=20, keep_checkpoint_max=100)
     est.train(_train_fn(data), steps=9)
     steps = _steps_on_disk(est.model_dir)
     assert steps[0] == 0 and steps[-1] == 9 and len(steps) > 2
 
+
+
+@pytest.mark.parametrize("hooks", ["default", "off"])
+def test_checkpoints_every_n_seconds_follow_the_step_after_the_time_is_up(make_estimator, data, monkeypatch, hooks):
+    # Each step "takes" 10 s; saves every 25 s: the time is up after steps 3, 7, 11 (at 30, 70, 110 s after
+    # the saves at 0, 40, 80). A step no hook observes runs without a save, so the next one, 4, 8 or 12, is
+    # observed and followed by the save; with hooks every 5 steps, step 11 is observed anyway and saves at
+    # once. Then the final step, 14.
+    steps = []
+
+    def model_fn(features, labels, mode, model):
+        steps.append(1)
+        return classifier_fn(features, labels, mode, model)
+
+    monkeypatch.setattr(ckpt_saver.time, "monotonic", lambda: 10.0 * len(steps))
+    options = {"log_step_count_steps": 5, "save_summary_steps": 5} if hooks == "default" else {"save_summary_steps": None}
+    est = make_estimator(model_fn=model_fn, save_checkpoints_secs=25, **options)
+    recorder = Recorder()
+    est.train(_train_fn(data), steps=14, saving_listeners=[recorder])
+    expected = [0, 4, 8, 11, 14] if hooks == "default" else [0, 4, 8, 12, 14]
+    assert [step for kind, step in recorder.calls[1:] if kind == "after"] == expected
 
 def test_default_logging_lines(make_estimator, data, caplog):
     est = make_estimator(save_checkpoints_steps=10, log_step_count_steps=10)

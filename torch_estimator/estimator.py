@@ -75,7 +75,8 @@ _RESERVED_METRICS = ("loss", "global_step")
 _NO_VALUES: Mapping[str, Any] = {}
 _NO_CONTEXT = contextlib.nullcontext()
 _END = object()  # the end of the training input
-_StepRunner = Callable[[Iterator[tuple[Any, Any, int]], "int | None"], "tuple[int, int, EstimatorSpec | None]"]
+_StepRunner = Callable[[Iterator[tuple[Any, Any, int]], "int | None", "Callable[[], float] | None", float],
+                       "tuple[int, int, EstimatorSpec | None]"]
 
 
 def _partial_keywords(fn: Callable[..., Any]) -> frozenset[str]:
@@ -827,27 +828,20 @@ class Estimator:
         nan_check = functools.partial(nans.check, context)
         units = iter(() if stop or start >= last_step else self._units(batches))
         while True:
-            if iteration < due and clock is None:
-                # The bare steps before the next one anything observes, in one call (no per-step bookkeeping).
+            if iteration < due and (clock is None or clock() < save_time):
+                # The bare steps before the next one anything observes, in one call (no per-step bookkeeping;
+                # with saves every N seconds, the clock read after each step ends them when the time is up).
                 wanted_steps = due - iteration
-                done, size, last = run_steps(units, None if wanted_steps == math.inf else int(wanted_steps))
+                done, size, last = run_steps(units, None if wanted_steps == math.inf else int(wanted_steps), clock, save_time)
                 if done:
                     iteration += done
                     examples += size
                     spec = last
                     self._global_step = start + iteration
-                if done < wanted_steps:  # the input ended
-                    break
-            item: Any = next(units, _END)
+            item: Any = next(units, _END)  # (the input ended when the bare steps fell short without a deadline)
             if item is _END:
                 break
             features, labels, size = item
-            if iteration < due and clock() < save_time:  # type: ignore[misc]  # a clock when iteration < due here
-                spec = step_fn(features, labels)
-                iteration += 1
-                examples += size
-                self._global_step = start + iteration
-                continue
             context.global_step = self._global_step
             context._examples = examples = examples + size
             context.batch_size = size
@@ -928,9 +922,10 @@ class Estimator:
 
     def _step_function(self, losses: list[Any]) -> tuple[Callable[[Any, Any], EstimatorSpec], _StepRunner]:
         """``step(features, labels) -> spec``: one training step, whose detached loss (on the CPU, its value)
-        it appends to ``losses`` (for the NaN check); and ``run(batches, count) -> (steps, examples, last
-        spec)``: up to ``count`` (None: all) steps over the next ``(features, labels, size)`` of ``batches``, the
-        steps no hook, save or check observes, in one call. The general step handles accumulation, mixed
+        it appends to ``losses`` (for the NaN check); and ``run(batches, count, clock, deadline) -> (steps,
+        examples, last spec)``: up to ``count`` (None: all) steps over the next ``(features, labels, size)`` of
+        ``batches``, the steps no hook, save or check observes, in one call (ended early once ``clock()``, when
+        given, reaches ``deadline``). The general step handles accumulation, mixed
         precision, clipping and custom train_ops; the plain one (the default configuration) is the
         hand-written loop plus the model_fn call and the loss kept, and its runner has it inline."""
         config = self._config
@@ -984,7 +979,8 @@ class Estimator:
             keep(loss.item() if on_cpu else loss.detach())
             return spec
 
-        def run(batches: Iterator[tuple[Any, Any, int]], count: int | None) -> tuple[int, int, EstimatorSpec | None]:
+        def run(batches: Iterator[tuple[Any, Any, int]], count: int | None, clock: Callable[[], float] | None,
+                deadline: float) -> tuple[int, int, EstimatorSpec | None]:
             # step() inline: the same statements, without a call per step.
             done = examples = 0
             spec = None
@@ -1010,6 +1006,8 @@ class Estimator:
                     keep(loss.item() if on_cpu else loss.detach())
                     done += 1
                     examples += size
+                    if clock is not None and clock() >= deadline:
+                        break
             except BaseException:
                 self._global_step += done  # the steps that went through
                 raise
@@ -1020,7 +1018,8 @@ class Estimator:
     def _runner(self, step: Callable[[Any, Any], EstimatorSpec]) -> _StepRunner:
         """The runner (see :meth:`_step_function`) calling ``step`` once per step."""
 
-        def run(batches: Iterator[tuple[Any, Any, int]], count: int | None) -> tuple[int, int, EstimatorSpec | None]:
+        def run(batches: Iterator[tuple[Any, Any, int]], count: int | None, clock: Callable[[], float] | None,
+                deadline: float) -> tuple[int, int, EstimatorSpec | None]:
             done = examples = 0
             spec = None
             try:
@@ -1028,6 +1027,8 @@ class Estimator:
                     spec = step(features, labels)
                     done += 1
                     examples += size
+                    if clock is not None and clock() >= deadline:
+                        break
             except BaseException:
                 self._global_step += done  # the steps that went through
                 raise
