@@ -955,8 +955,8 @@ class Estimator:
 
         # model_fn(features, labels, mode, model)-like signatures (the usual one) are called with their
         # values in place: no argument tuple built per step.
-        first, second = (positional + (None, None))[:2] if positional is not None else (None, None)
         two = positional is not None and len(positional) == 2
+        first, second = positional if two else (None, None)  # type: ignore[misc]  # two values when two
 
         def step(features: Any, labels: Any) -> EstimatorSpec:
             zero_grad()

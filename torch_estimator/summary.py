@@ -100,11 +100,8 @@ class _RecordSink:
         self._path, self._crc32c, self._lock = path, crc32c, threading.Lock()
 
     def write(self, data: bytes) -> None:
-        """One record of ``data`` (the writer thread's ``RecordWriter.write``)."""
-        self.write_records([data])
-
-    def write_records(self, records: list[bytes]) -> None:
-        view = memoryview(b"".join(frame_record(data, self._crc32c) for data in records))
+        """One record of ``data`` (the writer thread's ``RecordWriter.write``, and the scalars' event)."""
+        view = memoryview(frame_record(data, self._crc32c))
         with self._lock:
             fd = os.open(self._path, _APPEND, 0o666)
             try:
@@ -247,7 +244,7 @@ def _write(writer: Any, summaries: Mapping[str, Any], step: int) -> None:
         return
     sink = _sinks.get(writer)
     if sink is not None:
-        sink.write_records([_scalar_event(scalars, step)])
+        sink.write(_scalar_event(scalars, step))
         return
     for tag, scalar in scalars:
         writer.add_scalar(tag, scalar, step)
