@@ -340,6 +340,34 @@ def test_custom_train_op_is_called_with_the_loss(tmp_path, data):
     assert calls == [torch.Size([])] * 3 and not torch.equal(before, model.out.weight)
 
 
+@pytest.mark.parametrize("clip", [None, 1.0])  # the plain step, and the general one
+def test_an_optimizer_with_its_own_zero_grad_is_used_before_every_step(tmp_path, data, clip):
+    calls = []
+
+    class Counting(torch.optim.SGD):
+        def zero_grad(self, set_to_none: bool = True) -> None:
+            calls.append(set_to_none)
+            super().zero_grad(set_to_none)
+
+    est = te.Estimator(classifier_fn, model_dir=str(tmp_path), model=TinyNet(),
+                       optimizer=lambda p: Counting(p, lr=0.1),
+                       config=te.RunConfig(device="cpu", gradient_clip_norm=clip, log_step_count_steps=None))
+    est.train(_train_fn(data), steps=4)
+    assert calls == [True] * 4
+
+
+def test_a_profiled_training_step_shows_the_optimizer_ranges(tmp_path, data):
+    est = te.Estimator(classifier_fn, model_dir=str(tmp_path), model=TinyNet(),
+                       optimizer=lambda p: torch.optim.SGD(p, lr=0.1),
+                       config=te.RunConfig(device="cpu", log_step_count_steps=None))
+    est.train(_train_fn(data), steps=1)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        est.train(_train_fn(data), steps=3)
+    names = [event.name for event in profile.events()]
+    assert names.count("Optimizer.zero_grad#SGD.zero_grad") == 3
+    assert names.count("Optimizer.step#SGD.step") == 3
+
+
 def test_model_fn_must_return_a_spec(tmp_path, data):
     est = te.Estimator(lambda features, labels: {"loss": 1}, model_dir=str(tmp_path), model=TinyNet())
     with pytest.raises(TypeError, match="model_fn must return an EstimatorSpec; it returned dict"):

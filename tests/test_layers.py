@@ -1,6 +1,6 @@
 """The package's layering (DESIGN.md, "Layout"): imports only go down.
 
-Layer 1: spec, run_config, distribute, lock, _checks, protocols, serving/loader — import only each other;
+Layer 1: spec, run_config, distribute, lock, _checks, protocols, grads, serving/loader — import only each other;
 serving/loader imports nothing from the package at all (it must load exports where the package is not installed).
 Layer 2: inputs, prefetch, inputs_pandas, hooks, checkpoint, metrics, summary, export, serving (the rest of it),
 the TFRecord readers and TF converters — import layer 1 and each other.
@@ -37,6 +37,7 @@ LAYERS: dict[str, int] = {
     "_host": 1,  # tensors brought to the host as numpy, for hooks and evaluation results
     "_checks": 1,  # what error messages say about a received value; the check of a dict of named values
     "protocols": 1,  # the shapes of hooks, saving listeners, exporters and stateful parts
+    "grads": 1,  # optimizer.zero_grad()'s effect without its per-call wrapping
     # serving/'s REST server (layer 2): only the loader, torch, numpy and the standard library below it.
     "serving": 2,  # the package itself imports none of its modules
     "serving.rest": 2,

@@ -46,6 +46,7 @@ import torch
 from . import checkpoint as ckpt
 from . import distribute, export, summary
 from ._host import to_numpy as _to_host
+from .grads import grad_clearer
 from .hooks import (
     HookList,
     NanTensorHook,
@@ -281,6 +282,8 @@ class Estimator:
         self._train_module, self._ddp = self._wrap_for_training()
         self._eval_module = self._compiled(self._model) if config.compile else self._model
         self._optimizer = self._build_optimizer(optimizer)
+        # optimizer.zero_grad()'s effect, without its per-call wrapping (see grads.py)
+        self._clear_grads = grad_clearer(self._optimizer) if self._optimizer is not None else None
         self._lr_scheduler = self._build_lr_scheduler(lr_scheduler)
         self._autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.precision)
         self._scaler = torch.amp.GradScaler(self._device.type, enabled=config.precision == "fp16")
@@ -933,13 +936,14 @@ class Estimator:
             accumulating: Callable[[Any, Any], EstimatorSpec] = lambda micro, _labels: self._train_step(micro, losses)  # noqa: E731
             return accumulating, self._runner(accumulating)
         general = lambda features, labels: self._train_step([(features, labels, 0)], losses)  # noqa: E731
-        if (self._optimizer is None or self._scaler.is_enabled() or self._autocast_dtype is not None
+        zero_grad = self._clear_grads
+        if (zero_grad is None or self._optimizer is None or self._scaler.is_enabled() or self._autocast_dtype is not None
                 or config.gradient_clip_norm is not None or config.gradient_clip_value is not None
                 or self._cuda_graphs):
             return general, self._runner(general)
         model_fn, kwargs, takes_labels = self._model_fn, self._fn_kwargs[ModeKeys.TRAIN], "labels" in self._fn_args
         positional = self._positional_args(kwargs)  # model_fn(features, labels, *positional): no dict per call
-        zero_grad, optimizer_step, keep = self._optimizer.zero_grad, self._optimizer.step, losses.append
+        optimizer_step, keep = self._optimizer.step, losses.append
         # On the CPU the loss's value is read at once (no device to wait for): cheaper than keeping the
         # detached tensor alive and stacking the kept ones for the check.
         on_cpu = self._device.type == "cpu"
@@ -1053,8 +1057,8 @@ class Estimator:
         """Forward and backward through model_fn for each micro-batch, then one update: the spec's train_op,
         or the Estimator's optimizer (with unscaling, clipping and the scheduler). The detached loss goes to
         ``losses``."""
-        if self._optimizer is not None:
-            self._optimizer.zero_grad(set_to_none=True)
+        if self._clear_grads is not None:
+            self._clear_grads()
         if len(micro_batches) == 1:
             features, labels, _ = micro_batches[0]
             spec = self._forward_backward(features, labels, 1)
