@@ -41,11 +41,14 @@ is overlap, process CPU time of all threads for the others, whose question is co
   ``--quick``): hand loop, Estimator with the default hooks (target <= 1.03x the hand loop's instructions
   per step) and with the hooks off (``log_step_count_steps=None, save_summary_steps=None``; target <=
   1.01x), marginal from N to 2N steps (``--steps``, default 2000), ``--instruction-runs`` counts of each
-  (default 3, the median taken), both ratios printed against their targets. A count also depends on the
+  (default 3, the median taken), both ratios printed against their targets. The Estimator clears gradients
+  without ``Optimizer.zero_grad``'s per-call wrapping (``torch_estimator.grads``), which the hand loop pays;
+  a fourth side, the hand loop setting the gradients to None itself, shows the Estimator's own work apart
+  from that saving. A count also depends on the
   process's heap layout, which moves malloc's and CPython's caches by several thousand instructions per step
   between configurations: differences under ~1% of a step are within the method's noise. Repeats of one
   layout agree within a thousand instructions, so each run gets its own layout (an environment variable of
-  another length, the same for every side of that run), and [min, max] shows the spread over layouts. 18
+  another length, the same for every side of that run), and [min, max] shows the spread over layouts. 24
   processes of a few minutes each;
 * ``prefetch``: the CNN on an input that decompresses and augments images with zlib and torch (calibrated
   to cost about one step of CPU time) and on a cheap one (pre-built tensors), a serial hand loop against the
@@ -196,10 +199,12 @@ progress_bar = False
 SAVE_EVERY = 1000  # both sides save the weights every 1000 steps (RunConfig.save_checkpoints_steps)
 
 
-def run_hand(case: Case, batches: Batches, steps: int, seed: int) -> float:
+def run_hand(case: Case, batches: Batches, steps: int, seed: int, clear_directly: bool = False) -> float:
     """The hand-written loop, saving the weights with ``safetensors.torch.save_file`` every SAVE_EVERY steps
     as the Estimator checkpoints (the same work; the Estimator's save also writes the optimizer and RNG
-    states, a content hash and an index, durably)."""
+    states, a content hash and an index, durably). With ``clear_directly`` it sets the gradients to None
+    itself instead of calling ``opt.zero_grad()``, as the Estimator does (see ``torch_estimator.grads``):
+    the loop against which the Estimator's own work shows."""
     from safetensors.torch import save_file
 
     torch.manual_seed(seed)
@@ -212,7 +217,12 @@ def run_hand(case: Case, batches: Batches, steps: int, seed: int) -> float:
         gc.collect()
         start = clock()
         for step, (x, y) in enumerate(data, 1):
-            opt.zero_grad()
+            if clear_directly:
+                for group in opt.param_groups:
+                    for parameter in group["params"]:
+                        parameter.grad = None
+            else:
+                opt.zero_grad()
             loss = F.cross_entropy(model(x), y)
             loss.backward()
             opt.step()
@@ -246,7 +256,13 @@ def run_bare(case: Case, batches: Batches, steps: int, seed: int) -> float:
     return run_estimator(case, batches, steps, seed, log_step_count_steps=None, save_summary_steps=None)
 
 
-SIDES: dict[str, Callable[[Case, Batches, int, int], float]] = {"hand": run_hand, "estimator": run_estimator, "bare": run_bare}
+def run_hand_direct(case: Case, batches: Batches, steps: int, seed: int) -> float:
+    """The hand-written loop clearing the gradients as the Estimator does."""
+    return run_hand(case, batches, steps, seed, clear_directly=True)
+
+
+SIDES: dict[str, Callable[[Case, Batches, int, int], float]] = {
+    "hand": run_hand, "estimator": run_estimator, "bare": run_bare, "hand_direct": run_hand_direct}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -436,7 +452,7 @@ def measure_instructions(n: int, runs: int = 3) -> dict[str, float] | None:
         return None
     env = {**os.environ, "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    sides = ("hand", "estimator", "bare")
+    sides = ("hand", "estimator", "bare", "hand_direct")
     jobs = [((side, steps, run), [valgrind, "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
                                   os.path.realpath(sys.executable), str(Path(__file__).resolve()), "--case", "mlp",
                                   "--only", side, "--steps", str(steps)])
@@ -463,10 +479,17 @@ def measure_instructions(n: int, runs: int = 3) -> dict[str, float] | None:
     per_step = {side: statistics.median(values) for side, values in marginals.items()}
     hand = per_step["hand"]
     print(f"[instructions] per step, marginal {n} -> {2 * n} steps, median of {runs} runs [min, max]:")
-    for side, label in (("hand", "hand loop"), ("estimator", "Estimator, default hooks"), ("bare", "Estimator, hooks off")):
+    for side, label in (("hand", "hand loop"), ("estimator", "Estimator, default hooks"), ("bare", "Estimator, hooks off"),
+                        ("hand_direct", "hand loop, grads set None")):
         values = marginals[side]
         ratio = "" if side == "hand" else f"  ratio {per_step[side] / hand:.3f}  ({per_step[side] - hand:+,.0f} per step)"
         print(f"  {label:26}: {per_step[side] / 1e3:8,.1f}k  [{min(values) / 1e3:,.1f}k, {max(values) / 1e3:,.1f}k]{ratio}")
+    # The Estimator clears gradients without Optimizer.zero_grad's wrapping; against a hand loop that does the
+    # same, what remains is the Estimator's own work per step.
+    direct = per_step["hand_direct"]
+    for side, label in (("estimator", "default hooks"), ("bare", "hooks off")):
+        print(f"  Estimator's own work, {label:13}: {per_step[side] - direct:+,.0f} per step "
+              f"({per_step[side] / direct:.3f}x the hand loop that sets grads to None)")
     return per_step
 
 
