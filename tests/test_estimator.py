@@ -282,7 +282,6 @@ def test_checkpoints_every_n_seconds(make_estimator, data, monkeypatch):
     assert steps[0] == 0 and steps[-1] == 9 and len(steps) > 2
 
 
-
 @pytest.mark.parametrize("hooks", ["default", "off"])
 def test_checkpoints_every_n_seconds_follow_the_step_after_the_time_is_up(make_estimator, data, monkeypatch, hooks):
     # Each step "takes" 10 s; saves every 25 s: the time is up after steps 3, 7, 11 (at 30, 70, 110 s after
@@ -302,6 +301,7 @@ def test_checkpoints_every_n_seconds_follow_the_step_after_the_time_is_up(make_e
     est.train(_train_fn(data), steps=14, saving_listeners=[recorder])
     expected = [0, 4, 8, 11, 14] if hooks == "default" else [0, 4, 8, 12, 14]
     assert [step for kind, step in recorder.calls[1:] if kind == "after"] == expected
+
 
 def test_default_logging_lines(make_estimator, data, caplog):
     est = make_estimator(save_checkpoints_steps=10, log_step_count_steps=10)
